@@ -1,0 +1,255 @@
+//! What a log entry carries, and what applying it answers.
+//!
+//! A log entry is a [`Batch`]: the leader's timestamp plus the client commands it
+//! gathered. The timestamp is the only notion of time the state machine has; every
+//! command in the batch sees the same "now". Applying a batch yields one [`Outcome`] per
+//! command, in order.
+//!
+//! An [`Outcome`] is a decision, not an error: a refused hold is as final and as
+//! replicated as a granted one, so a retry with the same client reservation id or
+//! idempotency key is answered from the recorded decision.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{EventId, HoldId, OrderId};
+use crate::layout::VenueLayout;
+use crate::limits::Limits;
+
+/// Whether an event accepts new holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SaleState {
+    /// Holds and checkouts are accepted.
+    OnSale,
+    /// No new holds; existing holds may still be checked out or released.
+    Stopped,
+    /// Final: no holds, no checkouts; live holds were released when it was cancelled.
+    Cancelled,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateEvent {
+    pub event_id: EventId,
+    pub name: String,
+    pub starts_at_ms: u64,
+    pub layout: VenueLayout,
+    pub limits: Limits,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HoldRequest {
+    pub event_id: EventId,
+    pub user: String,
+    pub seats: Vec<String>,
+    pub client_reservation_id: String,
+    /// `None` takes the event's default TTL.
+    pub ttl_ms: Option<u64>,
+    /// When given, one version per seat: the hold is granted only if every seat still
+    /// has the version the client saw (compare-and-set).
+    pub expected_versions: Option<Vec<u64>>,
+}
+
+/// One client command, as replicated in the log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Creates an event. Repeating the identical command is a no-op that succeeds.
+    CreateEvent(CreateEvent),
+    /// Stops, resumes or cancels the sale of an event.
+    SetSale { event_id: EventId, sale: SaleState },
+    /// Holds seats for a user, all or nothing.
+    Hold(HoldRequest),
+    /// Starts paying for a hold: it stops expiring until its payment deadline.
+    BeginCheckout {
+        hold: HoldId,
+        idempotency_key: String,
+    },
+    /// Payment succeeded: the seats become sold and an order is created.
+    CompleteCheckout {
+        hold: HoldId,
+        idempotency_key: String,
+        payment_ref: String,
+    },
+    /// Payment failed: the hold is active again (or expired if its time ran out).
+    AbortCheckout {
+        hold: HoldId,
+        idempotency_key: String,
+        reason: String,
+    },
+    /// The buyer gives the seats back.
+    Release { hold: HoldId, user: String },
+    /// Expires every hold and aborts every checkout whose deadline is at or before the
+    /// entry's timestamp, in every event.
+    Expire,
+}
+
+/// The payload of one log entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Batch {
+    /// The leader's clock when it proposed the entry, in ms since the Unix epoch.
+    pub ts_ms: u64,
+    pub commands: Vec<Command>,
+}
+
+/// The life of a hold.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HoldState {
+    Active,
+    CheckingOut {
+        idempotency_key: String,
+        payment_deadline_ms: u64,
+    },
+    Committed {
+        order: u64,
+    },
+    Released,
+    Expired,
+}
+
+impl HoldState {
+    /// Whether the hold still owns its seats.
+    pub fn is_live(&self) -> bool {
+        matches!(self, HoldState::Active | HoldState::CheckingOut { .. })
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            HoldState::Active => "active",
+            HoldState::CheckingOut { .. } => "checking_out",
+            HoldState::Committed { .. } => "committed",
+            HoldState::Released => "released",
+            HoldState::Expired => "expired",
+        }
+    }
+}
+
+/// A hold as readers see it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HoldView {
+    pub hold_id: HoldId,
+    pub user: String,
+    pub client_reservation_id: String,
+    /// The seats and the version each got when the hold was granted.
+    pub seats: Vec<(String, u64)>,
+    pub created_at_ms: u64,
+    pub expires_at_ms: u64,
+    pub state: HoldState,
+}
+
+/// An order as readers see it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderView {
+    pub order_id: OrderId,
+    pub hold_id: HoldId,
+    pub user: String,
+    pub seats: Vec<String>,
+    pub payment_ref: String,
+    pub created_at_ms: u64,
+}
+
+/// A successful outcome.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    EventCreated {
+        event_id: EventId,
+    },
+    SaleSet {
+        event_id: EventId,
+        sale: SaleState,
+    },
+    /// The hold as granted (a retry gets the very same view back).
+    Held(HoldView),
+    CheckoutStarted {
+        hold_id: HoldId,
+        payment_deadline_ms: u64,
+    },
+    /// The order (also the answer to a retried begin or complete of a finished checkout).
+    Completed(OrderView),
+    CheckoutAborted {
+        hold_id: HoldId,
+        state: HoldState,
+    },
+    Released {
+        hold_id: HoldId,
+    },
+    Expired {
+        holds_expired: u32,
+        checkouts_aborted: u32,
+    },
+}
+
+/// A refused command: nothing changed (except that the refusal may be remembered for
+/// retries).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Refusal {
+    /// Malformed or out-of-policy input (gRPC INVALID_ARGUMENT).
+    #[error("invalid: {0}")]
+    Invalid(String),
+    /// Unknown event, hold or order (gRPC NOT_FOUND).
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// Some seats are not available, or not at the version the client saw
+    /// (gRPC ABORTED). Lists every such seat.
+    #[error("seats unavailable: {}", seats.join(","))]
+    Conflict { seats: Vec<String> },
+    /// The hold expired before it could be used (HTTP 410, gRPC FAILED_PRECONDITION).
+    #[error("hold expired")]
+    Expired,
+    /// The payment was declined; the hold went back to active.
+    #[error("payment declined: {0}")]
+    Declined(String),
+    /// The command does not fit the current state (gRPC FAILED_PRECONDITION).
+    #[error("failed precondition: {0}")]
+    WrongState(String),
+}
+
+pub type Outcome = Result<Reply, Refusal>;
+
+/// One seat in a seat map.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeatView {
+    pub id: String,
+    pub section: String,
+    pub row: String,
+    pub state: SeatStateName,
+    pub version: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SeatStateName {
+    Available,
+    Held,
+    Sold,
+}
+
+/// Per-section counts; `available + held + sold == capacity` always.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SectionCounts {
+    pub section: String,
+    pub capacity: u32,
+    pub available: u32,
+    pub held: u32,
+    pub sold: u32,
+}
+
+/// An event's seat map at one log index.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeatMap {
+    pub event_id: EventId,
+    /// The last log index applied when the map was read.
+    pub applied_index: u64,
+    pub sections: Vec<SectionCounts>,
+    pub seats: Vec<SeatView>,
+}
+
+/// An event in the event list.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventSummary {
+    pub event_id: EventId,
+    pub name: String,
+    pub venue: String,
+    pub starts_at_ms: u64,
+    pub sale: SaleState,
+    pub capacity: u32,
+    pub available: u32,
+    pub limits: Limits,
+}

@@ -1,0 +1,21 @@
+//! The crate's error type: everything that is a fault rather than a decision.
+//!
+//! Refusals of commands (a seat taken, a hold expired) are not errors: they are
+//! replicated outcomes, see [`crate::command::Refusal`].
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An id given by a caller does not parse.
+    #[error("invalid id: {0}")]
+    InvalidId(String),
+    /// Bytes that should hold an encoded value do not.
+    #[error("corrupt {what}: {detail}")]
+    Corrupt { what: &'static str, detail: String },
+    /// Bytes written by a format this build does not read.
+    #[error("{what} has format version {found}; this build reads version {supported}")]
+    UnsupportedFormat {
+        what: &'static str,
+        found: u16,
+        supported: u16,
+    },
+}

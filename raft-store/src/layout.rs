@@ -1,0 +1,308 @@
+//! Venue layouts: the JSON file format, its validation, and a generator.
+//!
+//! A layout is data, given when an event is created:
+//!
+//! ```json
+//! { "venue": "Riverside Hall",
+//!   "sections": [
+//!     { "id": "Stalls",  "rows": [ { "id": "A", "seats": 12 },
+//!                                  { "id": "B", "seats": 14, "first": 3 } ] },
+//!     { "id": "Balcony", "rows": [ { "id": "BA", "seat_ids": ["BA-1", "BA-2", "BA-5"] } ] } ] }
+//! ```
+//!
+//! A row either numbers its seats (`seats`: how many, `first`: the first number,
+//! default 1; the seat ids are `{row}-{n}`) or names them (`seat_ids`). Seat ids must be
+//! unique across the whole event, so numbered rows need ids unique across sections.
+//!
+//! Invariant: a [`SeatPlan`] only exists for a layout that passed every check (ids
+//! bounded and printable, no duplicates, 1..=`SEATS_PER_EVENT_MAX` seats); seats are
+//! numbered 0..n in file order, and that order is the order of every seat map.
+
+use std::collections::HashSet;
+
+use serde::{Deserialize, Serialize};
+
+use crate::limits::{SEATS_PER_EVENT_MAX, SEAT_ID_BYTES_MAX, TEXT_BYTES_MAX};
+
+/// A venue layout as written in a layout file (and carried in a CreateEvent entry).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VenueLayout {
+    pub venue: String,
+    pub sections: Vec<SectionLayout>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SectionLayout {
+    pub id: String,
+    pub rows: Vec<RowLayout>,
+}
+
+/// One row. Exactly one of `seats` (a count) and `seat_ids` (explicit names) is set.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RowLayout {
+    pub id: String,
+    #[serde(default)]
+    pub seats: Option<u32>,
+    #[serde(default)]
+    pub first: Option<u32>,
+    #[serde(default)]
+    pub seat_ids: Option<Vec<String>>,
+}
+
+impl RowLayout {
+    fn is_well_formed(&self) -> bool {
+        match (self.seats, &self.seat_ids, self.first) {
+            (Some(n), None, _) => n > 0,
+            (None, Some(ids), None) => !ids.is_empty(),
+            _ => false,
+        }
+    }
+}
+
+/// A validated layout flattened into seat order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SeatPlan {
+    /// `(section index, row id)` for every row, in file order.
+    pub rows: Vec<(u32, Box<str>)>,
+    /// `(seat id, row index)` for every seat, in file order.
+    pub seats: Vec<(Box<str>, u32)>,
+    /// Seat count per section.
+    pub section_capacity: Vec<u32>,
+}
+
+fn check_name(what: &str, s: &str, max: usize) -> Result<(), String> {
+    if s.is_empty() || s.len() > max {
+        return Err(format!("{what} {s:?} must be 1..={max} bytes"));
+    }
+    if s.chars().any(char::is_control) {
+        return Err(format!("{what} {s:?} contains control characters"));
+    }
+    Ok(())
+}
+
+fn check_id(what: &str, s: &str) -> Result<(), String> {
+    check_name(what, s, SEAT_ID_BYTES_MAX)?;
+    if !s.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "{what} {s:?} must be printable ASCII without spaces"
+        ));
+    }
+    Ok(())
+}
+
+impl VenueLayout {
+    /// Parses a layout file. The result still needs [`VenueLayout::plan`].
+    pub fn from_json(text: &str) -> Result<Self, String> {
+        serde_json::from_str(text).map_err(|e| format!("layout is not valid JSON: {e}"))
+    }
+
+    pub fn to_json_pretty(&self) -> String {
+        // Serialising plain structs of strings and integers cannot fail.
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// Total seat count, without building the plan. Saturates on absurd input.
+    pub fn capacity(&self) -> u64 {
+        let row_len = |r: &RowLayout| match (&r.seats, &r.seat_ids) {
+            (Some(n), None) => u64::from(*n),
+            (None, Some(ids)) => ids.len() as u64,
+            _ => 0,
+        };
+        self.sections
+            .iter()
+            .flat_map(|s| s.rows.iter())
+            .fold(0u64, |acc, r| acc.saturating_add(row_len(r)))
+    }
+
+    /// Validates the layout and flattens it into seat order.
+    pub fn plan(&self) -> Result<SeatPlan, String> {
+        check_name("venue name", &self.venue, TEXT_BYTES_MAX)?;
+        if self.sections.is_empty() {
+            return Err("layout has no sections".into());
+        }
+        for s in &self.sections {
+            if s.rows.is_empty() {
+                return Err(format!("section {:?} has no rows", s.id));
+            }
+            if let Some(r) = s.rows.iter().find(|r| !r.is_well_formed()) {
+                return Err(format!(
+                    "row {:?} needs either a positive `seats` count (optionally with \
+                     `first`) or a non-empty `seat_ids` list",
+                    r.id
+                ));
+            }
+        }
+        let capacity = self.capacity();
+        if capacity == 0 || capacity > SEATS_PER_EVENT_MAX as u64 {
+            return Err(format!(
+                "layout must have 1..={SEATS_PER_EVENT_MAX} seats, has {capacity}"
+            ));
+        }
+        let mut plan = SeatPlan {
+            rows: Vec::new(),
+            seats: Vec::with_capacity(capacity as usize),
+            section_capacity: Vec::with_capacity(self.sections.len()),
+        };
+        let mut section_ids = HashSet::new();
+        let mut seat_ids: HashSet<Box<str>> = HashSet::with_capacity(capacity as usize);
+        for (s_idx, section) in self.sections.iter().enumerate() {
+            check_id("section id", &section.id)?;
+            if !section_ids.insert(section.id.as_str()) {
+                return Err(format!("duplicate section id {:?}", section.id));
+            }
+            let before = plan.seats.len();
+            for row in &section.rows {
+                check_id("row id", &row.id)?;
+                let row_idx = plan.rows.len() as u32;
+                plan.rows.push((s_idx as u32, row.id.as_str().into()));
+                let mut add = |id: Box<str>| -> Result<(), String> {
+                    check_id("seat id", &id)?;
+                    if !seat_ids.insert(id.clone()) {
+                        return Err(format!("duplicate seat id {id:?}"));
+                    }
+                    plan.seats.push((id, row_idx));
+                    Ok(())
+                };
+                match (row.seats, &row.seat_ids, row.first) {
+                    (Some(n), None, first) if n > 0 => {
+                        let first = first.unwrap_or(1);
+                        let last = first.checked_add(n - 1).ok_or("seat numbers overflow")?;
+                        for num in first..=last {
+                            add(format!("{}-{num}", row.id).into())?;
+                        }
+                    }
+                    (None, Some(ids), None) if !ids.is_empty() => {
+                        for id in ids {
+                            add(id.as_str().into())?;
+                        }
+                    }
+                    _ => unreachable!("rows were checked to be well formed"),
+                }
+            }
+            plan.section_capacity
+                .push((plan.seats.len() - before) as u32);
+        }
+        debug_assert_eq!(plan.seats.len() as u64, capacity);
+        Ok(plan)
+    }
+}
+
+/// Row labels in spreadsheet order: A..Z, AA..AZ, BA.. so that any number of rows
+/// gets short unique ids.
+pub fn row_label(mut n: usize) -> String {
+    let mut label = Vec::new();
+    loop {
+        label.push(b'A' + (n % 26) as u8);
+        if n < 26 {
+            break;
+        }
+        n = n / 26 - 1;
+    }
+    label.reverse();
+    String::from_utf8(label).unwrap_or_default()
+}
+
+/// A rectangular venue: `sections` sections of `rows_per_section` rows of
+/// `seats_per_row` seats. Rows are labelled across the whole venue (section 2 continues
+/// where section 1 stopped), so seat ids such as `A-10` stay unique.
+pub fn generate(
+    venue: &str,
+    sections: u32,
+    rows_per_section: u32,
+    seats_per_row: u32,
+) -> VenueLayout {
+    let mut next_row = 0usize;
+    let sections = (1..=sections)
+        .map(|s| SectionLayout {
+            id: format!("S{s}"),
+            rows: (0..rows_per_section)
+                .map(|_| {
+                    next_row += 1;
+                    RowLayout {
+                        id: row_label(next_row - 1),
+                        seats: Some(seats_per_row),
+                        first: None,
+                        seat_ids: None,
+                    }
+                })
+                .collect(),
+        })
+        .collect();
+    VenueLayout {
+        venue: venue.to_string(),
+        sections,
+    }
+}
+
+/// Named layouts for demos and benchmarks.
+pub fn preset(name: &str) -> Option<VenueLayout> {
+    match name {
+        "small" => Some(generate("Small Hall", 2, 5, 10)),
+        "arena" => Some(generate("Arena", 20, 20, 50)),
+        "stadium" => Some(generate("Stadium", 40, 50, 50)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_example_layout_is_valid() {
+        let layout = VenueLayout::from_json(include_str!("../layouts/small-hall.json")).unwrap();
+        let plan = layout.plan().unwrap();
+        assert_eq!(plan.seats.len() as u64, layout.capacity());
+        assert!(plan.seats.iter().any(|(id, _)| &**id == "A-10"));
+    }
+
+    #[test]
+    fn presets_have_the_advertised_sizes() {
+        for (name, seats) in [("small", 100), ("arena", 20_000), ("stadium", 100_000)] {
+            let plan = preset(name).unwrap().plan().unwrap();
+            assert_eq!(plan.seats.len(), seats, "{name}");
+        }
+        assert_eq!(row_label(0), "A");
+        assert_eq!(row_label(25), "Z");
+        assert_eq!(row_label(26), "AA");
+        assert_eq!(row_label(27 * 26), "AAA");
+    }
+
+    #[test]
+    fn bad_layouts_are_refused_with_a_reason() {
+        let cases = [
+            (r#"{"venue":"V","sections":[]}"#, "no sections"),
+            (
+                r#"{"venue":"V","sections":[{"id":"S","rows":[]}]}"#,
+                "no rows",
+            ),
+            (
+                r#"{"venue":"V","sections":[{"id":"S","rows":[{"id":"A"}]}]}"#,
+                "needs either",
+            ),
+            (
+                r#"{"venue":"V","sections":[{"id":"S","rows":[{"id":"A","seats":2},{"id":"A","seats":1}]}]}"#,
+                "duplicate seat id",
+            ),
+            (
+                r#"{"venue":"V","sections":[{"id":"S","rows":[{"id":"A","seat_ids":["x y"]}]}]}"#,
+                "printable",
+            ),
+            (
+                r#"{"venue":"V","sections":[{"id":"S","rows":[{"id":"A","seats":3000000}]}]}"#,
+                "seats, has",
+            ),
+        ];
+        for (json, want) in cases {
+            let err = VenueLayout::from_json(json)
+                .and_then(|l| l.plan())
+                .unwrap_err();
+            assert!(err.contains(want), "{json}: {err}");
+        }
+        assert!(VenueLayout::from_json(r#"{"venue":"V","sections":[],"x":1}"#).is_err());
+        assert!(VenueLayout::from_json("{").is_err());
+    }
+}

@@ -1,0 +1,37 @@
+//! seatd's replicated state: the seat state machine and (later) its Raft storage.
+//!
+//! The state machine ([`SeatMachine`]) decides every seat. It is a pure function of
+//! the log: a [`Batch`] of [`Command`]s stamped with the leader's clock goes in, the new
+//! state and one [`Outcome`] per command come out. No I/O, no wall clock, no
+//! randomness, so every replica that applies the same log reaches the same state, and
+//! zero oversell reduces to three local facts asserted where state changes:
+//!
+//! 1. a hold takes only seats that are available, all of them or none;
+//! 2. a held seat goes back to available or on to sold, and a sold seat stays sold;
+//! 3. every change to a seat bumps its version, so a compare-and-set against a stale
+//!    version fails.
+//!
+//! Retries are safe because decisions are recorded in the replicated state: the same
+//! `(user, client_reservation_id)` or idempotency key is answered from its record.
+//!
+//! Layout: [`layout`] (venue files and generator), [`command`] (what the log carries
+//! and what applying it answers), `machine` (the state and its rules), [`codec`]
+//! (canonical, checksummed bytes for snapshots and log entries).
+
+pub mod codec;
+pub mod command;
+mod error;
+pub mod ids;
+pub mod layout;
+pub mod limits;
+mod machine;
+
+pub use command::{
+    Batch, Command, CreateEvent, EventSummary, HoldRequest, HoldState, HoldView, OrderView,
+    Outcome, Refusal, Reply, SaleState, SeatMap, SeatStateName, SeatView, SectionCounts,
+};
+pub use error::Error;
+pub use ids::{EventId, HoldId, OrderId};
+pub use layout::VenueLayout;
+pub use limits::Limits;
+pub use machine::SeatMachine;

@@ -1,0 +1,260 @@
+//! The full invariant check: recomputes everything derivable and compares.
+//!
+//! `apply` asserts the local invariants of each change as it makes it; this walks the
+//! whole state. Tests run it after every step, and decoding a snapshot runs it before
+//! trusting the bytes, so it returns an error rather than panicking.
+
+use std::collections::{BTreeSet, HashMap};
+
+use super::event::{CheckoutResult, Counts, EventState, RequestRecord, SeatStatus};
+use super::SeatMachine;
+use crate::command::{HoldState, SaleState};
+
+macro_rules! ensure {
+    ($cond:expr, $($fmt:tt)+) => {
+        if !$cond {
+            return Err(format!($($fmt)+));
+        }
+    };
+}
+
+impl SeatMachine {
+    /// Checks every invariant of every event. `Err` names the first violation.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        for (id, event) in &self.events {
+            ensure!(
+                *id == event.def.event_id,
+                "event stored under {id} is {}",
+                event.def.event_id
+            );
+            event.check().map_err(|e| format!("event {id}: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+impl EventState {
+    /// Recomputes section counts, per-user seat counts and the deadline index from
+    /// seats and holds.
+    pub(crate) fn derive(&self) -> (Vec<Counts>, HashMap<&str, u32>, BTreeSet<(u64, u64)>) {
+        let mut counts = vec![Counts::default(); self.plan.section_capacity.len()];
+        for (i, seat) in self.seats.iter().enumerate() {
+            let section = self.plan.rows[self.plan.seats[i].1 as usize].0 as usize;
+            match seat.status {
+                SeatStatus::Available => counts[section].available += 1,
+                SeatStatus::Held(_) => counts[section].held += 1,
+                SeatStatus::Sold(_) => counts[section].sold += 1,
+            }
+        }
+        let mut owned: HashMap<&str, u32> = HashMap::new();
+        let mut deadlines = BTreeSet::new();
+        for (&seq, hold) in &self.holds {
+            match &hold.state {
+                HoldState::Active => {
+                    deadlines.insert((hold.expires_at_ms, seq));
+                }
+                HoldState::CheckingOut {
+                    payment_deadline_ms,
+                    ..
+                } => {
+                    deadlines.insert((*payment_deadline_ms, seq));
+                }
+                _ => {}
+            }
+            if hold.state.is_live() || matches!(hold.state, HoldState::Committed { .. }) {
+                *owned.entry(hold.user.as_str()).or_default() += hold.seats.len() as u32;
+            }
+        }
+        (counts, owned, deadlines)
+    }
+
+    pub(crate) fn check(&self) -> Result<(), String> {
+        ensure!(
+            self.seats.len() == self.plan.seats.len(),
+            "seat count differs from the layout"
+        );
+        ensure!(
+            self.seat_index.len() == self.seats.len(),
+            "seat index out of step"
+        );
+        let (counts, owned, deadlines) = self.derive();
+        ensure!(
+            counts == self.counts,
+            "section counters {:?} != recount {counts:?}",
+            self.counts
+        );
+        for (c, &cap) in counts.iter().zip(&self.plan.section_capacity) {
+            ensure!(
+                c.available + c.held + c.sold == cap,
+                "section counts do not add up to {cap}"
+            );
+        }
+        ensure!(
+            deadlines == self.deadlines,
+            "deadline index out of step with holds"
+        );
+        for (user, rec) in &self.users {
+            let want = owned.get(user.as_str()).copied().unwrap_or(0);
+            ensure!(
+                rec.seats_owned == want,
+                "user {user} owns {want} seats, counted {}",
+                rec.seats_owned
+            );
+        }
+        ensure!(
+            owned.keys().all(|u| self.users.contains_key(*u)),
+            "a holder has no user record"
+        );
+
+        for (i, seat) in self.seats.iter().enumerate() {
+            let i = i as u32;
+            match seat.status {
+                SeatStatus::Available => {}
+                SeatStatus::Held(h) => {
+                    let hold = self
+                        .holds
+                        .get(&h)
+                        .ok_or(format!("seat {i} held by missing hold {h}"))?;
+                    ensure!(
+                        hold.state.is_live(),
+                        "seat {i} held by {} hold {h}",
+                        hold.state.name()
+                    );
+                    ensure!(
+                        hold.seats.contains(&i),
+                        "seat {i} held by hold {h} that lacks it"
+                    );
+                }
+                SeatStatus::Sold(o) => {
+                    let order = self
+                        .orders
+                        .get(&o)
+                        .ok_or(format!("seat {i} sold by missing order {o}"))?;
+                    let hold = self
+                        .holds
+                        .get(&order.hold)
+                        .ok_or(format!("order {o} lacks its hold"))?;
+                    ensure!(
+                        hold.seats.contains(&i),
+                        "seat {i} sold by order {o} that lacks it"
+                    );
+                }
+            }
+        }
+        for (&seq, hold) in &self.holds {
+            ensure!(
+                seq < self.next_hold_seq,
+                "hold {seq} at or past the next sequence"
+            );
+            ensure!(!hold.seats.is_empty(), "hold {seq} has no seats");
+            ensure!(
+                hold.seats.len() == hold.granted_versions.len(),
+                "hold {seq} versions mismatch"
+            );
+            let distinct: BTreeSet<_> = hold.seats.iter().collect();
+            ensure!(
+                distinct.len() == hold.seats.len(),
+                "hold {seq} lists a seat twice"
+            );
+            ensure!(
+                hold.seats.iter().all(|&s| (s as usize) < self.seats.len()),
+                "hold {seq} has an unknown seat"
+            );
+            let want = match hold.state {
+                HoldState::Active | HoldState::CheckingOut { .. } => Some(SeatStatus::Held(seq)),
+                HoldState::Committed { order } => Some(SeatStatus::Sold(order)),
+                HoldState::Released | HoldState::Expired => None,
+            };
+            if let Some(want) = want {
+                for &s in &hold.seats {
+                    ensure!(
+                        self.seats[s as usize].status == want,
+                        "hold {seq} lost seat {s}"
+                    );
+                }
+            }
+            if let HoldState::Committed { order } = hold.state {
+                let o = self
+                    .orders
+                    .get(&order)
+                    .ok_or(format!("hold {seq} committed to missing order"))?;
+                ensure!(
+                    o.hold == seq,
+                    "order {order} points at hold {} not {seq}",
+                    o.hold
+                );
+            }
+            if let HoldState::CheckingOut {
+                idempotency_key, ..
+            } = &hold.state
+            {
+                let rec = self.checkouts.get(idempotency_key);
+                ensure!(
+                    rec.is_some_and(|r| r.hold == seq && r.result == CheckoutResult::InProgress),
+                    "hold {seq} checking out without an in-progress record"
+                );
+            }
+            let rec = self
+                .users
+                .get(&hold.user)
+                .and_then(|u| u.requests.get(&hold.client_reservation_id));
+            ensure!(
+                rec == Some(&RequestRecord::Granted(seq)),
+                "hold {seq} has no request record"
+            );
+        }
+        for (&seq, order) in &self.orders {
+            ensure!(
+                seq < self.next_order_seq,
+                "order {seq} at or past the next sequence"
+            );
+            let hold = self
+                .holds
+                .get(&order.hold)
+                .ok_or(format!("order {seq} lacks its hold"))?;
+            ensure!(
+                hold.state == HoldState::Committed { order: seq },
+                "order {seq}'s hold is not committed to it"
+            );
+        }
+        for (key, rec) in &self.checkouts {
+            let hold = self
+                .holds
+                .get(&rec.hold)
+                .ok_or(format!("key {key} names a missing hold"))?;
+            match rec.result {
+                CheckoutResult::InProgress => ensure!(
+                    matches!(&hold.state, HoldState::CheckingOut { idempotency_key, .. } if idempotency_key == key),
+                    "key {key} in progress but its hold is {}",
+                    hold.state.name()
+                ),
+                CheckoutResult::Completed(o) => ensure!(
+                    hold.state == HoldState::Committed { order: o },
+                    "key {key} completed order {o} that its hold does not have"
+                ),
+                CheckoutResult::Refused(_) => {}
+            }
+        }
+        for (user, rec) in &self.users {
+            for (crid, r) in &rec.requests {
+                if let RequestRecord::Granted(seq) = r {
+                    let hold = self
+                        .holds
+                        .get(seq)
+                        .ok_or(format!("request {user}/{crid} names a missing hold"))?;
+                    ensure!(
+                        &hold.user == user && &hold.client_reservation_id == crid,
+                        "request record {user}/{crid} names another's hold"
+                    );
+                }
+            }
+        }
+        if self.sale == SaleState::Cancelled {
+            ensure!(
+                self.deadlines.is_empty(),
+                "cancelled event still has live holds"
+            );
+        }
+        Ok(())
+    }
+}

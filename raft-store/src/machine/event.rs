@@ -1,0 +1,727 @@
+//! One event's seats, holds and orders, and the commands that change them.
+//!
+//! Every seat change goes through [`EventState::set_seat`], which is where the core
+//! invariants are asserted: the only legal moves are available → held(h),
+//! held(h) → available and held(h) → sold(o); each bumps the seat's version and moves
+//! the section counters, so `available + held + sold == capacity` holds by construction.
+//! A seat therefore belongs to at most one live hold and at most one order: a hold can
+//! only take seats that are available, and a sold seat never changes again.
+//!
+//! Expiry is lazy but exact: before any command touches an event, [`EventState::sweep`]
+//! expires every hold (and aborts every checkout) whose deadline is at or before the
+//! entry's timestamp. So after applying an entry stamped T, no live hold has a
+//! deadline ≤ T, and "a seat held by an expired hold counts as available" needs no
+//! special case anywhere else.
+//!
+//! Retries are answered from records: `(user, client_reservation_id)` remembers the
+//! first decision of a hold; an idempotency key remembers how its checkout went.
+//! Malformed input is refused without a record (the same input is refused again).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use crate::command::{
+    CreateEvent, HoldRequest, HoldState, HoldView, OrderView, Outcome, Refusal, Reply, SaleState,
+};
+use crate::ids::{validate_token, HoldId, OrderId};
+use crate::layout::SeatPlan;
+use crate::limits::TEXT_BYTES_MAX;
+
+/// Where a seat is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum SeatStatus {
+    Available,
+    Held(u64),
+    Sold(u64),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Seat {
+    pub status: SeatStatus,
+    pub version: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Hold {
+    pub user: String,
+    pub client_reservation_id: String,
+    /// Seat indices, in the order the client asked for them.
+    pub seats: Vec<u32>,
+    /// The version each seat got when the hold was granted.
+    pub granted_versions: Vec<u64>,
+    pub created_at_ms: u64,
+    pub expires_at_ms: u64,
+    pub state: HoldState,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Order {
+    pub hold: u64,
+    pub payment_ref: String,
+    pub created_at_ms: u64,
+}
+
+/// The first decision on a `(user, client_reservation_id)`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum RequestRecord {
+    Granted(u64),
+    Refused(Refusal),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum CheckoutResult {
+    InProgress,
+    Completed(u64),
+    Refused(Refusal),
+}
+
+/// What an idempotency key did, and to which hold.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct CheckoutRecord {
+    pub hold: u64,
+    pub result: CheckoutResult,
+}
+
+/// Per-user bookkeeping inside one event.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct UserRecord {
+    /// Seats in this user's live holds plus seats in their orders (derived).
+    pub seats_owned: u32,
+    pub requests: HashMap<String, RequestRecord>,
+}
+
+/// Counters per section, indexed like `SeatPlan::section_capacity`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Counts {
+    pub available: u32,
+    pub held: u32,
+    pub sold: u32,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct EventState {
+    pub def: CreateEvent,
+    pub sale: SaleState,
+    pub created_at_ms: u64,
+    pub plan: SeatPlan,
+    pub seat_index: HashMap<Box<str>, u32>,
+    pub seats: Vec<Seat>,
+    pub counts: Vec<Counts>,
+    pub holds: BTreeMap<u64, Hold>,
+    pub orders: BTreeMap<u64, Order>,
+    pub next_hold_seq: u64,
+    pub next_order_seq: u64,
+    pub users: HashMap<String, UserRecord>,
+    pub checkouts: HashMap<String, CheckoutRecord>,
+    /// `(deadline_ms, hold)` for every live hold: `expires_at_ms` while active, the
+    /// payment deadline while checking out (derived).
+    pub deadlines: BTreeSet<(u64, u64)>,
+}
+
+/// Moves one seat, bumping its version and the section counters. The only place a
+/// seat's status changes.
+fn set_seat(seats: &mut [Seat], counts: &mut [Counts], plan: &SeatPlan, idx: u32, to: SeatStatus) {
+    let seat = &mut seats[idx as usize];
+    let section = plan.rows[plan.seats[idx as usize].1 as usize].0 as usize;
+    let c = &mut counts[section];
+    match (seat.status, to) {
+        (SeatStatus::Available, SeatStatus::Held(_)) => {
+            c.available -= 1;
+            c.held += 1;
+        }
+        (SeatStatus::Held(_), SeatStatus::Available) => {
+            c.held -= 1;
+            c.available += 1;
+        }
+        (SeatStatus::Held(h), SeatStatus::Sold(_)) => {
+            let _ = h;
+            c.held -= 1;
+            c.sold += 1;
+        }
+        (from, to) => panic!("illegal seat move {from:?} -> {to:?} for seat {idx}"),
+    }
+    seat.status = to;
+    seat.version += 1;
+}
+
+impl EventState {
+    pub fn new(def: CreateEvent, plan: SeatPlan, created_at_ms: u64) -> Self {
+        let seat_index = plan
+            .seats
+            .iter()
+            .enumerate()
+            .map(|(i, (id, _))| (id.clone(), i as u32))
+            .collect();
+        let seats = vec![
+            Seat {
+                status: SeatStatus::Available,
+                version: 0
+            };
+            plan.seats.len()
+        ];
+        let counts = plan
+            .section_capacity
+            .iter()
+            .map(|&cap| Counts {
+                available: cap,
+                held: 0,
+                sold: 0,
+            })
+            .collect();
+        Self {
+            def,
+            sale: SaleState::OnSale,
+            created_at_ms,
+            plan,
+            seat_index,
+            seats,
+            counts,
+            holds: BTreeMap::new(),
+            orders: BTreeMap::new(),
+            next_hold_seq: 1,
+            next_order_seq: 1,
+            users: HashMap::new(),
+            checkouts: HashMap::new(),
+            deadlines: BTreeSet::new(),
+        }
+    }
+
+    pub fn hold_id(&self, seq: u64) -> HoldId {
+        HoldId {
+            event: self.def.event_id.clone(),
+            seq,
+        }
+    }
+
+    pub fn seat_id(&self, idx: u32) -> &str {
+        &self.plan.seats[idx as usize].0
+    }
+
+    pub fn hold_view(&self, seq: u64, hold: &Hold) -> HoldView {
+        HoldView {
+            hold_id: self.hold_id(seq),
+            user: hold.user.clone(),
+            client_reservation_id: hold.client_reservation_id.clone(),
+            seats: hold
+                .seats
+                .iter()
+                .zip(&hold.granted_versions)
+                .map(|(&s, &v)| (self.seat_id(s).to_string(), v))
+                .collect(),
+            created_at_ms: hold.created_at_ms,
+            expires_at_ms: hold.expires_at_ms,
+            state: hold.state.clone(),
+        }
+    }
+
+    pub fn order_view(&self, seq: u64) -> Option<OrderView> {
+        let order = self.orders.get(&seq)?;
+        let hold = self.holds.get(&order.hold)?;
+        Some(OrderView {
+            order_id: OrderId {
+                event: self.def.event_id.clone(),
+                seq,
+            },
+            hold_id: self.hold_id(order.hold),
+            user: hold.user.clone(),
+            seats: hold
+                .seats
+                .iter()
+                .map(|&s| self.seat_id(s).to_string())
+                .collect(),
+            payment_ref: order.payment_ref.clone(),
+            created_at_ms: order.created_at_ms,
+        })
+    }
+
+    /// Gives a live hold's seats back and moves it to `end` (released or expired).
+    fn end_live_hold(&mut self, seq: u64, end: HoldState) {
+        assert!(matches!(end, HoldState::Released | HoldState::Expired));
+        let hold = self.holds.get_mut(&seq).expect("live hold exists");
+        assert!(hold.state.is_live(), "ending a hold that is not live");
+        for &s in &hold.seats {
+            assert_eq!(self.seats[s as usize].status, SeatStatus::Held(seq));
+            set_seat(
+                &mut self.seats,
+                &mut self.counts,
+                &self.plan,
+                s,
+                SeatStatus::Available,
+            );
+        }
+        let user = self
+            .users
+            .get_mut(&hold.user)
+            .expect("holder has a user record");
+        user.seats_owned -= hold.seats.len() as u32;
+        hold.state = end;
+    }
+
+    /// Expires holds and aborts checkouts whose deadline is ≤ `now_ms`.
+    /// Returns `(holds expired, checkouts aborted)`.
+    pub fn sweep(&mut self, now_ms: u64) -> (u32, u32) {
+        let (mut expired, mut aborted) = (0, 0);
+        while let Some(&(deadline, seq)) = self.deadlines.first() {
+            if deadline > now_ms {
+                break;
+            }
+            self.deadlines.pop_first();
+            let hold = &self.holds[&seq];
+            match &hold.state {
+                HoldState::Active => {
+                    self.end_live_hold(seq, HoldState::Expired);
+                    expired += 1;
+                }
+                HoldState::CheckingOut {
+                    idempotency_key, ..
+                } => {
+                    aborted += 1;
+                    let key = idempotency_key.clone();
+                    let refusal = if hold.expires_at_ms <= now_ms {
+                        self.end_live_hold(seq, HoldState::Expired);
+                        expired += 1;
+                        Refusal::Expired
+                    } else {
+                        let expires_at_ms = hold.expires_at_ms;
+                        self.holds.get_mut(&seq).expect("hold exists").state = HoldState::Active;
+                        self.deadlines.insert((expires_at_ms, seq));
+                        Refusal::WrongState("checkout timed out: payment deadline passed".into())
+                    };
+                    let rec = self
+                        .checkouts
+                        .get_mut(&key)
+                        .expect("in-progress checkout has a record");
+                    rec.result = CheckoutResult::Refused(refusal);
+                }
+                other => panic!("hold {seq} in deadline index while {}", other.name()),
+            }
+        }
+        (expired, aborted)
+    }
+
+    pub fn hold(&mut self, req: &HoldRequest, now_ms: u64) -> Outcome {
+        validate_token("user id", &req.user).map_err(Refusal::Invalid)?;
+        validate_token("client reservation id", &req.client_reservation_id)
+            .map_err(Refusal::Invalid)?;
+        if let Some(rec) = self
+            .users
+            .get(&req.user)
+            .and_then(|u| u.requests.get(&req.client_reservation_id))
+        {
+            return match rec {
+                RequestRecord::Granted(seq) => {
+                    let mut view = self.hold_view(*seq, &self.holds[seq]);
+                    view.state = HoldState::Active; // the decision as first given
+                    Ok(Reply::Held(view))
+                }
+                RequestRecord::Refused(r) => Err(r.clone()),
+            };
+        }
+        let limits = &self.def.limits;
+        let n = req.seats.len();
+        if n == 0 {
+            return Err(Refusal::Invalid("a hold needs at least one seat".into()));
+        }
+        if n > limits.seats_per_hold_max as usize {
+            return Err(Refusal::Invalid(format!(
+                "a hold may have at most {} seats, asked for {n}",
+                limits.seats_per_hold_max
+            )));
+        }
+        let ttl_ms = req.ttl_ms.unwrap_or(limits.hold_ttl_ms_default);
+        if !(limits.hold_ttl_ms_min..=limits.hold_ttl_ms_max).contains(&ttl_ms) {
+            return Err(Refusal::Invalid(format!(
+                "hold TTL must be {}..={} ms, asked for {ttl_ms}",
+                limits.hold_ttl_ms_min, limits.hold_ttl_ms_max
+            )));
+        }
+        if let Some(v) = &req.expected_versions {
+            if v.len() != n {
+                return Err(Refusal::Invalid(format!(
+                    "{} expected versions given for {n} seats",
+                    v.len()
+                )));
+            }
+        }
+        let mut idxs = Vec::with_capacity(n);
+        let mut unknown = Vec::new();
+        for id in &req.seats {
+            match self.seat_index.get(id.as_str()) {
+                Some(&i) if idxs.contains(&i) => {
+                    return Err(Refusal::Invalid(format!("seat {id} is listed twice")))
+                }
+                Some(&i) => idxs.push(i),
+                None => unknown.push(id.as_str()),
+            }
+        }
+        if !unknown.is_empty() {
+            return Err(Refusal::Invalid(format!(
+                "unknown seats: {}",
+                unknown.join(",")
+            )));
+        }
+
+        // From here on the decision depends on state, so it is remembered.
+        let decision = self.decide_hold(req, &idxs, ttl_ms, now_ms);
+        let user = self.users.entry(req.user.clone()).or_default();
+        let record = match &decision {
+            Ok(Reply::Held(view)) => RequestRecord::Granted(view.hold_id.seq),
+            Ok(other) => unreachable!("hold decided {other:?}"),
+            Err(r) => RequestRecord::Refused(r.clone()),
+        };
+        user.requests
+            .insert(req.client_reservation_id.clone(), record);
+        decision
+    }
+
+    fn decide_hold(
+        &mut self,
+        req: &HoldRequest,
+        idxs: &[u32],
+        ttl_ms: u64,
+        now_ms: u64,
+    ) -> Outcome {
+        match self.sale {
+            SaleState::OnSale => {}
+            SaleState::Stopped => {
+                return Err(Refusal::WrongState(format!(
+                    "sale of {} is stopped",
+                    self.def.event_id
+                )))
+            }
+            SaleState::Cancelled => {
+                return Err(Refusal::WrongState(format!(
+                    "{} is cancelled",
+                    self.def.event_id
+                )))
+            }
+        }
+        let owned = self.users.get(&req.user).map_or(0, |u| u.seats_owned);
+        let max = self.def.limits.seats_per_user_max;
+        if owned as usize + idxs.len() > max as usize {
+            return Err(Refusal::Invalid(format!(
+                "user {} would have {} seats in this event, the limit is {max}",
+                req.user,
+                owned as usize + idxs.len()
+            )));
+        }
+        let unavailable: Vec<String> = idxs
+            .iter()
+            .enumerate()
+            .filter(|&(k, &i)| {
+                let seat = &self.seats[i as usize];
+                let stale = req
+                    .expected_versions
+                    .as_ref()
+                    .is_some_and(|v| v[k] != seat.version);
+                seat.status != SeatStatus::Available || stale
+            })
+            .map(|(_, &i)| self.seat_id(i).to_string())
+            .collect();
+        if !unavailable.is_empty() {
+            return Err(Refusal::Conflict { seats: unavailable });
+        }
+
+        let seq = self.next_hold_seq;
+        self.next_hold_seq += 1;
+        let mut granted_versions = Vec::with_capacity(idxs.len());
+        for &i in idxs {
+            set_seat(
+                &mut self.seats,
+                &mut self.counts,
+                &self.plan,
+                i,
+                SeatStatus::Held(seq),
+            );
+            granted_versions.push(self.seats[i as usize].version);
+        }
+        let expires_at_ms = now_ms.saturating_add(ttl_ms);
+        let hold = Hold {
+            user: req.user.clone(),
+            client_reservation_id: req.client_reservation_id.clone(),
+            seats: idxs.to_vec(),
+            granted_versions,
+            created_at_ms: now_ms,
+            expires_at_ms,
+            state: HoldState::Active,
+        };
+        let view = self.hold_view(seq, &hold);
+        self.users.entry(req.user.clone()).or_default().seats_owned += idxs.len() as u32;
+        self.deadlines.insert((expires_at_ms, seq));
+        let prev = self.holds.insert(seq, hold);
+        assert!(prev.is_none(), "hold sequence {seq} reused");
+        Ok(Reply::Held(view))
+    }
+
+    fn existing_hold(&self, seq: u64) -> Result<&Hold, Refusal> {
+        self.holds
+            .get(&seq)
+            .ok_or_else(|| Refusal::NotFound(format!("hold {}", self.hold_id(seq))))
+    }
+
+    /// Answers a repeated idempotency key from its record; `None` for a new key.
+    fn replay_checkout(&self, seq: u64, key: &str) -> Option<Outcome> {
+        let rec = self.checkouts.get(key)?;
+        if rec.hold != seq {
+            return Some(Err(Refusal::Invalid(format!(
+                "idempotency key {key:?} was already used for hold {}",
+                self.hold_id(rec.hold)
+            ))));
+        }
+        Some(match &rec.result {
+            CheckoutResult::Completed(o) => Ok(Reply::Completed(
+                self.order_view(*o)
+                    .expect("completed checkout has its order"),
+            )),
+            CheckoutResult::Refused(r) => Err(r.clone()),
+            CheckoutResult::InProgress => match &self.holds[&seq].state {
+                HoldState::CheckingOut {
+                    payment_deadline_ms,
+                    ..
+                } => Ok(Reply::CheckoutStarted {
+                    hold_id: self.hold_id(seq),
+                    payment_deadline_ms: *payment_deadline_ms,
+                }),
+                other => panic!("checkout in progress on a hold that is {}", other.name()),
+            },
+        })
+    }
+
+    pub fn begin_checkout(&mut self, seq: u64, key: &str, now_ms: u64) -> Outcome {
+        validate_token("idempotency key", key).map_err(Refusal::Invalid)?;
+        if let Some(answer) = self.replay_checkout(seq, key) {
+            return answer;
+        }
+        let hold = self.existing_hold(seq)?;
+        let refusal = match &hold.state {
+            HoldState::Active => {
+                let payment_deadline_ms = now_ms.saturating_add(self.def.limits.checkout_ttl_ms);
+                let expires_at_ms = hold.expires_at_ms;
+                assert!(
+                    self.deadlines.remove(&(expires_at_ms, seq)),
+                    "active hold has a deadline"
+                );
+                self.deadlines.insert((payment_deadline_ms, seq));
+                self.holds.get_mut(&seq).expect("hold exists").state = HoldState::CheckingOut {
+                    idempotency_key: key.to_string(),
+                    payment_deadline_ms,
+                };
+                let rec = CheckoutRecord {
+                    hold: seq,
+                    result: CheckoutResult::InProgress,
+                };
+                self.checkouts.insert(key.to_string(), rec);
+                return Ok(Reply::CheckoutStarted {
+                    hold_id: self.hold_id(seq),
+                    payment_deadline_ms,
+                });
+            }
+            // Transient: the other checkout may still abort. Not recorded.
+            HoldState::CheckingOut { .. } => {
+                return Err(Refusal::WrongState(
+                    "a checkout of this hold is already in progress under another idempotency key"
+                        .into(),
+                ))
+            }
+            HoldState::Committed { order } => Refusal::WrongState(format!(
+                "hold already committed as order {}",
+                OrderId {
+                    event: self.def.event_id.clone(),
+                    seq: *order
+                }
+            )),
+            HoldState::Released => Refusal::WrongState("hold was released".into()),
+            HoldState::Expired => Refusal::Expired,
+        };
+        let result = CheckoutResult::Refused(refusal.clone());
+        self.checkouts
+            .insert(key.to_string(), CheckoutRecord { hold: seq, result });
+        Err(refusal)
+    }
+
+    /// Validates a key and finds the checkout it runs; `Err` answers the command.
+    fn checkout_in_progress(&self, seq: u64, key: &str) -> Result<(), Outcome> {
+        validate_token("idempotency key", key).map_err(|e| Err(Refusal::Invalid(e)))?;
+        match self.replay_checkout(seq, key) {
+            Some(Ok(Reply::CheckoutStarted { .. })) => Ok(()),
+            Some(answer) => Err(answer),
+            None => {
+                self.existing_hold(seq).map_err(Err)?;
+                Err(Err(Refusal::WrongState(format!(
+                    "no checkout of hold {} under idempotency key {key:?}",
+                    self.hold_id(seq)
+                ))))
+            }
+        }
+    }
+
+    pub fn complete_checkout(
+        &mut self,
+        seq: u64,
+        key: &str,
+        payment_ref: &str,
+        now_ms: u64,
+    ) -> Outcome {
+        validate_token("payment reference", payment_ref).map_err(Refusal::Invalid)?;
+        if let Err(answer) = self.checkout_in_progress(seq, key) {
+            return answer;
+        }
+        let order_seq = self.next_order_seq;
+        self.next_order_seq += 1;
+        let hold = self.holds.get_mut(&seq).expect("hold exists");
+        let HoldState::CheckingOut {
+            payment_deadline_ms,
+            ..
+        } = hold.state
+        else {
+            panic!("completing a hold that is {}", hold.state.name());
+        };
+        assert!(self.deadlines.remove(&(payment_deadline_ms, seq)));
+        for &s in &hold.seats {
+            assert_eq!(self.seats[s as usize].status, SeatStatus::Held(seq));
+            set_seat(
+                &mut self.seats,
+                &mut self.counts,
+                &self.plan,
+                s,
+                SeatStatus::Sold(order_seq),
+            );
+        }
+        hold.state = HoldState::Committed { order: order_seq };
+        let order = Order {
+            hold: seq,
+            payment_ref: payment_ref.to_string(),
+            created_at_ms: now_ms,
+        };
+        assert!(
+            self.orders.insert(order_seq, order).is_none(),
+            "order sequence reused"
+        );
+        let rec = self.checkouts.get_mut(key).expect("checkout record exists");
+        rec.result = CheckoutResult::Completed(order_seq);
+        Ok(Reply::Completed(
+            self.order_view(order_seq).expect("order just created"),
+        ))
+    }
+
+    pub fn abort_checkout(&mut self, seq: u64, key: &str, reason: &str, now_ms: u64) -> Outcome {
+        if reason.len() > TEXT_BYTES_MAX {
+            return Err(Refusal::Invalid(format!(
+                "abort reason longer than {TEXT_BYTES_MAX} bytes"
+            )));
+        }
+        match self.checkout_in_progress(seq, key) {
+            Ok(()) => {}
+            // Aborting twice answers like the first abort did.
+            Err(Err(Refusal::Declined(_) | Refusal::Expired))
+            | Err(Err(Refusal::WrongState(_)))
+                if self.checkouts.get(key).is_some_and(|r| r.hold == seq) =>
+            {
+                let state = self.holds[&seq].state.clone();
+                return Ok(Reply::CheckoutAborted {
+                    hold_id: self.hold_id(seq),
+                    state,
+                });
+            }
+            Err(Ok(Reply::Completed(order))) => {
+                return Err(Refusal::WrongState(format!(
+                    "checkout already completed as order {}",
+                    order.order_id
+                )))
+            }
+            Err(answer) => return answer,
+        }
+        let hold = &self.holds[&seq];
+        let HoldState::CheckingOut {
+            payment_deadline_ms,
+            ..
+        } = hold.state
+        else {
+            panic!("aborting a hold that is {}", hold.state.name());
+        };
+        let expires_at_ms = hold.expires_at_ms;
+        assert!(self.deadlines.remove(&(payment_deadline_ms, seq)));
+        if expires_at_ms <= now_ms {
+            self.end_live_hold(seq, HoldState::Expired);
+        } else {
+            self.holds.get_mut(&seq).expect("hold exists").state = HoldState::Active;
+            self.deadlines.insert((expires_at_ms, seq));
+        }
+        let rec = self.checkouts.get_mut(key).expect("checkout record exists");
+        rec.result = CheckoutResult::Refused(Refusal::Declined(reason.to_string()));
+        let state = self.holds[&seq].state.clone();
+        Ok(Reply::CheckoutAborted {
+            hold_id: self.hold_id(seq),
+            state,
+        })
+    }
+
+    pub fn release(&mut self, seq: u64, user: &str) -> Outcome {
+        let hold = self.existing_hold(seq)?;
+        if hold.user != user {
+            return Err(Refusal::Invalid(format!(
+                "hold {} does not belong to user {user:?}",
+                self.hold_id(seq)
+            )));
+        }
+        match hold.state {
+            HoldState::Active => {
+                assert!(self.deadlines.remove(&(hold.expires_at_ms, seq)));
+                self.end_live_hold(seq, HoldState::Released);
+                Ok(Reply::Released {
+                    hold_id: self.hold_id(seq),
+                })
+            }
+            HoldState::Released => Ok(Reply::Released {
+                hold_id: self.hold_id(seq),
+            }),
+            HoldState::Expired => Err(Refusal::Expired),
+            HoldState::CheckingOut { .. } => Err(Refusal::WrongState(
+                "a checkout of this hold is in progress".into(),
+            )),
+            HoldState::Committed { .. } => {
+                Err(Refusal::WrongState("hold already committed".into()))
+            }
+        }
+    }
+
+    pub fn set_sale(&mut self, sale: SaleState) -> Outcome {
+        let reply = Ok(Reply::SaleSet {
+            event_id: self.def.event_id.clone(),
+            sale,
+        });
+        match (self.sale, sale) {
+            (SaleState::Cancelled, SaleState::Cancelled) => return reply,
+            (SaleState::Cancelled, _) => {
+                return Err(Refusal::WrongState(format!(
+                    "{} is cancelled",
+                    self.def.event_id
+                )))
+            }
+            _ => {}
+        }
+        self.sale = sale;
+        if sale == SaleState::Cancelled {
+            // Give back every live hold, in deadline order (deterministic).
+            let live: Vec<u64> = self.deadlines.iter().map(|&(_, seq)| seq).collect();
+            self.deadlines.clear();
+            for seq in live {
+                if let HoldState::CheckingOut {
+                    idempotency_key, ..
+                } = &self.holds[&seq].state
+                {
+                    let refusal =
+                        Refusal::WrongState(format!("{} is cancelled", self.def.event_id));
+                    let rec = self
+                        .checkouts
+                        .get_mut(idempotency_key)
+                        .expect("record exists");
+                    rec.result = CheckoutResult::Refused(refusal);
+                }
+                self.end_live_hold(seq, HoldState::Released);
+            }
+        }
+        reply
+    }
+}

@@ -1,0 +1,270 @@
+//! The seat state machine: a pure function from (state, log entry) to (state, outcomes).
+//!
+//! [`SeatMachine::apply`] is the only way state changes. It uses no wall clock, no
+//! randomness and no unordered iteration: time comes from the entry's timestamp
+//! (clamped so it never moves backwards), ids come from per-event counters, and every
+//! iteration that can affect state or output walks a `BTreeMap`/`BTreeSet` or a `Vec`.
+//! Hash maps are used only for point lookups. So every replica that applies the same
+//! entries from the same state reaches byte-identical state (see `codec` and
+//! [`SeatMachine::digest`]).
+//!
+//! Events are independent: a command touches one event (or, for `Expire`, each event in
+//! id order). Reads never change state.
+
+mod check;
+pub(crate) mod event;
+
+use std::collections::BTreeMap;
+
+use crate::command::{
+    Batch, Command, CreateEvent, EventSummary, HoldView, OrderView, Outcome, Refusal, Reply,
+    SeatMap, SeatStateName, SeatView, SectionCounts,
+};
+use crate::ids::{EventId, HoldId, OrderId};
+use crate::limits::TEXT_BYTES_MAX;
+use event::{EventState, SeatStatus};
+
+/// The replicated state of one shard: every event in it.
+#[derive(Clone, Debug, Default)]
+pub struct SeatMachine {
+    pub(crate) applied_index: u64,
+    /// The latest entry timestamp applied; entries stamped earlier are treated as now.
+    pub(crate) clock_ms: u64,
+    pub(crate) events: BTreeMap<EventId, EventState>,
+}
+
+impl SeatMachine {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The log index of the last applied entry (0 before any).
+    pub fn applied_index(&self) -> u64 {
+        self.applied_index
+    }
+
+    /// The state machine's notion of now: the latest entry timestamp applied.
+    pub fn clock_ms(&self) -> u64 {
+        self.clock_ms
+    }
+
+    /// Applies one log entry. `index` must be above every index applied before.
+    pub fn apply(&mut self, index: u64, batch: &Batch) -> Vec<Outcome> {
+        assert!(
+            index > self.applied_index,
+            "log index {index} applied after {}",
+            self.applied_index
+        );
+        self.applied_index = index;
+        self.clock_ms = self.clock_ms.max(batch.ts_ms);
+        let now_ms = self.clock_ms;
+        batch
+            .commands
+            .iter()
+            .map(|c| self.apply_command(c, now_ms))
+            .collect()
+    }
+
+    /// Records that a log entry without commands (a Raft blank or membership entry) was
+    /// applied, so the applied index keeps up with the log.
+    pub fn apply_empty(&mut self, index: u64) {
+        assert!(
+            index > self.applied_index,
+            "log index {index} applied after {}",
+            self.applied_index
+        );
+        self.applied_index = index;
+    }
+
+    fn event_mut(&mut self, id: &EventId, now_ms: u64) -> Result<&mut EventState, Refusal> {
+        let event = self
+            .events
+            .get_mut(id)
+            .ok_or_else(|| Refusal::NotFound(format!("event {id}")))?;
+        event.sweep(now_ms);
+        Ok(event)
+    }
+
+    fn apply_command(&mut self, cmd: &Command, now_ms: u64) -> Outcome {
+        match cmd {
+            Command::CreateEvent(def) => self.create_event(def, now_ms),
+            Command::SetSale { event_id, sale } => {
+                self.event_mut(event_id, now_ms)?.set_sale(*sale)
+            }
+            Command::Hold(req) => self.event_mut(&req.event_id, now_ms)?.hold(req, now_ms),
+            Command::BeginCheckout {
+                hold,
+                idempotency_key,
+            } => self.event_mut(&hold.event, now_ms)?.begin_checkout(
+                hold.seq,
+                idempotency_key,
+                now_ms,
+            ),
+            Command::CompleteCheckout {
+                hold,
+                idempotency_key,
+                payment_ref,
+            } => self.event_mut(&hold.event, now_ms)?.complete_checkout(
+                hold.seq,
+                idempotency_key,
+                payment_ref,
+                now_ms,
+            ),
+            Command::AbortCheckout {
+                hold,
+                idempotency_key,
+                reason,
+            } => self.event_mut(&hold.event, now_ms)?.abort_checkout(
+                hold.seq,
+                idempotency_key,
+                reason,
+                now_ms,
+            ),
+            Command::Release { hold, user } => {
+                self.event_mut(&hold.event, now_ms)?.release(hold.seq, user)
+            }
+            Command::Expire => {
+                let (mut holds_expired, mut checkouts_aborted) = (0, 0);
+                for event in self.events.values_mut() {
+                    let (e, a) = event.sweep(now_ms);
+                    holds_expired += e;
+                    checkouts_aborted += a;
+                }
+                Ok(Reply::Expired {
+                    holds_expired,
+                    checkouts_aborted,
+                })
+            }
+        }
+    }
+
+    fn create_event(&mut self, def: &CreateEvent, now_ms: u64) -> Outcome {
+        if let Some(existing) = self.events.get(&def.event_id) {
+            return if existing.def == *def {
+                Ok(Reply::EventCreated {
+                    event_id: def.event_id.clone(),
+                })
+            } else {
+                Err(Refusal::Invalid(format!(
+                    "event {} already exists with a different definition",
+                    def.event_id
+                )))
+            };
+        }
+        if def.name.is_empty() || def.name.len() > TEXT_BYTES_MAX {
+            return Err(Refusal::Invalid(format!(
+                "event name must be 1..={TEXT_BYTES_MAX} bytes"
+            )));
+        }
+        def.limits.validate().map_err(Refusal::Invalid)?;
+        let plan = def.layout.plan().map_err(Refusal::Invalid)?;
+        let event = EventState::new(def.clone(), plan, now_ms);
+        self.events.insert(def.event_id.clone(), event);
+        Ok(Reply::EventCreated {
+            event_id: def.event_id.clone(),
+        })
+    }
+
+    fn event(&self, id: &EventId) -> Result<&EventState, Refusal> {
+        self.events
+            .get(id)
+            .ok_or_else(|| Refusal::NotFound(format!("event {id}")))
+    }
+
+    /// The full seat map of an event, as of [`SeatMachine::applied_index`].
+    pub fn seat_map(&self, id: &EventId) -> Result<SeatMap, Refusal> {
+        let event = self.event(id)?;
+        let layout = &event.def.layout;
+        let sections = event
+            .counts
+            .iter()
+            .zip(&event.plan.section_capacity)
+            .zip(&layout.sections)
+            .map(|((c, &capacity), s)| SectionCounts {
+                section: s.id.clone(),
+                capacity,
+                available: c.available,
+                held: c.held,
+                sold: c.sold,
+            })
+            .collect();
+        let seats = event
+            .plan
+            .seats
+            .iter()
+            .zip(&event.seats)
+            .map(|((seat_id, row), seat)| {
+                let (section, row_id) = &event.plan.rows[*row as usize];
+                SeatView {
+                    id: seat_id.to_string(),
+                    section: layout.sections[*section as usize].id.clone(),
+                    row: row_id.to_string(),
+                    state: match seat.status {
+                        SeatStatus::Available => SeatStateName::Available,
+                        SeatStatus::Held(_) => SeatStateName::Held,
+                        SeatStatus::Sold(_) => SeatStateName::Sold,
+                    },
+                    version: seat.version,
+                }
+            })
+            .collect();
+        Ok(SeatMap {
+            event_id: id.clone(),
+            applied_index: self.applied_index,
+            sections,
+            seats,
+        })
+    }
+
+    pub fn hold(&self, id: &HoldId) -> Result<HoldView, Refusal> {
+        let event = self.event(&id.event)?;
+        let hold = event
+            .holds
+            .get(&id.seq)
+            .ok_or_else(|| Refusal::NotFound(format!("hold {id}")))?;
+        Ok(event.hold_view(id.seq, hold))
+    }
+
+    pub fn order(&self, id: &OrderId) -> Result<OrderView, Refusal> {
+        self.event(&id.event)?
+            .order_view(id.seq)
+            .ok_or_else(|| Refusal::NotFound(format!("order {id}")))
+    }
+
+    /// Events starting in `[from_ms, to_ms]` whose name or venue contains `query`
+    /// (case-insensitive), ordered by start time then id, at most `limit` of them.
+    pub fn events(
+        &self,
+        from_ms: Option<u64>,
+        to_ms: Option<u64>,
+        query: Option<&str>,
+        limit: usize,
+    ) -> Vec<EventSummary> {
+        let query = query.map(str::to_lowercase).filter(|q| !q.is_empty());
+        let mut found: Vec<EventSummary> = self
+            .events
+            .values()
+            .filter(|e| from_ms.is_none_or(|f| e.def.starts_at_ms >= f))
+            .filter(|e| to_ms.is_none_or(|t| e.def.starts_at_ms <= t))
+            .filter(|e| {
+                query.as_ref().is_none_or(|q| {
+                    e.def.name.to_lowercase().contains(q)
+                        || e.def.layout.venue.to_lowercase().contains(q)
+                })
+            })
+            .map(|e| EventSummary {
+                event_id: e.def.event_id.clone(),
+                name: e.def.name.clone(),
+                venue: e.def.layout.venue.clone(),
+                starts_at_ms: e.def.starts_at_ms,
+                sale: e.sale,
+                capacity: e.seats.len() as u32,
+                available: e.counts.iter().map(|c| c.available).sum(),
+                limits: e.def.limits.clone(),
+            })
+            .collect();
+        found.sort_by(|a, b| (a.starts_at_ms, &a.event_id).cmp(&(b.starts_at_ms, &b.event_id)));
+        found.truncate(limit);
+        found
+    }
+}

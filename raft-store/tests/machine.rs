@@ -1,0 +1,725 @@
+//! One test per command and per refusal of the seat state machine.
+
+mod common;
+
+use common::*;
+use raft_store::{
+    Batch, Command, HoldState, Limits, Refusal, Reply, SaleState, SeatMachine, SeatStateName::*,
+};
+
+fn conflict(seats: &[&str]) -> Refusal {
+    Refusal::Conflict {
+        seats: seats.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+fn invalid(outcome: raft_store::Outcome, needle: &str) {
+    match outcome {
+        Err(Refusal::Invalid(msg)) => assert!(msg.contains(needle), "{msg:?} lacks {needle:?}"),
+        other => panic!("expected invalid ({needle}), got {other:?}"),
+    }
+}
+
+#[test]
+fn create_event_is_idempotent_and_validated() {
+    let mut h = Harness::new();
+    // The identical definition again succeeds and changes nothing.
+    h.run_unchanged(create("e", 2, 2, 5, Limits::default()))
+        .unwrap();
+    // A different definition under the same id is refused.
+    invalid(
+        h.run(create("e", 1, 1, 1, Limits::default())),
+        "already exists",
+    );
+    assert_eq!(h.m.seat_map(&ev("e")).unwrap().seats.len(), 20);
+    let bad_limits = Limits {
+        seats_per_hold_max: 0,
+        ..Limits::default()
+    };
+    invalid(
+        h.run(create("f", 1, 1, 1, bad_limits)),
+        "seats_per_hold_max",
+    );
+    let bad_ttl = Limits {
+        hold_ttl_ms_default: 10,
+        ..Limits::default()
+    };
+    invalid(h.run(create("f", 1, 1, 1, bad_ttl)), "default");
+    invalid(h.run(create("f", 1, 1, 0, Limits::default())), "positive");
+    assert!(h.m.seat_map(&ev("f")).is_err());
+}
+
+#[test]
+fn hold_takes_every_seat_and_bumps_versions() {
+    let mut h = Harness::new();
+    let Ok(Reply::Held(v)) = h.hold("u1", "r1", &["A-1", "A-2"]) else {
+        panic!()
+    };
+    assert_eq!(v.hold_id.to_string(), "e.h1");
+    assert_eq!(v.expires_at_ms, T0 + Limits::default().hold_ttl_ms_default);
+    assert_eq!(v.seats, vec![("A-1".into(), 1), ("A-2".into(), 1)]);
+    assert_eq!(v.state, HoldState::Active);
+    assert_eq!(h.seat("A-1"), (Held, 1));
+    assert_eq!(h.seat("A-3"), (Available, 0));
+    let map = h.m.seat_map(&ev("e")).unwrap();
+    assert_eq!(map.applied_index, h.index);
+    assert_eq!((map.sections[0].available, map.sections[0].held), (8, 2));
+}
+
+#[test]
+fn conflicting_hold_names_every_unavailable_seat_and_changes_nothing() {
+    let mut h = Harness::new();
+    h.held("u1", "r1", &["A-1", "A-3"]);
+    let before = h.m.seat_map(&ev("e")).unwrap().seats;
+    assert_eq!(
+        h.hold("u2", "r1", &["A-1", "A-2", "A-3"]),
+        Err(conflict(&["A-1", "A-3"]))
+    );
+    assert_eq!(
+        h.m.seat_map(&ev("e")).unwrap().seats,
+        before,
+        "a refused hold changed seats"
+    );
+}
+
+#[test]
+fn malformed_holds_are_invalid() {
+    let mut h = Harness::new();
+    invalid(h.hold("u1", "r1", &[]), "at least one");
+    invalid(h.hold("u1", "r2", &["A-1", "A-1"]), "twice");
+    invalid(
+        h.hold("u1", "r3", &["A-1", "Z-9", "Q-1"]),
+        "unknown seats: Z-9,Q-1",
+    );
+    let eleven: Vec<String> = (1..=5)
+        .map(|n| format!("A-{n}"))
+        .chain((1..=5).map(|n| format!("B-{n}")))
+        .chain(["C-1".to_string()])
+        .collect();
+    let eleven: Vec<&str> = eleven.iter().map(String::as_str).collect();
+    invalid(h.hold("u1", "r4", &eleven), "at most 10");
+    for ttl in [999, 15 * 60 * 1000 + 1] {
+        let mut req = hold_req("e", "u1", "r5", &["A-1"]);
+        req.ttl_ms = Some(ttl);
+        invalid(h.run(Command::Hold(req)), "TTL");
+    }
+    let mut req = hold_req("e", "u1", "r6", &["A-1", "A-2"]);
+    req.expected_versions = Some(vec![0]);
+    invalid(h.run(Command::Hold(req)), "expected versions");
+    invalid(h.hold("", "r7", &["A-1"]), "user id");
+    invalid(h.hold("u 1", "r7", &["A-1"]), "user id");
+    invalid(h.hold("u1", "", &["A-1"]), "client reservation id");
+    assert_eq!(
+        h.run(Command::Hold(hold_req("nope", "u1", "r8", &["A-1"]))),
+        Err(Refusal::NotFound("event nope".into()))
+    );
+    // None of that touched a seat, and none of it was remembered.
+    assert!(h
+        .m
+        .seat_map(&ev("e"))
+        .unwrap()
+        .seats
+        .iter()
+        .all(|s| s.version == 0));
+    h.held("u1", "r2", &["A-1"]);
+}
+
+#[test]
+fn per_user_limit_counts_held_and_bought_seats() {
+    let mut h = Harness::new();
+    h.held("u1", "r1", &["A-1", "A-2", "A-3", "A-4", "A-5"]);
+    let sold = h.held("u1", "r2", &["B-1", "B-2"]);
+    h.ok(Command::BeginCheckout {
+        hold: sold.clone(),
+        idempotency_key: "k".into(),
+    });
+    h.ok(Command::CompleteCheckout {
+        hold: sold,
+        idempotency_key: "k".into(),
+        payment_ref: "p".into(),
+    });
+    invalid(h.hold("u1", "r3", &["C-1", "C-2"]), "limit is 8");
+    h.held("u1", "r4", &["C-1"]);
+    // Another user is not affected.
+    h.held("u2", "r3", &["C-2", "C-3"]);
+}
+
+#[test]
+fn compare_and_set_on_versions() {
+    let mut h = Harness::new();
+    let id = h.held("u1", "r1", &["A-1"]);
+    h.ok(Command::Release {
+        hold: id,
+        user: "u1".into(),
+    });
+    assert_eq!(h.seat("A-1"), (Available, 2));
+    let mut stale = hold_req("e", "u2", "r1", &["A-1", "A-2"]);
+    stale.expected_versions = Some(vec![0, 0]);
+    assert_eq!(h.run(Command::Hold(stale)), Err(conflict(&["A-1"])));
+    let mut fresh = hold_req("e", "u2", "r2", &["A-1", "A-2"]);
+    fresh.expected_versions = Some(vec![2, 0]);
+    let Ok(Reply::Held(v)) = h.run(Command::Hold(fresh)) else {
+        panic!()
+    };
+    assert_eq!(v.seats, vec![("A-1".into(), 3), ("A-2".into(), 1)]);
+}
+
+#[test]
+fn expired_holds_free_their_seats_at_the_entry_timestamp() {
+    let mut h = Harness::new();
+    let id = h.held("u1", "r1", &["A-1"]);
+    let expires = T0 + Limits::default().hold_ttl_ms_default;
+    h.at(expires - 1);
+    assert_eq!(h.hold("u2", "r1", &["A-1"]), Err(conflict(&["A-1"])));
+    // At exactly expires_at the seat counts as available, with no Expire entry needed.
+    h.at(expires);
+    h.held("u2", "r2", &["A-1"]);
+    assert_eq!(h.m.hold(&id).unwrap().state, HoldState::Expired);
+    assert_eq!(h.seat("A-1"), (Held, 3));
+}
+
+#[test]
+fn expire_command_sweeps_every_event() {
+    let mut h = Harness::new();
+    h.ok(create("f", 1, 1, 5, Limits::default()));
+    h.held("u1", "r1", &["A-1"]);
+    h.ok(Command::Hold(hold_req("f", "u1", "r1", &["A-2"])));
+    let ttl = Limits::default().hold_ttl_ms_default;
+    assert_eq!(
+        h.at(T0 + ttl).ok(Command::Expire),
+        Reply::Expired {
+            holds_expired: 2,
+            checkouts_aborted: 0
+        }
+    );
+    assert_eq!(h.seat("A-1"), (Available, 2));
+    assert_eq!(
+        h.at(T0 + 2 * ttl).ok(Command::Expire),
+        Reply::Expired {
+            holds_expired: 0,
+            checkouts_aborted: 0
+        }
+    );
+}
+
+#[test]
+fn time_never_moves_backwards() {
+    let mut h = Harness::new();
+    h.at(T0 + 10_000);
+    h.held("u1", "r1", &["A-1"]);
+    // A later entry stamped earlier (a new leader with a slow clock) is treated as now.
+    h.at(T0);
+    let Ok(Reply::Held(v)) = h.hold("u2", "r1", &["A-2"]) else {
+        panic!()
+    };
+    assert_eq!(v.created_at_ms, T0 + 10_000);
+    assert_eq!(h.m.clock_ms(), T0 + 10_000);
+}
+
+#[test]
+fn a_retried_hold_gets_the_first_decision_whatever_happened_since() {
+    let mut h = Harness::new();
+    let first = h.hold("u1", "r1", &["A-1"]);
+    let Ok(Reply::Held(v)) = &first else { panic!() };
+    h.ok(Command::Release {
+        hold: v.hold_id.clone(),
+        user: "u1".into(),
+    });
+    assert_eq!(
+        h.run_unchanged(Command::Hold(hold_req("e", "u1", "r1", &["A-1"]))),
+        first
+    );
+    let other_args = Command::Hold(hold_req("e", "u1", "r1", &["B-5", "C-1"]));
+    assert_eq!(
+        h.run_unchanged(other_args),
+        first,
+        "arguments of a retry do not matter"
+    );
+    // A refusal is remembered too: the seat frees up, the retry still hears "conflict".
+    let taken = h.held("u2", "r1", &["A-2"]);
+    assert_eq!(h.hold("u3", "r1", &["A-2"]), Err(conflict(&["A-2"])));
+    h.ok(Command::Release {
+        hold: taken,
+        user: "u2".into(),
+    });
+    assert_eq!(h.hold("u3", "r1", &["A-2"]), Err(conflict(&["A-2"])));
+    // ...but a new reservation id is a new request.
+    h.held("u3", "r2", &["A-2"]);
+}
+
+fn begin(h: &mut Harness, id: &raft_store::HoldId, key: &str) -> raft_store::Outcome {
+    h.run(Command::BeginCheckout {
+        hold: id.clone(),
+        idempotency_key: key.into(),
+    })
+}
+
+fn complete(h: &mut Harness, id: &raft_store::HoldId, key: &str) -> raft_store::Outcome {
+    h.run(Command::CompleteCheckout {
+        hold: id.clone(),
+        idempotency_key: key.into(),
+        payment_ref: "ch_1".into(),
+    })
+}
+
+fn abort(h: &mut Harness, id: &raft_store::HoldId, key: &str) -> raft_store::Outcome {
+    h.run(Command::AbortCheckout {
+        hold: id.clone(),
+        idempotency_key: key.into(),
+        reason: "card declined".into(),
+    })
+}
+
+#[test]
+fn checkout_sells_the_seats_once() {
+    let mut h = Harness::new();
+    let id = h.held("u1", "r1", &["A-1", "A-2"]);
+    let Ok(Reply::CheckoutStarted {
+        payment_deadline_ms,
+        ..
+    }) = begin(&mut h, &id, "k1")
+    else {
+        panic!()
+    };
+    assert_eq!(payment_deadline_ms, T0 + Limits::default().checkout_ttl_ms);
+    assert_eq!(
+        begin(&mut h, &id, "k1"),
+        Ok(Reply::CheckoutStarted {
+            hold_id: id.clone(),
+            payment_deadline_ms
+        })
+    );
+    let Ok(Reply::Completed(order)) = complete(&mut h, &id, "k1") else {
+        panic!()
+    };
+    assert_eq!(order.order_id.to_string(), "e.o1");
+    assert_eq!(order.seats, vec!["A-1", "A-2"]);
+    assert_eq!(order.payment_ref, "ch_1");
+    assert_eq!(h.seat("A-1"), (Sold, 2));
+    assert_eq!(h.m.order(&order.order_id).unwrap(), order);
+    assert_eq!(
+        h.m.hold(&id).unwrap().state,
+        HoldState::Committed { order: 1 }
+    );
+    // Retries of either step with the same key return the same order and change nothing.
+    let again = Command::BeginCheckout {
+        hold: id.clone(),
+        idempotency_key: "k1".into(),
+    };
+    assert_eq!(h.run_unchanged(again), Ok(Reply::Completed(order.clone())));
+    let again = Command::CompleteCheckout {
+        hold: id.clone(),
+        idempotency_key: "k1".into(),
+        payment_ref: "ch_2".into(),
+    };
+    assert_eq!(h.run_unchanged(again), Ok(Reply::Completed(order.clone())));
+    // A new key cannot sell it again; sold seats stay sold long after the TTL.
+    assert!(
+        matches!(begin(&mut h, &id, "k2"), Err(Refusal::WrongState(m)) if m.contains("already committed"))
+    );
+    h.at(T0 + 10 * Limits::default().hold_ttl_ms_max);
+    h.ok(Command::Expire);
+    assert_eq!(h.seat("A-1"), (Sold, 2));
+    assert_eq!(h.hold("u2", "r1", &["A-1"]), Err(conflict(&["A-1"])));
+}
+
+#[test]
+fn an_expired_hold_answers_expired_for_good() {
+    let mut h = Harness::new();
+    let id = h.held("u1", "r1", &["A-1"]);
+    h.at(T0 + Limits::default().hold_ttl_ms_default);
+    assert_eq!(begin(&mut h, &id, "k1"), Err(Refusal::Expired));
+    h.held("u2", "r1", &["A-1"]);
+    assert_eq!(begin(&mut h, &id, "k1"), Err(Refusal::Expired));
+    assert_eq!(begin(&mut h, &id, "k2"), Err(Refusal::Expired));
+    assert_eq!(
+        h.run(Command::Release {
+            hold: id,
+            user: "u1".into()
+        }),
+        Err(Refusal::Expired)
+    );
+}
+
+#[test]
+fn a_paying_buyer_keeps_the_seats_until_the_payment_deadline() {
+    let limits = Limits::default();
+    let mut h = Harness::new();
+    let id = h.held("u1", "r1", &["A-1"]);
+    // Start paying 1 s before the hold would expire.
+    h.at(T0 + limits.hold_ttl_ms_default - 1_000);
+    let Ok(Reply::CheckoutStarted {
+        payment_deadline_ms,
+        ..
+    }) = begin(&mut h, &id, "k1")
+    else {
+        panic!()
+    };
+    h.at(T0 + limits.hold_ttl_ms_default + 5_000);
+    h.ok(Command::Expire);
+    assert_eq!(
+        h.seat("A-1").0,
+        Held,
+        "a checkout in progress must not expire"
+    );
+    assert!(h.hold("u2", "r1", &["A-1"]).is_err());
+    // Past the payment deadline the checkout is aborted; the hold's own TTL is gone too.
+    h.at(payment_deadline_ms);
+    assert_eq!(
+        h.ok(Command::Expire),
+        Reply::Expired {
+            holds_expired: 1,
+            checkouts_aborted: 1
+        }
+    );
+    assert_eq!(h.seat("A-1").0, Available);
+    // The late payment's completion is refused, so the coordinator refunds it.
+    assert_eq!(complete(&mut h, &id, "k1"), Err(Refusal::Expired));
+}
+
+#[test]
+fn a_timed_out_checkout_of_a_live_hold_returns_it_to_active() {
+    let limits = Limits {
+        checkout_ttl_ms: 10_000,
+        ..Limits::default()
+    };
+    let mut h = Harness::new();
+    h.ok(create("g", 1, 1, 5, limits));
+    let Reply::Held(v) = h.ok(Command::Hold(hold_req("g", "u1", "r1", &["A-1"]))) else {
+        panic!()
+    };
+    let id = v.hold_id;
+    begin(&mut h, &id, "k1").unwrap();
+    h.at(T0 + 10_000);
+    assert_eq!(
+        h.ok(Command::Expire),
+        Reply::Expired {
+            holds_expired: 0,
+            checkouts_aborted: 1
+        }
+    );
+    assert_eq!(h.m.hold(&id).unwrap().state, HoldState::Active);
+    assert!(
+        matches!(complete(&mut h, &id, "k1"), Err(Refusal::WrongState(m)) if m.contains("timed out"))
+    );
+    // A fresh attempt with a new key works.
+    begin(&mut h, &id, "k2").unwrap();
+    assert!(matches!(
+        complete(&mut h, &id, "k2"),
+        Ok(Reply::Completed(_))
+    ));
+}
+
+#[test]
+fn a_declined_payment_returns_the_hold_and_is_remembered() {
+    let mut h = Harness::new();
+    let id = h.held("u1", "r1", &["A-1"]);
+    begin(&mut h, &id, "k1").unwrap();
+    assert_eq!(
+        abort(&mut h, &id, "k1"),
+        Ok(Reply::CheckoutAborted {
+            hold_id: id.clone(),
+            state: HoldState::Active
+        })
+    );
+    assert_eq!(
+        abort(&mut h, &id, "k1"),
+        Ok(Reply::CheckoutAborted {
+            hold_id: id.clone(),
+            state: HoldState::Active
+        })
+    );
+    let declined = Err(Refusal::Declined("card declined".into()));
+    assert_eq!(begin(&mut h, &id, "k1"), declined);
+    assert_eq!(complete(&mut h, &id, "k1"), declined);
+    assert_eq!(h.seat("A-1").0, Held);
+    begin(&mut h, &id, "k2").unwrap();
+    complete(&mut h, &id, "k2").unwrap();
+    assert!(
+        matches!(abort(&mut h, &id, "k2"), Err(Refusal::WrongState(m)) if m.contains("completed"))
+    );
+}
+
+#[test]
+fn an_abort_after_the_ttl_expires_the_hold() {
+    let mut h = Harness::new();
+    let id = h.held("u1", "r1", &["A-1"]);
+    h.at(T0 + Limits::default().hold_ttl_ms_default - 10);
+    begin(&mut h, &id, "k1").unwrap();
+    h.at(T0 + Limits::default().hold_ttl_ms_default + 10);
+    assert_eq!(
+        abort(&mut h, &id, "k1"),
+        Ok(Reply::CheckoutAborted {
+            hold_id: id,
+            state: HoldState::Expired
+        })
+    );
+    assert_eq!(h.seat("A-1").0, Available);
+}
+
+#[test]
+fn checkout_refusals() {
+    let mut h = Harness::new();
+    let a = h.held("u1", "r1", &["A-1"]);
+    let b = h.held("u1", "r2", &["A-2"]);
+    begin(&mut h, &a, "k1").unwrap();
+    invalid(begin(&mut h, &b, "k1"), "already used for hold e.h1");
+    assert!(
+        matches!(begin(&mut h, &a, "k2"), Err(Refusal::WrongState(m)) if m.contains("already in progress"))
+    );
+    assert!(
+        matches!(complete(&mut h, &b, "k3"), Err(Refusal::WrongState(m)) if m.contains("no checkout"))
+    );
+    assert!(
+        matches!(abort(&mut h, &b, "k3"), Err(Refusal::WrongState(m)) if m.contains("no checkout"))
+    );
+    let ghost = raft_store::HoldId {
+        event: ev("e"),
+        seq: 99,
+    };
+    assert!(matches!(
+        begin(&mut h, &ghost, "k4"),
+        Err(Refusal::NotFound(_))
+    ));
+    assert!(matches!(
+        complete(&mut h, &ghost, "k4"),
+        Err(Refusal::NotFound(_))
+    ));
+    invalid(begin(&mut h, &b, ""), "idempotency key");
+    invalid(
+        h.run(Command::CompleteCheckout {
+            hold: a.clone(),
+            idempotency_key: "k1".into(),
+            payment_ref: "".into(),
+        }),
+        "payment reference",
+    );
+    invalid(
+        h.run(Command::AbortCheckout {
+            hold: a.clone(),
+            idempotency_key: "k1".into(),
+            reason: "x".repeat(300),
+        }),
+        "reason",
+    );
+    // A released hold cannot be checked out.
+    h.ok(Command::Release {
+        hold: b.clone(),
+        user: "u1".into(),
+    });
+    assert!(
+        matches!(begin(&mut h, &b, "k5"), Err(Refusal::WrongState(m)) if m.contains("released"))
+    );
+}
+
+#[test]
+fn release_rules() {
+    let mut h = Harness::new();
+    let id = h.held("u1", "r1", &["A-1", "A-2"]);
+    invalid(
+        h.run(Command::Release {
+            hold: id.clone(),
+            user: "u2".into(),
+        }),
+        "does not belong",
+    );
+    assert_eq!(
+        h.ok(Command::Release {
+            hold: id.clone(),
+            user: "u1".into()
+        }),
+        Reply::Released {
+            hold_id: id.clone()
+        }
+    );
+    assert_eq!(h.seat("A-2"), (Available, 2));
+    // Releasing twice is answered the same and changes nothing.
+    let again = Command::Release {
+        hold: id.clone(),
+        user: "u1".into(),
+    };
+    assert_eq!(h.run_unchanged(again), Ok(Reply::Released { hold_id: id }));
+    let paying = h.held("u1", "r2", &["A-3"]);
+    begin(&mut h, &paying, "k").unwrap();
+    assert!(matches!(
+        h.run(Command::Release {
+            hold: paying.clone(),
+            user: "u1".into()
+        }),
+        Err(Refusal::WrongState(_))
+    ));
+    complete(&mut h, &paying, "k").unwrap();
+    assert!(
+        matches!(h.run(Command::Release { hold: paying, user: "u1".into() }), Err(Refusal::WrongState(m)) if m.contains("committed"))
+    );
+    let ghost = raft_store::HoldId {
+        event: ev("e"),
+        seq: 42,
+    };
+    assert!(matches!(
+        h.run(Command::Release {
+            hold: ghost,
+            user: "u1".into()
+        }),
+        Err(Refusal::NotFound(_))
+    ));
+}
+
+#[test]
+fn stopping_and_cancelling_a_sale() {
+    let mut h = Harness::new();
+    let live = h.held("u1", "r1", &["A-1"]);
+    let paying = h.held("u2", "r1", &["A-2"]);
+    let sold = h.held("u3", "r1", &["A-3"]);
+    begin(&mut h, &sold, "ks").unwrap();
+    complete(&mut h, &sold, "ks").unwrap();
+    begin(&mut h, &paying, "kp").unwrap();
+    h.ok(Command::SetSale {
+        event_id: ev("e"),
+        sale: SaleState::Stopped,
+    });
+    assert!(
+        matches!(h.hold("u4", "r1", &["B-1"]), Err(Refusal::WrongState(m)) if m.contains("stopped"))
+    );
+    // Existing holds can still be released while the sale is stopped.
+    h.ok(Command::SetSale {
+        event_id: ev("e"),
+        sale: SaleState::OnSale,
+    });
+    h.held("u4", "r2", &["B-1"]);
+    h.ok(Command::SetSale {
+        event_id: ev("e"),
+        sale: SaleState::Cancelled,
+    });
+    assert_eq!(h.m.hold(&live).unwrap().state, HoldState::Released);
+    assert_eq!(h.m.hold(&paying).unwrap().state, HoldState::Released);
+    assert!(
+        matches!(complete(&mut h, &paying, "kp"), Err(Refusal::WrongState(m)) if m.contains("cancelled"))
+    );
+    assert_eq!(h.seat("A-3").0, Sold, "orders survive a cancellation");
+    assert_eq!(h.seat("A-1").0, Available);
+    assert!(
+        matches!(h.hold("u5", "r1", &["B-2"]), Err(Refusal::WrongState(m)) if m.contains("cancelled"))
+    );
+    assert!(matches!(
+        h.run(Command::SetSale {
+            event_id: ev("e"),
+            sale: SaleState::OnSale
+        }),
+        Err(Refusal::WrongState(_))
+    ));
+    h.ok(Command::SetSale {
+        event_id: ev("e"),
+        sale: SaleState::Cancelled,
+    });
+    assert!(matches!(
+        h.run(Command::SetSale {
+            event_id: ev("x"),
+            sale: SaleState::Stopped
+        }),
+        Err(Refusal::NotFound(_))
+    ));
+}
+
+#[test]
+fn reads_of_unknown_ids_are_not_found() {
+    let h = Harness::new();
+    assert!(matches!(h.m.seat_map(&ev("x")), Err(Refusal::NotFound(_))));
+    assert!(matches!(
+        h.m.hold(&raft_store::HoldId::parse("e.h1").unwrap()),
+        Err(Refusal::NotFound(_))
+    ));
+    assert!(matches!(
+        h.m.hold(&raft_store::HoldId::parse("x.h1").unwrap()),
+        Err(Refusal::NotFound(_))
+    ));
+    assert!(matches!(
+        h.m.order(&raft_store::OrderId::parse("e.o1").unwrap()),
+        Err(Refusal::NotFound(_))
+    ));
+}
+
+#[test]
+fn event_list_filters_by_time_and_text() {
+    let mut h = Harness::new();
+    for (id, name, day) in [
+        ("jazz", "Late Jazz", 3),
+        ("rock", "Rock Night", 1),
+        ("folk", "Folk & Jazz", 2),
+    ] {
+        let Command::CreateEvent(mut def) = create(id, 1, 1, 5, Limits::default()) else {
+            unreachable!()
+        };
+        def.name = name.into();
+        def.starts_at_ms = T0 + day * 86_400_000;
+        h.ok(Command::CreateEvent(def));
+    }
+    let ids = |v: Vec<raft_store::EventSummary>| {
+        v.into_iter()
+            .map(|e| e.event_id.to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        ids(h.m.events(None, None, None, 100)),
+        ["e", "rock", "folk", "jazz"]
+    );
+    assert_eq!(
+        ids(h.m.events(None, None, Some("JAZZ"), 100)),
+        ["folk", "jazz"]
+    );
+    assert_eq!(
+        ids(h.m.events(Some(T0 + 2 * 86_400_000), None, None, 100)),
+        ["folk", "jazz"]
+    );
+    assert_eq!(
+        ids(h.m.events(None, Some(T0 + 86_400_000), None, 100)),
+        ["e", "rock"]
+    );
+    assert_eq!(ids(h.m.events(None, None, Some("hall"), 2)), ["e", "rock"]);
+    let rock = &h.m.events(None, None, Some("rock"), 1)[0];
+    assert_eq!(
+        (rock.capacity, rock.available, rock.sale),
+        (5, 5, SaleState::OnSale)
+    );
+}
+
+#[test]
+fn a_batch_applies_in_order_at_one_timestamp() {
+    let mut m = SeatMachine::new();
+    let out = m.apply(
+        1,
+        &Batch {
+            ts_ms: T0,
+            commands: vec![
+                create("e", 1, 1, 5, Limits::default()),
+                Command::Hold(hold_req("e", "u1", "r1", &["A-1"])),
+                Command::Hold(hold_req("e", "u2", "r1", &["A-1", "A-2"])),
+            ],
+        },
+    );
+    assert!(out[0].is_ok() && out[1].is_ok());
+    assert_eq!(out[2], Err(conflict(&["A-1"])));
+    assert_eq!(m.applied_index(), 1);
+    m.apply_empty(2);
+    assert_eq!(m.applied_index(), 2);
+}
+
+#[test]
+#[should_panic(expected = "applied after")]
+fn applying_an_old_index_is_a_bug() {
+    let mut m = SeatMachine::new();
+    m.apply(
+        5,
+        &Batch {
+            ts_ms: T0,
+            commands: vec![],
+        },
+    );
+    m.apply(
+        5,
+        &Batch {
+            ts_ms: T0,
+            commands: vec![],
+        },
+    );
+}
