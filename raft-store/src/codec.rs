@@ -11,15 +11,11 @@
 //! invariant check. Two machines in the same state therefore encode to the same bytes,
 //! which is what [`SeatMachine::digest`] relies on.
 
-use std::collections::HashMap;
-
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::command::{Batch, CreateEvent, SaleState};
-use crate::machine::event::{
-    CheckoutRecord, EventState, Hold, Order, RequestRecord, Seat, UserRecord,
-};
+use crate::machine::event::{CheckoutRecord, EventState, Hold, Order, RequestRecord, Seat};
 use crate::machine::SeatMachine;
 use crate::Error;
 
@@ -140,7 +136,7 @@ struct EventImageRef<'a> {
     orders: Vec<(u64, &'a Order)>,
     next_hold_seq: u64,
     next_order_seq: u64,
-    requests: Vec<(&'a str, Vec<(&'a str, &'a RequestRecord)>)>,
+    requests: Vec<(&'a str, &'a RequestRecord)>,
     checkouts: Vec<(&'a str, &'a CheckoutRecord)>,
 }
 
@@ -161,7 +157,7 @@ struct EventImage {
     orders: Vec<(u64, Order)>,
     next_hold_seq: u64,
     next_order_seq: u64,
-    requests: Vec<(String, Vec<(String, RequestRecord)>)>,
+    requests: Vec<(String, RequestRecord)>,
     checkouts: Vec<(String, CheckoutRecord)>,
 }
 
@@ -171,15 +167,7 @@ fn sorted<K: Ord + Copy, V>(mut v: Vec<(K, V)>) -> Vec<(K, V)> {
 }
 
 fn event_image(e: &EventState) -> EventImageRef<'_> {
-    let requests = e
-        .users
-        .iter()
-        .filter(|(_, u)| !u.requests.is_empty())
-        .map(|(user, u)| {
-            let reqs = u.requests.iter().map(|(c, r)| (c.as_str(), r)).collect();
-            (user.as_str(), sorted(reqs))
-        })
-        .collect();
+    let requests = e.requests.iter().map(|(k, r)| (&**k, r)).collect();
     EventImageRef {
         def: &e.def,
         sale: e.sale,
@@ -215,20 +203,26 @@ fn restore_event(img: EventImage) -> Result<EventState, String> {
     }
     e.next_hold_seq = img.next_hold_seq;
     e.next_order_seq = img.next_order_seq;
-    let mut users: HashMap<String, UserRecord> = HashMap::with_capacity(img.requests.len());
-    for (user, reqs) in img.requests {
-        let rec = users.entry(user).or_default();
-        rec.requests.extend(reqs);
-    }
-    e.users = users;
+    let n_requests = img.requests.len();
+    e.requests = img
+        .requests
+        .into_iter()
+        .map(|(k, r)| (k.into_boxed_str(), r))
+        .collect();
+    let n_checkouts = img.checkouts.len();
     e.checkouts = img.checkouts.into_iter().collect();
-    let (counts, owned, deadlines) = e.derive();
-    let owned: Vec<(String, u32)> = owned.into_iter().map(|(u, n)| (u.to_string(), n)).collect();
+    if e.requests.len() != n_requests || e.checkouts.len() != n_checkouts {
+        return Err("duplicate request or checkout record".into());
+    }
+    let crate::machine::Derived {
+        counts,
+        owned,
+        deadlines,
+    } = e.derive();
+    let owned = owned.into_iter().map(|(u, n)| (Box::from(u), n)).collect();
     e.counts = counts;
     e.deadlines = deadlines;
-    for (user, n) in owned {
-        e.users.entry(user).or_default().seats_owned = n;
-    }
+    e.seats_owned = owned;
     e.check()?;
     Ok(e)
 }

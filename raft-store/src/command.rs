@@ -207,10 +207,18 @@ pub type Outcome = Result<Reply, Refusal>;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SeatView {
     pub id: String,
-    pub section: String,
-    pub row: String,
+    /// Index into [`SeatMap::rows`].
+    pub row: u32,
     pub state: SeatStateName,
     pub version: u64,
+}
+
+/// One row in a seat map; its seats are contiguous in [`SeatMap::seats`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RowView {
+    /// Index into [`SeatMap::sections`].
+    pub section: u32,
+    pub id: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -238,6 +246,8 @@ pub struct SeatMap {
     /// The last log index applied when the map was read.
     pub applied_index: u64,
     pub sections: Vec<SectionCounts>,
+    pub rows: Vec<RowView>,
+    /// Every seat, in layout order (row by row).
     pub seats: Vec<SeatView>,
 }
 

@@ -28,7 +28,7 @@ mod machine;
 
 pub use command::{
     Batch, Command, CreateEvent, EventSummary, HoldRequest, HoldState, HoldView, OrderView,
-    Outcome, Refusal, Reply, SaleState, SeatMap, SeatStateName, SeatView, SectionCounts,
+    Outcome, Refusal, Reply, RowView, SaleState, SeatMap, SeatStateName, SeatView, SectionCounts,
 };
 pub use error::Error;
 pub use ids::{EventId, HoldId, OrderId};

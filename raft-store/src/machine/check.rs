@@ -6,6 +6,8 @@
 
 use std::collections::{BTreeSet, HashMap};
 
+use super::event::request_key;
+
 use super::event::{CheckoutResult, Counts, EventState, RequestRecord, SeatStatus};
 use super::SeatMachine;
 use crate::command::{HoldState, SaleState};
@@ -33,10 +35,18 @@ impl SeatMachine {
     }
 }
 
+/// Everything in an event's state that is derivable from its seats and holds.
+pub(crate) struct Derived<'a> {
+    pub counts: Vec<Counts>,
+    /// Seats owned (live holds plus orders) per user.
+    pub owned: HashMap<&'a str, u32>,
+    pub deadlines: BTreeSet<(u64, u64)>,
+}
+
 impl EventState {
     /// Recomputes section counts, per-user seat counts and the deadline index from
     /// seats and holds.
-    pub(crate) fn derive(&self) -> (Vec<Counts>, HashMap<&str, u32>, BTreeSet<(u64, u64)>) {
+    pub(crate) fn derive(&self) -> Derived<'_> {
         let mut counts = vec![Counts::default(); self.plan.section_capacity.len()];
         for (i, seat) in self.seats.iter().enumerate() {
             let section = self.plan.rows[self.plan.seats[i].1 as usize].0 as usize;
@@ -62,10 +72,15 @@ impl EventState {
                 _ => {}
             }
             if hold.state.is_live() || matches!(hold.state, HoldState::Committed { .. }) {
-                *owned.entry(hold.user.as_str()).or_default() += hold.seats.len() as u32;
+                let n = owned.entry(hold.user.as_str()).or_default();
+                *n = n.saturating_add(hold.seats.len() as u32);
             }
         }
-        (counts, owned, deadlines)
+        Derived {
+            counts,
+            owned,
+            deadlines,
+        }
     }
 
     pub(crate) fn check(&self) -> Result<(), String> {
@@ -77,7 +92,11 @@ impl EventState {
             self.seat_index.len() == self.seats.len(),
             "seat index out of step"
         );
-        let (counts, owned, deadlines) = self.derive();
+        let Derived {
+            counts,
+            owned,
+            deadlines,
+        } = self.derive();
         ensure!(
             counts == self.counts,
             "section counters {:?} != recount {counts:?}",
@@ -93,17 +112,15 @@ impl EventState {
             deadlines == self.deadlines,
             "deadline index out of step with holds"
         );
-        for (user, rec) in &self.users {
-            let want = owned.get(user.as_str()).copied().unwrap_or(0);
-            ensure!(
-                rec.seats_owned == want,
-                "user {user} owns {want} seats, counted {}",
-                rec.seats_owned
-            );
+        for (user, &n) in &self.seats_owned {
+            let want = owned.get(&**user).copied().unwrap_or(0);
+            ensure!(n == want, "user {user} owns {want} seats, counted {n}");
         }
         ensure!(
-            owned.keys().all(|u| self.users.contains_key(*u)),
-            "a holder has no user record"
+            owned
+                .iter()
+                .all(|(u, &n)| n == 0 || self.seats_owned.contains_key(*u)),
+            "a holder has no seat count"
         );
 
         for (i, seat) in self.seats.iter().enumerate() {
@@ -194,10 +211,9 @@ impl EventState {
                     "hold {seq} checking out without an in-progress record"
                 );
             }
-            let rec = self
-                .users
-                .get(&hold.user)
-                .and_then(|u| u.requests.get(&hold.client_reservation_id));
+            let mut key = String::new();
+            request_key(&mut key, &hold.user, &hold.client_reservation_id);
+            let rec = self.requests.get(key.as_str());
             ensure!(
                 rec == Some(&RequestRecord::Granted(seq)),
                 "hold {seq} has no request record"
@@ -235,18 +251,18 @@ impl EventState {
                 CheckoutResult::Refused(_) => {}
             }
         }
-        for (user, rec) in &self.users {
-            for (crid, r) in &rec.requests {
-                if let RequestRecord::Granted(seq) = r {
-                    let hold = self
-                        .holds
-                        .get(seq)
-                        .ok_or(format!("request {user}/{crid} names a missing hold"))?;
-                    ensure!(
-                        &hold.user == user && &hold.client_reservation_id == crid,
-                        "request record {user}/{crid} names another's hold"
-                    );
-                }
+        let mut want_key = String::new();
+        for (key, r) in &self.requests {
+            if let RequestRecord::Granted(seq) = r {
+                let hold = self
+                    .holds
+                    .get(seq)
+                    .ok_or(format!("request {key:?} names a missing hold"))?;
+                request_key(&mut want_key, &hold.user, &hold.client_reservation_id);
+                ensure!(
+                    **key == *want_key,
+                    "request record {key:?} names another's hold"
+                );
             }
         }
         if self.sale == SaleState::Cancelled {

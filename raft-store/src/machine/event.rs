@@ -17,7 +17,9 @@
 //! first decision of a hold; an idempotency key remembers how its checkout went.
 //! Malformed input is refused without a record (the same input is refused again).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+
+use rustc_hash::FxHashMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -83,12 +85,13 @@ pub(crate) struct CheckoutRecord {
     pub result: CheckoutResult,
 }
 
-/// Per-user bookkeeping inside one event.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub(crate) struct UserRecord {
-    /// Seats in this user's live holds plus seats in their orders (derived).
-    pub seats_owned: u32,
-    pub requests: HashMap<String, RequestRecord>,
+/// The key of a hold request's record: user and client reservation id, which are
+/// printable ASCII, joined by a newline so that no two pairs share a key.
+pub(crate) fn request_key(buf: &mut String, user: &str, client_reservation_id: &str) {
+    buf.clear();
+    buf.push_str(user);
+    buf.push('\n');
+    buf.push_str(client_reservation_id);
 }
 
 /// Counters per section, indexed like `SeatPlan::section_capacity`.
@@ -105,18 +108,23 @@ pub(crate) struct EventState {
     pub sale: SaleState,
     pub created_at_ms: u64,
     pub plan: SeatPlan,
-    pub seat_index: HashMap<Box<str>, u32>,
+    pub seat_index: FxHashMap<Box<str>, u32>,
     pub seats: Vec<Seat>,
     pub counts: Vec<Counts>,
     pub holds: BTreeMap<u64, Hold>,
     pub orders: BTreeMap<u64, Order>,
     pub next_hold_seq: u64,
     pub next_order_seq: u64,
-    pub users: HashMap<String, UserRecord>,
-    pub checkouts: HashMap<String, CheckoutRecord>,
+    /// Seats in each user's live holds plus seats in their orders (derived).
+    pub seats_owned: FxHashMap<Box<str>, u32>,
+    /// First decision per `request_key(user, client_reservation_id)`.
+    pub requests: FxHashMap<Box<str>, RequestRecord>,
+    pub checkouts: FxHashMap<String, CheckoutRecord>,
     /// `(deadline_ms, hold)` for every live hold: `expires_at_ms` while active, the
     /// payment deadline while checking out (derived).
     pub deadlines: BTreeSet<(u64, u64)>,
+    /// Reused buffer for request keys, so a hold allocates no key to look one up.
+    scratch: String,
 }
 
 /// Moves one seat, bumping its version and the section counters. The only place a
@@ -181,9 +189,11 @@ impl EventState {
             orders: BTreeMap::new(),
             next_hold_seq: 1,
             next_order_seq: 1,
-            users: HashMap::new(),
-            checkouts: HashMap::new(),
+            seats_owned: FxHashMap::default(),
+            requests: FxHashMap::default(),
+            checkouts: FxHashMap::default(),
             deadlines: BTreeSet::new(),
+            scratch: String::new(),
         }
     }
 
@@ -250,11 +260,11 @@ impl EventState {
                 SeatStatus::Available,
             );
         }
-        let user = self
-            .users
-            .get_mut(&hold.user)
-            .expect("holder has a user record");
-        user.seats_owned -= hold.seats.len() as u32;
+        let owned = self
+            .seats_owned
+            .get_mut(hold.user.as_str())
+            .expect("holder has a seat count");
+        *owned -= hold.seats.len() as u32;
         hold.state = end;
     }
 
@@ -304,11 +314,8 @@ impl EventState {
         validate_token("user id", &req.user).map_err(Refusal::Invalid)?;
         validate_token("client reservation id", &req.client_reservation_id)
             .map_err(Refusal::Invalid)?;
-        if let Some(rec) = self
-            .users
-            .get(&req.user)
-            .and_then(|u| u.requests.get(&req.client_reservation_id))
-        {
+        request_key(&mut self.scratch, &req.user, &req.client_reservation_id);
+        if let Some(rec) = self.requests.get(self.scratch.as_str()) {
             return match rec {
                 RequestRecord::Granted(seq) => {
                     let mut view = self.hold_view(*seq, &self.holds[seq]);
@@ -364,14 +371,12 @@ impl EventState {
 
         // From here on the decision depends on state, so it is remembered.
         let decision = self.decide_hold(req, &idxs, ttl_ms, now_ms);
-        let user = self.users.entry(req.user.clone()).or_default();
         let record = match &decision {
             Ok(Reply::Held(view)) => RequestRecord::Granted(view.hold_id.seq),
             Ok(other) => unreachable!("hold decided {other:?}"),
             Err(r) => RequestRecord::Refused(r.clone()),
         };
-        user.requests
-            .insert(req.client_reservation_id.clone(), record);
+        self.requests.insert(self.scratch.as_str().into(), record);
         decision
     }
 
@@ -397,7 +402,11 @@ impl EventState {
                 )))
             }
         }
-        let owned = self.users.get(&req.user).map_or(0, |u| u.seats_owned);
+        let owned = self
+            .seats_owned
+            .get(req.user.as_str())
+            .copied()
+            .unwrap_or(0);
         let max = self.def.limits.seats_per_user_max;
         if owned as usize + idxs.len() > max as usize {
             return Err(Refusal::Invalid(format!(
@@ -447,7 +456,13 @@ impl EventState {
             state: HoldState::Active,
         };
         let view = self.hold_view(seq, &hold);
-        self.users.entry(req.user.clone()).or_default().seats_owned += idxs.len() as u32;
+        match self.seats_owned.get_mut(req.user.as_str()) {
+            Some(owned) => *owned += idxs.len() as u32,
+            None => {
+                self.seats_owned
+                    .insert(req.user.as_str().into(), idxs.len() as u32);
+            }
+        }
         self.deadlines.insert((expires_at_ms, seq));
         let prev = self.holds.insert(seq, hold);
         assert!(prev.is_none(), "hold sequence {seq} reused");
@@ -540,19 +555,21 @@ impl EventState {
         Err(refusal)
     }
 
-    /// Validates a key and finds the checkout it runs; `Err` answers the command.
-    fn checkout_in_progress(&self, seq: u64, key: &str) -> Result<(), Outcome> {
-        validate_token("idempotency key", key).map_err(|e| Err(Refusal::Invalid(e)))?;
+    /// Validates a key and finds the checkout it runs: `None` when it is in progress,
+    /// otherwise the answer to the command.
+    fn checkout_in_progress(&self, seq: u64, key: &str) -> Option<Outcome> {
+        if let Err(e) = validate_token("idempotency key", key) {
+            return Some(Err(Refusal::Invalid(e)));
+        }
         match self.replay_checkout(seq, key) {
-            Some(Ok(Reply::CheckoutStarted { .. })) => Ok(()),
-            Some(answer) => Err(answer),
-            None => {
-                self.existing_hold(seq).map_err(Err)?;
-                Err(Err(Refusal::WrongState(format!(
+            Some(Ok(Reply::CheckoutStarted { .. })) => None,
+            Some(answer) => Some(answer),
+            None => Some(self.existing_hold(seq).and_then(|_| {
+                Err(Refusal::WrongState(format!(
                     "no checkout of hold {} under idempotency key {key:?}",
                     self.hold_id(seq)
-                ))))
-            }
+                )))
+            })),
         }
     }
 
@@ -564,7 +581,7 @@ impl EventState {
         now_ms: u64,
     ) -> Outcome {
         validate_token("payment reference", payment_ref).map_err(Refusal::Invalid)?;
-        if let Err(answer) = self.checkout_in_progress(seq, key) {
+        if let Some(answer) = self.checkout_in_progress(seq, key) {
             return answer;
         }
         let order_seq = self.next_order_seq;
@@ -612,10 +629,9 @@ impl EventState {
             )));
         }
         match self.checkout_in_progress(seq, key) {
-            Ok(()) => {}
+            None => {}
             // Aborting twice answers like the first abort did.
-            Err(Err(Refusal::Declined(_) | Refusal::Expired))
-            | Err(Err(Refusal::WrongState(_)))
+            Some(Err(Refusal::Declined(_) | Refusal::Expired | Refusal::WrongState(_)))
                 if self.checkouts.get(key).is_some_and(|r| r.hold == seq) =>
             {
                 let state = self.holds[&seq].state.clone();
@@ -624,13 +640,13 @@ impl EventState {
                     state,
                 });
             }
-            Err(Ok(Reply::Completed(order))) => {
+            Some(Ok(Reply::Completed(order))) => {
                 return Err(Refusal::WrongState(format!(
                     "checkout already completed as order {}",
                     order.order_id
                 )))
             }
-            Err(answer) => return answer,
+            Some(answer) => return answer,
         }
         let hold = &self.holds[&seq];
         let HoldState::CheckingOut {

@@ -18,10 +18,11 @@ use std::collections::BTreeMap;
 
 use crate::command::{
     Batch, Command, CreateEvent, EventSummary, HoldView, OrderView, Outcome, Refusal, Reply,
-    SeatMap, SeatStateName, SeatView, SectionCounts,
+    RowView, SeatMap, SeatStateName, SeatView, SectionCounts,
 };
 use crate::ids::{EventId, HoldId, OrderId};
 use crate::limits::TEXT_BYTES_MAX;
+pub(crate) use check::Derived;
 use event::{EventState, SeatStatus};
 
 /// The replicated state of one shard: every event in it.
@@ -188,30 +189,36 @@ impl SeatMachine {
                 sold: c.sold,
             })
             .collect();
+        let rows = event
+            .plan
+            .rows
+            .iter()
+            .map(|(section, id)| RowView {
+                section: *section,
+                id: id.to_string(),
+            })
+            .collect();
         let seats = event
             .plan
             .seats
             .iter()
             .zip(&event.seats)
-            .map(|((seat_id, row), seat)| {
-                let (section, row_id) = &event.plan.rows[*row as usize];
-                SeatView {
-                    id: seat_id.to_string(),
-                    section: layout.sections[*section as usize].id.clone(),
-                    row: row_id.to_string(),
-                    state: match seat.status {
-                        SeatStatus::Available => SeatStateName::Available,
-                        SeatStatus::Held(_) => SeatStateName::Held,
-                        SeatStatus::Sold(_) => SeatStateName::Sold,
-                    },
-                    version: seat.version,
-                }
+            .map(|((seat_id, row), seat)| SeatView {
+                id: seat_id.to_string(),
+                row: *row,
+                state: match seat.status {
+                    SeatStatus::Available => SeatStateName::Available,
+                    SeatStatus::Held(_) => SeatStateName::Held,
+                    SeatStatus::Sold(_) => SeatStateName::Sold,
+                },
+                version: seat.version,
             })
             .collect();
         Ok(SeatMap {
             event_id: id.clone(),
             applied_index: self.applied_index,
             sections,
+            rows,
             seats,
         })
     }
