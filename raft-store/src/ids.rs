@@ -11,16 +11,18 @@
 //! not contain `.`).
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use crate::limits::{EVENT_ID_BYTES_MAX, TOKEN_BYTES_MAX};
 use crate::Error;
 
-/// The id of an event: 1..=64 bytes of `[A-Za-z0-9_-]`.
+/// The id of an event: 1..=64 bytes of `[A-Za-z0-9_-]`. Shared, so that the many
+/// hold and order ids that name it cost no allocation.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct EventId(String);
+pub struct EventId(Arc<str>);
 
 impl TryFrom<String> for EventId {
     type Error = Error;
@@ -31,7 +33,7 @@ impl TryFrom<String> for EventId {
 
 impl From<EventId> for String {
     fn from(id: EventId) -> String {
-        id.0
+        id.0.to_string()
     }
 }
 
@@ -47,7 +49,7 @@ impl EventId {
                 "event id {id:?} must be 1..={EVENT_ID_BYTES_MAX} characters of A-Z a-z 0-9 _ -"
             )));
         }
-        Ok(Self(id))
+        Ok(Self(id.into()))
     }
 
     pub fn as_str(&self) -> &str {

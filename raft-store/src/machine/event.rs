@@ -370,7 +370,7 @@ impl EventState {
         }
 
         // From here on the decision depends on state, so it is remembered.
-        let decision = self.decide_hold(req, &idxs, ttl_ms, now_ms);
+        let decision = self.decide_hold(req, idxs, ttl_ms, now_ms);
         let record = match &decision {
             Ok(Reply::Held(view)) => RequestRecord::Granted(view.hold_id.seq),
             Ok(other) => unreachable!("hold decided {other:?}"),
@@ -383,7 +383,7 @@ impl EventState {
     fn decide_hold(
         &mut self,
         req: &HoldRequest,
-        idxs: &[u32],
+        idxs: Vec<u32>,
         ttl_ms: u64,
         now_ms: u64,
     ) -> Outcome {
@@ -434,8 +434,9 @@ impl EventState {
 
         let seq = self.next_hold_seq;
         self.next_hold_seq += 1;
+        let n_seats = idxs.len() as u32;
         let mut granted_versions = Vec::with_capacity(idxs.len());
-        for &i in idxs {
+        for &i in &idxs {
             set_seat(
                 &mut self.seats,
                 &mut self.counts,
@@ -449,7 +450,7 @@ impl EventState {
         let hold = Hold {
             user: req.user.clone(),
             client_reservation_id: req.client_reservation_id.clone(),
-            seats: idxs.to_vec(),
+            seats: idxs,
             granted_versions,
             created_at_ms: now_ms,
             expires_at_ms,
@@ -457,10 +458,9 @@ impl EventState {
         };
         let view = self.hold_view(seq, &hold);
         match self.seats_owned.get_mut(req.user.as_str()) {
-            Some(owned) => *owned += idxs.len() as u32,
+            Some(owned) => *owned += n_seats,
             None => {
-                self.seats_owned
-                    .insert(req.user.as_str().into(), idxs.len() as u32);
+                self.seats_owned.insert(req.user.as_str().into(), n_seats);
             }
         }
         self.deadlines.insert((expires_at_ms, seq));
