@@ -148,17 +148,17 @@ struct MachineImage {
 }
 
 #[derive(Deserialize)]
-struct EventImage {
-    def: CreateEvent,
-    sale: SaleState,
-    created_at_ms: u64,
-    seats: Vec<Seat>,
-    holds: Vec<(u64, Hold)>,
-    orders: Vec<(u64, Order)>,
-    next_hold_seq: u64,
-    next_order_seq: u64,
-    requests: Vec<(String, RequestRecord)>,
-    checkouts: Vec<(String, CheckoutRecord)>,
+pub(crate) struct EventImage {
+    pub def: CreateEvent,
+    pub sale: SaleState,
+    pub created_at_ms: u64,
+    pub seats: Vec<Seat>,
+    pub holds: Vec<(u64, Hold)>,
+    pub orders: Vec<(u64, Order)>,
+    pub next_hold_seq: u64,
+    pub next_order_seq: u64,
+    pub requests: Vec<(String, RequestRecord)>,
+    pub checkouts: Vec<(String, CheckoutRecord)>,
 }
 
 fn sorted<K: Ord + Copy, V>(mut v: Vec<(K, V)>) -> Vec<(K, V)> {
@@ -182,7 +182,7 @@ fn event_image(e: &EventState) -> EventImageRef<'_> {
     }
 }
 
-fn restore_event(img: EventImage) -> Result<EventState, String> {
+pub(crate) fn restore_event(img: EventImage) -> Result<EventState, String> {
     let plan = img.def.layout.plan()?;
     if img.seats.len() != plan.seats.len() {
         return Err(format!(
@@ -224,6 +224,8 @@ fn restore_event(img: EventImage) -> Result<EventState, String> {
     e.deadlines = deadlines;
     e.seats_owned = owned;
     e.check()?;
+    e.dirty = Default::default();
+    e.dirty_created = false;
     Ok(e)
 }
 

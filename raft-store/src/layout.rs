@@ -20,6 +20,7 @@
 
 use std::collections::HashSet;
 
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::limits::{SEATS_PER_EVENT_MAX, SEAT_ID_BYTES_MAX, TEXT_BYTES_MAX};
@@ -71,6 +72,42 @@ pub struct SeatPlan {
     pub seats: Vec<(Box<str>, u32)>,
     /// Seat count per section.
     pub section_capacity: Vec<u32>,
+    /// Numbered rows by row id, so `A-10` resolves by arithmetic: a small map that
+    /// stays in cache even for a stadium, instead of one entry per seat.
+    numbered_rows: FxHashMap<Box<str>, NumberedRow>,
+    /// Seats of rows that name their seats.
+    named_seats: FxHashMap<Box<str>, u32>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct NumberedRow {
+    /// Index of the row's first seat.
+    start: u32,
+    /// The number of the row's first seat.
+    first: u32,
+    count: u32,
+}
+
+impl SeatPlan {
+    /// The index of the seat with this id, if the event has it.
+    pub fn seat_index(&self, id: &str) -> Option<u32> {
+        if let Some((row, digits)) = id.rsplit_once('-') {
+            // Only the canonical spelling `{row}-{n}` (no sign, no leading zero) names a
+            // numbered seat; anything else can only be a named seat.
+            let canonical = !digits.is_empty()
+                && digits.len() <= 10
+                && digits.bytes().all(|b| b.is_ascii_digit())
+                && (digits == "0" || !digits.starts_with('0'));
+            if canonical {
+                if let (Some(r), Ok(n)) = (self.numbered_rows.get(row), digits.parse::<u32>()) {
+                    if n >= r.first && n - r.first < r.count {
+                        return Some(r.start + (n - r.first));
+                    }
+                }
+            }
+        }
+        self.named_seats.get(id).copied()
+    }
 }
 
 fn check_name(what: &str, s: &str, max: usize) -> Result<(), String> {
@@ -145,9 +182,12 @@ impl VenueLayout {
             rows: Vec::new(),
             seats: Vec::with_capacity(capacity as usize),
             section_capacity: Vec::with_capacity(self.sections.len()),
+            numbered_rows: FxHashMap::default(),
+            named_seats: FxHashMap::default(),
         };
         let mut section_ids = HashSet::new();
         let mut seat_ids: HashSet<Box<str>> = HashSet::with_capacity(capacity as usize);
+        // (`seat_ids` exists only while planning, to refuse duplicates.)
         for (s_idx, section) in self.sections.iter().enumerate() {
             check_id("section id", &section.id)?;
             if !section_ids.insert(section.id.as_str()) {
@@ -158,25 +198,39 @@ impl VenueLayout {
                 check_id("row id", &row.id)?;
                 let row_idx = plan.rows.len() as u32;
                 plan.rows.push((s_idx as u32, row.id.as_str().into()));
-                let mut add = |id: Box<str>| -> Result<(), String> {
+                let mut add = |seats: &mut Vec<(Box<str>, u32)>, id: Box<str>| {
                     check_id("seat id", &id)?;
                     if !seat_ids.insert(id.clone()) {
                         return Err(format!("duplicate seat id {id:?}"));
                     }
-                    plan.seats.push((id, row_idx));
-                    Ok(())
+                    seats.push((id, row_idx));
+                    Ok(seats.len() as u32 - 1)
                 };
                 match (row.seats, &row.seat_ids, row.first) {
                     (Some(n), None, first) if n > 0 => {
                         let first = first.unwrap_or(1);
                         let last = first.checked_add(n - 1).ok_or("seat numbers overflow")?;
+                        let start = plan.seats.len() as u32;
                         for num in first..=last {
-                            add(format!("{}-{num}", row.id).into())?;
+                            add(&mut plan.seats, format!("{}-{num}", row.id).into())?;
+                        }
+                        let numbered = NumberedRow {
+                            start,
+                            first,
+                            count: n,
+                        };
+                        if plan
+                            .numbered_rows
+                            .insert(row.id.as_str().into(), numbered)
+                            .is_some()
+                        {
+                            return Err(format!("numbered row id {:?} used twice", row.id));
                         }
                     }
                     (None, Some(ids), None) if !ids.is_empty() => {
                         for id in ids {
-                            add(id.as_str().into())?;
+                            let idx = add(&mut plan.seats, id.as_str().into())?;
+                            plan.named_seats.insert(id.as_str().into(), idx);
                         }
                     }
                     _ => unreachable!("rows were checked to be well formed"),
@@ -257,6 +311,22 @@ mod tests {
         let plan = layout.plan().unwrap();
         assert_eq!(plan.seats.len() as u64, layout.capacity());
         assert!(plan.seats.iter().any(|(id, _)| &**id == "A-10"));
+    }
+
+    #[test]
+    fn seat_ids_resolve_to_their_index_and_nothing_else_does() {
+        let layout = VenueLayout::from_json(include_str!("../layouts/small-hall.json")).unwrap();
+        let plan = layout.plan().unwrap();
+        for (i, (id, _)) in plan.seats.iter().enumerate() {
+            assert_eq!(plan.seat_index(id), Some(i as u32), "{id}");
+        }
+        for bad in [
+            "A-0", "A-13", "A-01", "A-+1", "A-", "-1", "A", "BA-100", "BA-108x", "BB-4", "Z-1", "",
+        ] {
+            assert_eq!(plan.seat_index(bad), None, "{bad:?}");
+        }
+        assert_eq!(plan.seat_index("BA-101"), Some(52));
+        assert_eq!(plan.seat_index("BB-5"), Some(63));
     }
 
     #[test]

@@ -34,4 +34,4 @@ pub use error::Error;
 pub use ids::{EventId, HoldId, OrderId};
 pub use layout::VenueLayout;
 pub use limits::Limits;
-pub use machine::SeatMachine;
+pub use machine::{Record, SeatMachine};

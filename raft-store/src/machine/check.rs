@@ -88,10 +88,12 @@ impl EventState {
             self.seats.len() == self.plan.seats.len(),
             "seat count differs from the layout"
         );
-        ensure!(
-            self.seat_index.len() == self.seats.len(),
-            "seat index out of step"
-        );
+        for (i, (id, _)) in self.plan.seats.iter().enumerate() {
+            ensure!(
+                self.plan.seat_index(id) == Some(i as u32),
+                "seat {id} does not resolve to its index {i}"
+            );
+        }
         let Derived {
             counts,
             owned,

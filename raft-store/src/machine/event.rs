@@ -94,6 +94,19 @@ pub(crate) fn request_key(buf: &mut String, user: &str, client_reservation_id: &
     buf.push_str(client_reservation_id);
 }
 
+/// What changed since the storage last took the changes (see `machine::persist`).
+/// Entries may repeat; the storage writes each record's current value once.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Dirty {
+    /// The event's own record: definition, sale state, sequence counters.
+    pub meta: bool,
+    pub seats: Vec<u32>,
+    pub holds: Vec<u64>,
+    pub orders: Vec<u64>,
+    pub requests: Vec<Box<str>>,
+    pub checkouts: Vec<String>,
+}
+
 /// Counters per section, indexed like `SeatPlan::section_capacity`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Counts {
@@ -108,7 +121,6 @@ pub(crate) struct EventState {
     pub sale: SaleState,
     pub created_at_ms: u64,
     pub plan: SeatPlan,
-    pub seat_index: FxHashMap<Box<str>, u32>,
     pub seats: Vec<Seat>,
     pub counts: Vec<Counts>,
     pub holds: BTreeMap<u64, Hold>,
@@ -125,11 +137,23 @@ pub(crate) struct EventState {
     pub deadlines: BTreeSet<(u64, u64)>,
     /// Reused buffer for request keys, so a hold allocates no key to look one up.
     scratch: String,
+    /// Changes not yet handed to storage.
+    pub dirty: Dirty,
+    /// Created since storage last took the changes: its definition must be written.
+    pub dirty_created: bool,
 }
 
 /// Moves one seat, bumping its version and the section counters. The only place a
 /// seat's status changes.
-fn set_seat(seats: &mut [Seat], counts: &mut [Counts], plan: &SeatPlan, idx: u32, to: SeatStatus) {
+fn set_seat(
+    seats: &mut [Seat],
+    counts: &mut [Counts],
+    plan: &SeatPlan,
+    dirty: &mut Dirty,
+    idx: u32,
+    to: SeatStatus,
+) {
+    dirty.seats.push(idx);
     let seat = &mut seats[idx as usize];
     let section = plan.rows[plan.seats[idx as usize].1 as usize].0 as usize;
     let c = &mut counts[section];
@@ -155,12 +179,6 @@ fn set_seat(seats: &mut [Seat], counts: &mut [Counts], plan: &SeatPlan, idx: u32
 
 impl EventState {
     pub fn new(def: CreateEvent, plan: SeatPlan, created_at_ms: u64) -> Self {
-        let seat_index = plan
-            .seats
-            .iter()
-            .enumerate()
-            .map(|(i, (id, _))| (id.clone(), i as u32))
-            .collect();
         let seats = vec![
             Seat {
                 status: SeatStatus::Available,
@@ -182,7 +200,6 @@ impl EventState {
             sale: SaleState::OnSale,
             created_at_ms,
             plan,
-            seat_index,
             seats,
             counts,
             holds: BTreeMap::new(),
@@ -194,6 +211,11 @@ impl EventState {
             checkouts: FxHashMap::default(),
             deadlines: BTreeSet::new(),
             scratch: String::new(),
+            dirty: Dirty {
+                meta: true,
+                ..Dirty::default()
+            },
+            dirty_created: true,
         }
     }
 
@@ -245,9 +267,27 @@ impl EventState {
         })
     }
 
+    fn set_hold_state(&mut self, seq: u64, state: HoldState) {
+        self.dirty.holds.push(seq);
+        self.holds.get_mut(&seq).expect("hold exists").state = state;
+    }
+
+    fn set_checkout(&mut self, key: &str, hold: u64, result: CheckoutResult) {
+        self.dirty.checkouts.push(key.to_string());
+        self.checkouts
+            .insert(key.to_string(), CheckoutRecord { hold, result });
+    }
+
+    fn set_checkout_result(&mut self, key: &str, result: CheckoutResult) {
+        self.dirty.checkouts.push(key.to_string());
+        let rec = self.checkouts.get_mut(key).expect("checkout record exists");
+        rec.result = result;
+    }
+
     /// Gives a live hold's seats back and moves it to `end` (released or expired).
     fn end_live_hold(&mut self, seq: u64, end: HoldState) {
         assert!(matches!(end, HoldState::Released | HoldState::Expired));
+        self.dirty.holds.push(seq);
         let hold = self.holds.get_mut(&seq).expect("live hold exists");
         assert!(hold.state.is_live(), "ending a hold that is not live");
         for &s in &hold.seats {
@@ -256,6 +296,7 @@ impl EventState {
                 &mut self.seats,
                 &mut self.counts,
                 &self.plan,
+                &mut self.dirty,
                 s,
                 SeatStatus::Available,
             );
@@ -294,15 +335,11 @@ impl EventState {
                         Refusal::Expired
                     } else {
                         let expires_at_ms = hold.expires_at_ms;
-                        self.holds.get_mut(&seq).expect("hold exists").state = HoldState::Active;
+                        self.set_hold_state(seq, HoldState::Active);
                         self.deadlines.insert((expires_at_ms, seq));
                         Refusal::WrongState("checkout timed out: payment deadline passed".into())
                     };
-                    let rec = self
-                        .checkouts
-                        .get_mut(&key)
-                        .expect("in-progress checkout has a record");
-                    rec.result = CheckoutResult::Refused(refusal);
+                    self.set_checkout_result(&key, CheckoutResult::Refused(refusal));
                 }
                 other => panic!("hold {seq} in deadline index while {}", other.name()),
             }
@@ -354,11 +391,11 @@ impl EventState {
         let mut idxs = Vec::with_capacity(n);
         let mut unknown = Vec::new();
         for id in &req.seats {
-            match self.seat_index.get(id.as_str()) {
-                Some(&i) if idxs.contains(&i) => {
+            match self.plan.seat_index(id) {
+                Some(i) if idxs.contains(&i) => {
                     return Err(Refusal::Invalid(format!("seat {id} is listed twice")))
                 }
-                Some(&i) => idxs.push(i),
+                Some(i) => idxs.push(i),
                 None => unknown.push(id.as_str()),
             }
         }
@@ -376,7 +413,9 @@ impl EventState {
             Ok(other) => unreachable!("hold decided {other:?}"),
             Err(r) => RequestRecord::Refused(r.clone()),
         };
-        self.requests.insert(self.scratch.as_str().into(), record);
+        let key: Box<str> = self.scratch.as_str().into();
+        self.dirty.requests.push(key.clone());
+        self.requests.insert(key, record);
         decision
     }
 
@@ -434,6 +473,8 @@ impl EventState {
 
         let seq = self.next_hold_seq;
         self.next_hold_seq += 1;
+        self.dirty.meta = true;
+        self.dirty.holds.push(seq);
         let n_seats = idxs.len() as u32;
         let mut granted_versions = Vec::with_capacity(idxs.len());
         for &i in &idxs {
@@ -441,6 +482,7 @@ impl EventState {
                 &mut self.seats,
                 &mut self.counts,
                 &self.plan,
+                &mut self.dirty,
                 i,
                 SeatStatus::Held(seq),
             );
@@ -518,15 +560,14 @@ impl EventState {
                     "active hold has a deadline"
                 );
                 self.deadlines.insert((payment_deadline_ms, seq));
-                self.holds.get_mut(&seq).expect("hold exists").state = HoldState::CheckingOut {
-                    idempotency_key: key.to_string(),
-                    payment_deadline_ms,
-                };
-                let rec = CheckoutRecord {
-                    hold: seq,
-                    result: CheckoutResult::InProgress,
-                };
-                self.checkouts.insert(key.to_string(), rec);
+                self.set_hold_state(
+                    seq,
+                    HoldState::CheckingOut {
+                        idempotency_key: key.to_string(),
+                        payment_deadline_ms,
+                    },
+                );
+                self.set_checkout(key, seq, CheckoutResult::InProgress);
                 return Ok(Reply::CheckoutStarted {
                     hold_id: self.hold_id(seq),
                     payment_deadline_ms,
@@ -549,9 +590,7 @@ impl EventState {
             HoldState::Released => Refusal::WrongState("hold was released".into()),
             HoldState::Expired => Refusal::Expired,
         };
-        let result = CheckoutResult::Refused(refusal.clone());
-        self.checkouts
-            .insert(key.to_string(), CheckoutRecord { hold: seq, result });
+        self.set_checkout(key, seq, CheckoutResult::Refused(refusal.clone()));
         Err(refusal)
     }
 
@@ -586,6 +625,9 @@ impl EventState {
         }
         let order_seq = self.next_order_seq;
         self.next_order_seq += 1;
+        self.dirty.meta = true;
+        self.dirty.holds.push(seq);
+        self.dirty.orders.push(order_seq);
         let hold = self.holds.get_mut(&seq).expect("hold exists");
         let HoldState::CheckingOut {
             payment_deadline_ms,
@@ -601,6 +643,7 @@ impl EventState {
                 &mut self.seats,
                 &mut self.counts,
                 &self.plan,
+                &mut self.dirty,
                 s,
                 SeatStatus::Sold(order_seq),
             );
@@ -615,8 +658,7 @@ impl EventState {
             self.orders.insert(order_seq, order).is_none(),
             "order sequence reused"
         );
-        let rec = self.checkouts.get_mut(key).expect("checkout record exists");
-        rec.result = CheckoutResult::Completed(order_seq);
+        self.set_checkout_result(key, CheckoutResult::Completed(order_seq));
         Ok(Reply::Completed(
             self.order_view(order_seq).expect("order just created"),
         ))
@@ -661,11 +703,11 @@ impl EventState {
         if expires_at_ms <= now_ms {
             self.end_live_hold(seq, HoldState::Expired);
         } else {
-            self.holds.get_mut(&seq).expect("hold exists").state = HoldState::Active;
+            self.set_hold_state(seq, HoldState::Active);
             self.deadlines.insert((expires_at_ms, seq));
         }
-        let rec = self.checkouts.get_mut(key).expect("checkout record exists");
-        rec.result = CheckoutResult::Refused(Refusal::Declined(reason.to_string()));
+        let declined = CheckoutResult::Refused(Refusal::Declined(reason.to_string()));
+        self.set_checkout_result(key, declined);
         let state = self.holds[&seq].state.clone();
         Ok(Reply::CheckoutAborted {
             hold_id: self.hold_id(seq),
@@ -718,6 +760,7 @@ impl EventState {
             _ => {}
         }
         self.sale = sale;
+        self.dirty.meta = true;
         if sale == SaleState::Cancelled {
             // Give back every live hold, in deadline order (deterministic).
             let live: Vec<u64> = self.deadlines.iter().map(|&(_, seq)| seq).collect();
@@ -727,13 +770,10 @@ impl EventState {
                     idempotency_key, ..
                 } = &self.holds[&seq].state
                 {
+                    let key = idempotency_key.clone();
                     let refusal =
                         Refusal::WrongState(format!("{} is cancelled", self.def.event_id));
-                    let rec = self
-                        .checkouts
-                        .get_mut(idempotency_key)
-                        .expect("record exists");
-                    rec.result = CheckoutResult::Refused(refusal);
+                    self.set_checkout_result(&key, CheckoutResult::Refused(refusal));
                 }
                 self.end_live_hold(seq, HoldState::Released);
             }

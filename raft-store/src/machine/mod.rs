@@ -13,6 +13,9 @@
 
 mod check;
 pub(crate) mod event;
+mod persist;
+
+pub use persist::Record;
 
 use std::collections::BTreeMap;
 

@@ -1,0 +1,329 @@
+//! Record-level persistence: the state machine as key/value records, written a few at
+//! a time as entries apply and read back whole when a node restarts.
+//!
+//! Every `apply` marks what it changed (`event::Dirty`); [`SeatMachine::take_changes`]
+//! turns the marks into records holding the current values. The storage layer writes
+//! those records, the applied log id and the membership in one atomic batch, so the
+//! records on disk always equal the machine after some whole number of entries.
+//! [`SeatMachine::load_records`] rebuilds the machine from all of a group's records and
+//! runs the full invariant check before trusting them.
+//!
+//! Keys (the storage layer prefixes them with the Raft group):
+//! `[0]` the machine (applied index, clock); then per event, with
+//! `E = [len][event id bytes]`: `[1]E` definition (written once), `[2]E` counters
+//! (sale state, sequence numbers), `[3]E[idx u32 BE]` a seat, `[4]E[seq u64 BE]` a
+//! hold, `[5]E[seq u64 BE]` an order, `[6]E[key]` a hold request's first decision,
+//! `[7]E[key]` an idempotency key's checkout. Big-endian numbers keep RocksDB's key
+//! order equal to numeric order. A seat without a record is available at version 0,
+//! so creating a stadium writes one record, not 100,000.
+//!
+//! Caveat: every record is also kept in memory; terminal holds, orders and request
+//! records are not yet evicted, so memory grows with history (see issue 3's note).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::event::{EventState, Seat, SeatStatus};
+use super::SeatMachine;
+use crate::codec::{restore_event, EventImage};
+use crate::command::{CreateEvent, SaleState};
+use crate::Error;
+
+const KIND_MACHINE: u8 = 0;
+const KIND_DEF: u8 = 1;
+const KIND_COUNTERS: u8 = 2;
+const KIND_SEAT: u8 = 3;
+const KIND_HOLD: u8 = 4;
+const KIND_ORDER: u8 = 5;
+const KIND_REQUEST: u8 = 6;
+const KIND_CHECKOUT: u8 = 7;
+
+#[derive(Serialize, Deserialize)]
+struct MachineRecord {
+    applied_index: u64,
+    clock_ms: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Counters {
+    sale: SaleState,
+    created_at_ms: u64,
+    next_hold_seq: u64,
+    next_order_seq: u64,
+}
+
+/// One record: key and value bytes.
+pub type Record = (Vec<u8>, Vec<u8>);
+
+fn key(kind: u8, event: &str, suffix: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + event.len() + suffix.len());
+    k.push(kind);
+    // Event ids are at most 64 bytes, so their length fits one byte.
+    k.push(event.len() as u8);
+    k.extend_from_slice(event.as_bytes());
+    k.extend_from_slice(suffix);
+    k
+}
+
+fn value<T: Serialize>(v: &T) -> Vec<u8> {
+    postcard::to_stdvec(v).expect("plain data encodes")
+}
+
+fn corrupt(detail: impl Into<String>) -> Error {
+    Error::Corrupt {
+        what: "state machine records",
+        detail: detail.into(),
+    }
+}
+
+fn decode<'a, T: Deserialize<'a>>(what: &str, bytes: &'a [u8]) -> Result<T, Error> {
+    postcard::from_bytes(bytes).map_err(|e| corrupt(format!("{what}: {e}")))
+}
+
+impl EventState {
+    fn counters(&self) -> Counters {
+        Counters {
+            sale: self.sale,
+            created_at_ms: self.created_at_ms,
+            next_hold_seq: self.next_hold_seq,
+            next_order_seq: self.next_order_seq,
+        }
+    }
+
+    /// Records for everything marked dirty, clearing the marks.
+    fn take_changes(&mut self, with_def: bool, out: &mut Vec<Record>) {
+        let id = self.def.event_id.as_str();
+        let mut dirty = std::mem::take(&mut self.dirty);
+        if with_def {
+            out.push((key(KIND_DEF, id, &[]), value(&self.def)));
+        }
+        if dirty.meta || with_def {
+            out.push((key(KIND_COUNTERS, id, &[]), value(&self.counters())));
+        }
+        dirty.seats.sort_unstable();
+        dirty.seats.dedup();
+        for idx in dirty.seats {
+            out.push((
+                key(KIND_SEAT, id, &idx.to_be_bytes()),
+                value(&self.seats[idx as usize]),
+            ));
+        }
+        dirty.holds.sort_unstable();
+        dirty.holds.dedup();
+        for seq in dirty.holds {
+            out.push((
+                key(KIND_HOLD, id, &seq.to_be_bytes()),
+                value(&self.holds[&seq]),
+            ));
+        }
+        dirty.orders.sort_unstable();
+        dirty.orders.dedup();
+        for seq in dirty.orders {
+            out.push((
+                key(KIND_ORDER, id, &seq.to_be_bytes()),
+                value(&self.orders[&seq]),
+            ));
+        }
+        dirty.requests.sort_unstable();
+        dirty.requests.dedup();
+        for k in dirty.requests {
+            out.push((
+                key(KIND_REQUEST, id, k.as_bytes()),
+                value(&self.requests[&k]),
+            ));
+        }
+        dirty.checkouts.sort_unstable();
+        dirty.checkouts.dedup();
+        for k in dirty.checkouts {
+            out.push((
+                key(KIND_CHECKOUT, id, k.as_bytes()),
+                value(&self.checkouts[&k]),
+            ));
+        }
+    }
+
+    fn mark_all_dirty(&mut self) {
+        let d = &mut self.dirty;
+        d.meta = true;
+        d.seats = (0..self.seats.len() as u32)
+            .filter(|&i| {
+                self.seats[i as usize]
+                    != Seat {
+                        status: SeatStatus::Available,
+                        version: 0,
+                    }
+            })
+            .collect();
+        d.holds = self.holds.keys().copied().collect();
+        d.orders = self.orders.keys().copied().collect();
+        d.requests = self.requests.keys().cloned().collect();
+        d.checkouts = self.checkouts.keys().cloned().collect();
+    }
+}
+
+impl SeatMachine {
+    /// The records changed since the last call (or since the machine was loaded), as
+    /// `(key, value)` pairs to write; always includes the machine record. Events
+    /// created since the last call include their definition.
+    pub fn take_changes(&mut self) -> Vec<Record> {
+        let mut out = vec![(
+            vec![KIND_MACHINE],
+            value(&MachineRecord {
+                applied_index: self.applied_index,
+                clock_ms: self.clock_ms,
+            }),
+        )];
+        for event in self.events.values_mut() {
+            let created = std::mem::take(&mut event.dirty_created);
+            event.take_changes(created, &mut out);
+        }
+        out
+    }
+
+    /// Every record of the machine (for rewriting a group's state wholesale, as when a
+    /// snapshot is installed).
+    pub fn all_records(&mut self) -> Vec<Record> {
+        for event in self.events.values_mut() {
+            event.mark_all_dirty();
+            event.dirty_created = true;
+        }
+        self.take_changes()
+    }
+
+    /// Rebuilds a machine from all of its records, in any order. Damaged or
+    /// inconsistent records give an error; nothing is guessed.
+    pub fn load_records<K, V>(records: impl IntoIterator<Item = (K, V)>) -> Result<Self, Error>
+    where
+        K: AsRef<[u8]>,
+        V: AsRef<[u8]>,
+    {
+        #[derive(Default)]
+        struct Staged {
+            def: Option<CreateEvent>,
+            counters: Option<Counters>,
+            seats: Vec<(u32, Seat)>,
+            image: Option<EventImage>,
+        }
+        let mut machine = SeatMachine::default();
+        let mut seen_machine = false;
+        let mut staged: BTreeMap<Vec<u8>, Staged> = BTreeMap::new();
+        let mut images: Vec<(Vec<u8>, u8, Vec<u8>, Vec<u8>)> = Vec::new();
+        for (k, v) in records {
+            let (k, v) = (k.as_ref(), v.as_ref());
+            let Some((&kind, rest)) = k.split_first() else {
+                return Err(corrupt("empty key"));
+            };
+            if kind == KIND_MACHINE {
+                let rec: MachineRecord = decode("machine record", v)?;
+                machine.applied_index = rec.applied_index;
+                machine.clock_ms = rec.clock_ms;
+                seen_machine = true;
+                continue;
+            }
+            let Some((&len, rest)) = rest.split_first() else {
+                return Err(corrupt("short key"));
+            };
+            if rest.len() < len as usize {
+                return Err(corrupt("key shorter than its event id"));
+            }
+            let (event, suffix) = rest.split_at(len as usize);
+            let entry = staged.entry(event.to_vec()).or_default();
+            match kind {
+                KIND_DEF => entry.def = Some(decode("event definition", v)?),
+                KIND_COUNTERS => entry.counters = Some(decode("event counters", v)?),
+                KIND_SEAT => {
+                    let idx =
+                        u32::from_be_bytes(suffix.try_into().map_err(|_| corrupt("seat key"))?);
+                    entry.seats.push((idx, decode("seat", v)?));
+                }
+                KIND_HOLD | KIND_ORDER | KIND_REQUEST | KIND_CHECKOUT => {
+                    images.push((event.to_vec(), kind, suffix.to_vec(), v.to_vec()))
+                }
+                other => return Err(corrupt(format!("unknown record kind {other}"))),
+            }
+        }
+        if !seen_machine && !staged.is_empty() {
+            return Err(corrupt("event records without a machine record"));
+        }
+        for (id, s) in staged.iter_mut() {
+            let name = String::from_utf8_lossy(id);
+            let def = s
+                .def
+                .take()
+                .ok_or_else(|| corrupt(format!("event {name} has no definition")))?;
+            let c = s
+                .counters
+                .take()
+                .ok_or_else(|| corrupt(format!("event {name} has no counters")))?;
+            if def.event_id.as_str().as_bytes() != id.as_slice() {
+                return Err(corrupt(format!("event {name} stored under another id")));
+            }
+            let capacity = def.layout.capacity() as usize;
+            if capacity > crate::limits::SEATS_PER_EVENT_MAX {
+                return Err(corrupt(format!("event {name} is too large")));
+            }
+            let mut seats = vec![
+                Seat {
+                    status: SeatStatus::Available,
+                    version: 0
+                };
+                capacity
+            ];
+            for (idx, seat) in s.seats.drain(..) {
+                *seats
+                    .get_mut(idx as usize)
+                    .ok_or_else(|| corrupt(format!("event {name}: seat {idx} out of range")))? =
+                    seat;
+            }
+            s.image = Some(EventImage {
+                def,
+                sale: c.sale,
+                created_at_ms: c.created_at_ms,
+                seats,
+                holds: Vec::new(),
+                orders: Vec::new(),
+                next_hold_seq: c.next_hold_seq,
+                next_order_seq: c.next_order_seq,
+                requests: Vec::new(),
+                checkouts: Vec::new(),
+            });
+        }
+        for (event, kind, suffix, v) in images {
+            let img = staged
+                .get_mut(&event)
+                .and_then(|s| s.image.as_mut())
+                .ok_or_else(|| {
+                    corrupt(format!(
+                        "record for unknown event {}",
+                        String::from_utf8_lossy(&event)
+                    ))
+                })?;
+            let seq = || {
+                suffix
+                    .as_slice()
+                    .try_into()
+                    .map(u64::from_be_bytes)
+                    .map_err(|_| corrupt("sequence key"))
+            };
+            let text = || {
+                String::from_utf8(suffix.clone()).map_err(|_| corrupt("record key is not UTF-8"))
+            };
+            match kind {
+                KIND_HOLD => img.holds.push((seq()?, decode("hold", &v)?)),
+                KIND_ORDER => img.orders.push((seq()?, decode("order", &v)?)),
+                KIND_REQUEST => img.requests.push((text()?, decode("request record", &v)?)),
+                _ => img
+                    .checkouts
+                    .push((text()?, decode("checkout record", &v)?)),
+            }
+        }
+        for (_, s) in staged {
+            let img = s.image.expect("every staged event got an image");
+            let id = img.def.event_id.clone();
+            let event = restore_event(img).map_err(|e| corrupt(format!("event {id}: {e}")))?;
+            machine.events.insert(id, event);
+        }
+        Ok(machine)
+    }
+}
