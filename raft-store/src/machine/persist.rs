@@ -208,7 +208,14 @@ impl SeatMachine {
         let mut machine = SeatMachine::default();
         let mut seen_machine = false;
         let mut staged: BTreeMap<Vec<u8>, Staged> = BTreeMap::new();
-        let mut images: Vec<(Vec<u8>, u8, Vec<u8>, Vec<u8>)> = Vec::new();
+        // Records that belong to an event image, kept until every image exists.
+        struct Later {
+            event: Vec<u8>,
+            kind: u8,
+            suffix: Vec<u8>,
+            value: Vec<u8>,
+        }
+        let mut later: Vec<Later> = Vec::new();
         for (k, v) in records {
             let (k, v) = (k.as_ref(), v.as_ref());
             let Some((&kind, rest)) = k.split_first() else {
@@ -237,9 +244,12 @@ impl SeatMachine {
                         u32::from_be_bytes(suffix.try_into().map_err(|_| corrupt("seat key"))?);
                     entry.seats.push((idx, decode("seat", v)?));
                 }
-                KIND_HOLD | KIND_ORDER | KIND_REQUEST | KIND_CHECKOUT => {
-                    images.push((event.to_vec(), kind, suffix.to_vec(), v.to_vec()))
-                }
+                KIND_HOLD | KIND_ORDER | KIND_REQUEST | KIND_CHECKOUT => later.push(Later {
+                    event: event.to_vec(),
+                    kind,
+                    suffix: suffix.to_vec(),
+                    value: v.to_vec(),
+                }),
                 other => return Err(corrupt(format!("unknown record kind {other}"))),
             }
         }
@@ -289,7 +299,13 @@ impl SeatMachine {
                 checkouts: Vec::new(),
             });
         }
-        for (event, kind, suffix, v) in images {
+        for Later {
+            event,
+            kind,
+            suffix,
+            value: v,
+        } in later
+        {
             let img = staged
                 .get_mut(&event)
                 .and_then(|s| s.image.as_mut())
