@@ -80,13 +80,13 @@ fn unframe<'a>(
     Ok(payload)
 }
 
-fn encode_framed<T: Serialize>(magic: [u8; 4], version: u16, value: &T) -> Vec<u8> {
+pub(crate) fn encode_framed<T: Serialize>(magic: [u8; 4], version: u16, value: &T) -> Vec<u8> {
     // postcard only fails on types it cannot represent; ours are plain data.
     let payload = postcard::to_stdvec(value).expect("plain data encodes");
     frame(magic, version, &payload)
 }
 
-fn decode_framed<T: DeserializeOwned>(
+pub(crate) fn decode_framed<T: DeserializeOwned>(
     what: &'static str,
     magic: [u8; 4],
     version: u16,
@@ -121,7 +121,7 @@ impl Batch {
 
 #[derive(Serialize)]
 struct MachineImageRef<'a> {
-    applied_index: u64,
+    applied_index: Option<u64>,
     clock_ms: u64,
     events: Vec<EventImageRef<'a>>,
 }
@@ -142,7 +142,7 @@ struct EventImageRef<'a> {
 
 #[derive(Deserialize)]
 struct MachineImage {
-    applied_index: u64,
+    applied_index: Option<u64>,
     clock_ms: u64,
     events: Vec<EventImage>,
 }
@@ -207,7 +207,7 @@ pub(crate) fn restore_event(img: EventImage) -> Result<EventState, String> {
     e.requests = img
         .requests
         .into_iter()
-        .map(|(k, r)| (k.into_boxed_str(), r))
+        .map(|(k, r)| (k.into(), r))
         .collect();
     let n_checkouts = img.checkouts.len();
     e.checkouts = img.checkouts.into_iter().collect();

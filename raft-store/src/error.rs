@@ -11,6 +11,20 @@ pub enum Error {
     /// Bytes that should hold an encoded value do not.
     #[error("corrupt {what}: {detail}")]
     Corrupt { what: &'static str, detail: String },
+    /// A data directory cannot be used; the reason says why.
+    #[error("{}: {reason}", path.display())]
+    Open {
+        path: std::path::PathBuf,
+        reason: String,
+    },
+    /// RocksDB failed on a data directory.
+    #[cfg(feature = "storage")]
+    #[error("{}: {source}", path.display())]
+    Db {
+        path: std::path::PathBuf,
+        #[source]
+        source: rocksdb::Error,
+    },
     /// Bytes written by a format this build does not read.
     #[error("{what} has format version {found}; this build reads version {supported}")]
     UnsupportedFormat {

@@ -1,4 +1,4 @@
-//! seatd's replicated state: the seat state machine and (later) its Raft storage.
+//! seatd's replicated state: the seat state machine and its Raft storage.
 //!
 //! The state machine ([`SeatMachine`]) decides every seat. It is a pure function of
 //! the log: a [`Batch`] of [`Command`]s stamped with the leader's clock goes in, the new
@@ -15,8 +15,16 @@
 //! `(user, client_reservation_id)` or idempotency key is answered from its record.
 //!
 //! Layout: [`layout`] (venue files and generator), [`command`] (what the log carries
-//! and what applying it answers), `machine` (the state and its rules), [`codec`]
-//! (canonical, checksummed bytes for snapshots and log entries).
+//! and what applying it answers), `machine` (the state and its rules, and its
+//! record-level persistence), [`codec`] (canonical, checksummed bytes for snapshots and
+//! log entries), and with the `storage` feature (default) `raft` (openraft's type
+//! configuration) and `storage` (openraft's log and state machine storage on RocksDB,
+//! many Raft groups per database). This crate knows nothing of gRPC.
+//!
+//! Why openraft 0.9.25 with `storage-v2`: it is the stable line; its RaftCore waits for
+//! each append's callback before the next, so throughput comes from batching many
+//! client commands into one entry ([`Batch`]) and from sharing WAL syncs across the
+//! node's groups (`storage::sync`).
 
 pub mod codec;
 pub mod command;
@@ -25,6 +33,10 @@ pub mod ids;
 pub mod layout;
 pub mod limits;
 mod machine;
+#[cfg(feature = "storage")]
+pub mod raft;
+#[cfg(feature = "storage")]
+pub mod storage;
 
 pub use command::{
     Batch, Command, CreateEvent, EventSummary, HoldRequest, HoldState, HoldView, OrderView,

@@ -18,6 +18,7 @@
 //! Malformed input is refused without a record (the same input is refused again).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 
@@ -103,7 +104,7 @@ pub(crate) struct Dirty {
     pub seats: Vec<u32>,
     pub holds: Vec<u64>,
     pub orders: Vec<u64>,
-    pub requests: Vec<Box<str>>,
+    pub requests: Vec<Arc<str>>,
     pub checkouts: Vec<String>,
 }
 
@@ -130,7 +131,7 @@ pub(crate) struct EventState {
     /// Seats in each user's live holds plus seats in their orders (derived).
     pub seats_owned: FxHashMap<Box<str>, u32>,
     /// First decision per `request_key(user, client_reservation_id)`.
-    pub requests: FxHashMap<Box<str>, RequestRecord>,
+    pub requests: FxHashMap<Arc<str>, RequestRecord>,
     pub checkouts: FxHashMap<String, CheckoutRecord>,
     /// `(deadline_ms, hold)` for every live hold: `expires_at_ms` while active, the
     /// payment deadline while checking out (derived).
@@ -413,7 +414,7 @@ impl EventState {
             Ok(other) => unreachable!("hold decided {other:?}"),
             Err(r) => RequestRecord::Refused(r.clone()),
         };
-        let key: Box<str> = self.scratch.as_str().into();
+        let key: Arc<str> = self.scratch.as_str().into();
         self.dirty.requests.push(key.clone());
         self.requests.insert(key, record);
         decision

@@ -31,7 +31,9 @@ use event::{EventState, SeatStatus};
 /// The replicated state of one shard: every event in it.
 #[derive(Clone, Debug, Default)]
 pub struct SeatMachine {
-    pub(crate) applied_index: u64,
+    /// The log index of the last applied entry; `None` before any. (Raft logs may
+    /// start at index 0, so 0 cannot mean "nothing".)
+    pub(crate) applied_index: Option<u64>,
     /// The latest entry timestamp applied; entries stamped earlier are treated as now.
     pub(crate) clock_ms: u64,
     pub(crate) events: BTreeMap<EventId, EventState>,
@@ -42,9 +44,18 @@ impl SeatMachine {
         Self::default()
     }
 
-    /// The log index of the last applied entry (0 before any).
-    pub fn applied_index(&self) -> u64 {
+    /// The log index of the last applied entry (`None` before any).
+    pub fn applied_index(&self) -> Option<u64> {
         self.applied_index
+    }
+
+    fn advance(&mut self, index: u64) {
+        assert!(
+            self.applied_index.is_none_or(|a| index > a),
+            "log index {index} applied after {:?}",
+            self.applied_index
+        );
+        self.applied_index = Some(index);
     }
 
     /// The state machine's notion of now: the latest entry timestamp applied.
@@ -54,12 +65,7 @@ impl SeatMachine {
 
     /// Applies one log entry. `index` must be above every index applied before.
     pub fn apply(&mut self, index: u64, batch: &Batch) -> Vec<Outcome> {
-        assert!(
-            index > self.applied_index,
-            "log index {index} applied after {}",
-            self.applied_index
-        );
-        self.applied_index = index;
+        self.advance(index);
         self.clock_ms = self.clock_ms.max(batch.ts_ms);
         let now_ms = self.clock_ms;
         batch
@@ -72,12 +78,7 @@ impl SeatMachine {
     /// Records that a log entry without commands (a Raft blank or membership entry) was
     /// applied, so the applied index keeps up with the log.
     pub fn apply_empty(&mut self, index: u64) {
-        assert!(
-            index > self.applied_index,
-            "log index {index} applied after {}",
-            self.applied_index
-        );
-        self.applied_index = index;
+        self.advance(index);
     }
 
     fn event_mut(&mut self, id: &EventId, now_ms: u64) -> Result<&mut EventState, Refusal> {
@@ -219,7 +220,7 @@ impl SeatMachine {
             .collect();
         Ok(SeatMap {
             event_id: id.clone(),
-            applied_index: self.applied_index,
+            applied_index: self.applied_index.unwrap_or(0),
             sections,
             rows,
             seats,

@@ -41,7 +41,7 @@ const KIND_CHECKOUT: u8 = 7;
 
 #[derive(Serialize, Deserialize)]
 struct MachineRecord {
-    applied_index: u64,
+    applied_index: Option<u64>,
     clock_ms: u64,
 }
 

@@ -1,0 +1,227 @@
+//! Durable openraft storage on RocksDB: many Raft groups (one per shard) in one
+//! database per node.
+//!
+//! A data directory holds a `FORMAT` marker and the RocksDB files under `db/`. Three
+//! column families hold every group's data under a 4-byte big-endian group prefix, so
+//! one group can be scanned, dropped or moved wholly with a prefix range:
+//!
+//! - `log`: `[group][index u64 BE]` → a log entry;
+//! - `meta`: `[group][tag]` → the vote, the committed and last purged log ids, the
+//!   state machine's last applied log id and membership, the current snapshot;
+//! - `sm`: `[group][record key]` → the seat state machine's records (see
+//!   `machine::persist`).
+//!
+//! Durability: log appends are written unsynced and acknowledged by the group-commit
+//! syncer only after a WAL fsync ([`sync`]); votes and truncations are written with
+//! `sync = true` before returning. All column families share one WAL that is written
+//! in order, so any sync also covers every earlier write, including state machine
+//! batches, which therefore need no sync of their own: an applied entry lost in a crash
+//! is still in the (synced) log and is applied again.
+//!
+//! Opening refuses, with an error naming the path: a directory that is not a seatd data
+//! directory, a format version this build does not read, a database locked by another
+//! process, and a database RocksDB finds corrupt. Nothing is ever reset silently.
+
+mod log;
+mod sm;
+pub mod sync;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};
+use serde::{de::DeserializeOwned, Serialize};
+
+pub use log::LogStore;
+pub use sm::{MachineReader, StateMachineStore};
+pub use sync::SyncStats;
+
+use crate::Error;
+use sync::Syncer;
+
+/// The data directory's format marker; bump the number on an incompatible change.
+const FORMAT_FILE: &str = "FORMAT";
+const FORMAT_LINE: &str = "seatd-store 1";
+
+const CF_LOG: &str = "log";
+const CF_META: &str = "meta";
+const CF_SM: &str = "sm";
+
+const META_VOTE: u8 = 1;
+const META_COMMITTED: u8 = 2;
+const META_PURGED: u8 = 3;
+const META_APPLIED: u8 = 4;
+const META_MEMBERSHIP: u8 = 5;
+const META_SNAPSHOT: u8 = 6;
+
+const RECORD_MAGIC: [u8; 4] = *b"SRS1";
+const RECORD_VERSION: u16 = 1;
+
+pub type GroupId = u32;
+
+/// One node's storage: a RocksDB shared by all its Raft groups.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    // Field order matters: the syncer thread must stop before the database closes.
+    syncer: Syncer,
+    db: Arc<DB>,
+    path: PathBuf,
+}
+
+fn db_error(path: &Path, e: rocksdb::Error) -> Error {
+    let msg = e.to_string();
+    if msg.contains("LOCK") || msg.contains("lock") {
+        Error::Open {
+            path: path.to_path_buf(),
+            reason: format!("locked by another process (is a seatd node running on it?): {msg}"),
+        }
+    } else {
+        Error::Db {
+            path: path.to_path_buf(),
+            source: e,
+        }
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the data directory at `path`.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, Error> {
+        let path = path.as_ref();
+        let open_err = |reason: String| Error::Open {
+            path: path.to_path_buf(),
+            reason,
+        };
+        std::fs::create_dir_all(path).map_err(|e| open_err(format!("cannot create: {e}")))?;
+        let marker = path.join(FORMAT_FILE);
+        match std::fs::read_to_string(&marker) {
+            Ok(text) if text.trim_end() == FORMAT_LINE => {}
+            Ok(text) => {
+                return Err(open_err(format!(
+                    "data format {:?} is not {FORMAT_LINE:?}, the one this build reads",
+                    text.trim_end()
+                )))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let entries = std::fs::read_dir(path)
+                    .map_err(|e| open_err(format!("cannot list: {e}")))?
+                    .count();
+                if entries > 0 {
+                    return Err(open_err(format!(
+                        "not a seatd data directory (no {FORMAT_FILE} file, but not empty)"
+                    )));
+                }
+                std::fs::write(&marker, format!("{FORMAT_LINE}\n"))
+                    .map_err(|e| open_err(format!("cannot write {FORMAT_FILE}: {e}")))?;
+            }
+            Err(e) => return Err(open_err(format!("cannot read {FORMAT_FILE}: {e}"))),
+        }
+
+        let db_path = path.join("db");
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_paranoid_checks(true);
+        opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        // A stalled background job must not hide behind a 2-core machine.
+        opts.increase_parallelism(2);
+        let cfs = [CF_LOG, CF_META, CF_SM].map(|name| {
+            let mut cf = Options::default();
+            cf.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            ColumnFamilyDescriptor::new(name, cf)
+        });
+        let db =
+            DB::open_cf_descriptors(&opts, &db_path, cfs).map_err(|e| db_error(&db_path, e))?;
+        let db = Arc::new(db);
+        let syncer = Syncer::start(db.clone())
+            .map_err(|e| open_err(format!("cannot start the WAL sync thread: {e}")))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                syncer,
+                db,
+                path: path.to_path_buf(),
+            }),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// The log store and state machine store of one group, loading the group's state
+    /// machine from its records.
+    pub fn group(&self, group: GroupId) -> Result<(LogStore, StateMachineStore), Error> {
+        let sm = StateMachineStore::load(self.inner.clone(), group)?;
+        Ok((LogStore::new(self.inner.clone(), group), sm))
+    }
+
+    /// Deletes every key of one group; other groups are untouched.
+    pub fn drop_group(&self, group: GroupId) -> Result<(), Error> {
+        let inner = &self.inner;
+        let mut batch = WriteBatch::default();
+        let (from, to) = group_range(group);
+        for cf in [CF_LOG, CF_META, CF_SM] {
+            batch.delete_range_cf(inner.cf(cf), &from, &to);
+        }
+        inner.write(batch, true)
+    }
+
+    /// Group-commit counters: how many syncs, how many appends they acknowledged.
+    pub fn sync_stats(&self) -> &SyncStats {
+        &self.inner.syncer.stats
+    }
+}
+
+/// `[from, to)` covering every key of `group`.
+fn group_range(group: GroupId) -> (Vec<u8>, Vec<u8>) {
+    let from = group.to_be_bytes().to_vec();
+    let to = match group.checked_add(1) {
+        Some(next) => next.to_be_bytes().to_vec(),
+        None => vec![0xff; 5],
+    };
+    (from, to)
+}
+
+fn prefixed(group: GroupId, rest: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(4 + rest.len());
+    k.extend_from_slice(&group.to_be_bytes());
+    k.extend_from_slice(rest);
+    k
+}
+
+impl Inner {
+    fn cf(&self, name: &str) -> &ColumnFamily {
+        // The three families are created when the database opens.
+        self.db.cf_handle(name).expect("column family exists")
+    }
+
+    fn write(&self, batch: WriteBatch, sync: bool) -> Result<(), Error> {
+        let mut wo = WriteOptions::default();
+        wo.set_sync(sync);
+        self.db
+            .write_opt(batch, &wo)
+            .map_err(|e| db_error(&self.path, e))
+    }
+
+    fn get_meta<T: DeserializeOwned>(&self, group: GroupId, tag: u8) -> Result<Option<T>, Error> {
+        let key = prefixed(group, &[tag]);
+        let bytes = self
+            .db
+            .get_cf(self.cf(CF_META), key)
+            .map_err(|e| db_error(&self.path, e))?;
+        bytes
+            .map(|b| decode_record("metadata record", &b))
+            .transpose()
+    }
+}
+
+fn encode_record<T: Serialize>(value: &T) -> Vec<u8> {
+    crate::codec::encode_framed(RECORD_MAGIC, RECORD_VERSION, value)
+}
+
+fn decode_record<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, Error> {
+    crate::codec::decode_framed(what, RECORD_MAGIC, RECORD_VERSION, bytes)
+}

@@ -1,0 +1,284 @@
+//! The RocksDB store: groups kept apart, restarts that resume, snapshots that move a
+//! whole event, and data directories that are refused with a reason.
+
+mod common;
+
+use common::{create, hold_req, T0};
+use openraft::storage::{
+    RaftLogReader, RaftLogStorage, RaftLogStorageExt, RaftSnapshotBuilder, RaftStateMachine,
+};
+use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Vote};
+use raft_store::raft::TypeConfig;
+use raft_store::storage::Store;
+use raft_store::{Batch, Command, Limits, SeatMachine};
+
+fn entry(index: u64, commands: Vec<Command>) -> Entry<TypeConfig> {
+    Entry {
+        log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+        payload: EntryPayload::Normal(Batch {
+            ts_ms: T0 + index,
+            commands,
+        }),
+    }
+}
+
+fn event_entries(event: &str, n: u64) -> Vec<Entry<TypeConfig>> {
+    let mut out = vec![entry(1, vec![create(event, 1, 4, 10, Limits::default())])];
+    for i in 2..=n {
+        let seat = format!("{}-{}", ["A", "B", "C", "D"][(i % 4) as usize], i % 10 + 1);
+        out.push(entry(
+            i,
+            vec![Command::Hold(hold_req(
+                event,
+                &format!("u{i}"),
+                "r",
+                &[&seat],
+            ))],
+        ));
+    }
+    out
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn groups_never_see_each_other_and_dropping_one_keeps_the_other() {
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        let store = Store::open(dir.path()).unwrap();
+        let (mut log1, mut sm1) = store.group(1).unwrap();
+        let (mut log2, mut sm2) = store.group(2).unwrap();
+        log1.blocking_append(event_entries("one", 20))
+            .await
+            .unwrap();
+        log2.blocking_append(event_entries("two", 5)).await.unwrap();
+        sm1.apply(event_entries("one", 20)).await.unwrap();
+        sm2.apply(event_entries("two", 5)).await.unwrap();
+        log2.save_vote(&Vote::new(3, 2)).await.unwrap();
+
+        assert_eq!(
+            log1.get_log_state()
+                .await
+                .unwrap()
+                .last_log_id
+                .unwrap()
+                .index,
+            20
+        );
+        assert_eq!(
+            log2.get_log_state()
+                .await
+                .unwrap()
+                .last_log_id
+                .unwrap()
+                .index,
+            5
+        );
+        assert_eq!(log1.read_vote().await.unwrap(), None);
+        assert_eq!(log1.try_get_log_entries(0..).await.unwrap().len(), 20);
+        assert!(sm1
+            .reader()
+            .read(|m| m.seat_map(&common::ev("two")).is_err()));
+        let two_digest = sm2.reader().read(|m| m.digest());
+
+        store.drop_group(1).unwrap();
+        drop((log1, sm1, log2, sm2));
+        let (mut log1, mut sm1) = store.group(1).unwrap();
+        let (mut log2, sm2) = store.group(2).unwrap();
+        assert_eq!(log1.get_log_state().await.unwrap().last_log_id, None);
+        assert_eq!(sm1.applied_state().await.unwrap().0, None);
+        assert_eq!(log2.try_get_log_entries(0..).await.unwrap().len(), 5);
+        assert_eq!(log2.read_vote().await.unwrap(), Some(Vote::new(3, 2)));
+        assert_eq!(sm2.reader().read(|m| m.digest()), two_digest);
+    });
+}
+
+#[test]
+fn a_reopened_store_resumes_from_its_last_applied_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let entries = event_entries("ev", 40);
+    let digest = rt().block_on(async {
+        let store = Store::open(dir.path()).unwrap();
+        let (mut log, mut sm) = store.group(3).unwrap();
+        log.blocking_append(entries.clone()).await.unwrap();
+        sm.apply(entries[..30].to_vec()).await.unwrap();
+        sm.apply(entries[30..].to_vec()).await.unwrap();
+        sm.reader().read(|m| m.digest())
+    });
+    rt().block_on(async {
+        let store = Store::open(dir.path()).unwrap();
+        let (_, mut sm) = store.group(3).unwrap();
+        let (applied, _) = sm.applied_state().await.unwrap();
+        assert_eq!(applied.unwrap().index, 40);
+        assert_eq!(sm.reader().read(|m| m.digest()), digest);
+        // The same as replaying the whole log into a fresh machine.
+        let mut fresh = SeatMachine::new();
+        for e in &entries {
+            let EntryPayload::Normal(b) = &e.payload else {
+                unreachable!()
+            };
+            fresh.apply(e.log_id.index, b);
+        }
+        assert_eq!(fresh.digest(), digest);
+    });
+}
+
+#[test]
+fn a_stadium_snapshot_installs_on_an_empty_store_identically() {
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        let store = Store::open(dir.path().join("a")).unwrap();
+        let (_, mut sm) = store.group(1).unwrap();
+        let layout = raft_store::layout::preset("stadium").unwrap();
+        let create = Command::CreateEvent(raft_store::CreateEvent {
+            event_id: common::ev("big"),
+            name: "Stadium".into(),
+            starts_at_ms: T0,
+            layout,
+            limits: Limits::default(),
+        });
+        let mut entries = vec![entry(1, vec![create])];
+        // Holds on a fifth of the seats, and some of them sold.
+        let holds: Vec<Command> = (0..2000)
+            .map(|i| {
+                let row = raft_store::layout::row_label(i % 2000);
+                let seats: Vec<String> = (1..=10).map(|n| format!("{row}-{n}")).collect();
+                let seats: Vec<&str> = seats.iter().map(String::as_str).collect();
+                Command::Hold(hold_req(
+                    "big",
+                    &format!("u{i}"),
+                    "r",
+                    &seats[..(i % 8) + 1],
+                ))
+            })
+            .collect();
+        entries.push(entry(2, holds));
+        let pay: Vec<Command> = (1..=500u64)
+            .flat_map(|seq| {
+                let hold = raft_store::HoldId {
+                    event: common::ev("big"),
+                    seq,
+                };
+                [
+                    Command::BeginCheckout {
+                        hold: hold.clone(),
+                        idempotency_key: format!("k{seq}"),
+                    },
+                    Command::CompleteCheckout {
+                        hold,
+                        idempotency_key: format!("k{seq}"),
+                        payment_ref: "p".into(),
+                    },
+                ]
+            })
+            .collect();
+        entries.push(entry(3, pay));
+        sm.apply(entries).await.unwrap();
+        let digest = sm.reader().read(|m| m.digest());
+        let snap = sm.build_snapshot().await.unwrap();
+        assert_eq!(snap.meta.last_log_id.unwrap().index, 3);
+        let bytes = snap.snapshot.get_ref().len();
+        assert!(
+            bytes > 100_000,
+            "a 100k-seat event encodes to {bytes} bytes"
+        );
+        eprintln!("stadium snapshot: {bytes} bytes");
+
+        let other = Store::open(dir.path().join("b")).unwrap();
+        let (_, mut empty) = other.group(9).unwrap();
+        empty
+            .install_snapshot(&snap.meta, snap.snapshot.clone())
+            .await
+            .unwrap();
+        assert_eq!(empty.reader().read(|m| m.digest()), digest);
+        assert_eq!(
+            empty.get_current_snapshot().await.unwrap().unwrap().meta,
+            snap.meta
+        );
+        drop((empty, other));
+        // And it survives a restart, from records.
+        let other = Store::open(dir.path().join("b")).unwrap();
+        let (_, again) = other.group(9).unwrap();
+        assert_eq!(again.reader().read(|m| m.digest()), digest);
+    });
+}
+
+#[test]
+fn unusable_data_directories_are_refused_with_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node");
+    let store = Store::open(&path).unwrap();
+    // Locked by a live store (another process would see the same lock).
+    let err = Store::open(&path)
+        .err()
+        .expect("second open refused")
+        .to_string();
+    assert!(
+        err.contains("locked") && err.contains(path.to_str().unwrap()),
+        "{err}"
+    );
+    drop(store);
+    Store::open(&path).unwrap();
+
+    // Another program's directory.
+    let alien = dir.path().join("alien");
+    std::fs::create_dir_all(&alien).unwrap();
+    std::fs::write(alien.join("data.txt"), "hello").unwrap();
+    let err = Store::open(&alien).err().unwrap().to_string();
+    assert!(
+        err.contains("not a seatd data directory") && err.contains("alien"),
+        "{err}"
+    );
+
+    // A future format.
+    std::fs::write(path.join("FORMAT"), "seatd-store 99\n").unwrap();
+    let err = Store::open(&path).err().unwrap().to_string();
+    assert!(
+        err.contains("seatd-store 99") && err.contains("node"),
+        "{err}"
+    );
+    std::fs::write(path.join("FORMAT"), "seatd-store 1\n").unwrap();
+
+    // RocksDB's own files damaged.
+    let current = path.join("db").join("CURRENT");
+    std::fs::write(&current, "MANIFEST-999999\n").unwrap();
+    let err = Store::open(&path).err().unwrap().to_string();
+    assert!(err.contains("node"), "{err}");
+}
+
+#[test]
+fn a_damaged_record_is_an_error_not_a_reset() {
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        let store = Store::open(dir.path()).unwrap();
+        let (mut log, mut sm) = store.group(1).unwrap();
+        log.blocking_append(event_entries("ev", 3)).await.unwrap();
+        sm.apply(event_entries("ev", 3)).await.unwrap();
+        let mut reader = log.get_log_reader().await;
+        assert_eq!(reader.try_get_log_entries(2..=2).await.unwrap().len(), 1);
+    });
+    // Overwrite a log entry's bytes through RocksDB itself.
+    {
+        let mut opts = rocksdb::Options::default();
+        opts.create_if_missing(false);
+        let db = rocksdb::DB::open_cf(&opts, dir.path().join("db"), ["log", "meta", "sm"]).unwrap();
+        let mut key = 1u32.to_be_bytes().to_vec();
+        key.extend_from_slice(&2u64.to_be_bytes());
+        db.put_cf(db.cf_handle("log").unwrap(), key, b"garbage")
+            .unwrap();
+    }
+    rt().block_on(async {
+        let store = Store::open(dir.path()).unwrap();
+        let (mut log, _) = store.group(1).unwrap();
+        let err = log.try_get_log_entries(0..).await.unwrap_err().to_string();
+        assert!(
+            err.contains("corrupt") || err.contains("log entry"),
+            "{err}"
+        );
+    });
+}
