@@ -40,7 +40,7 @@ fn stadium() -> (SeatMachine, Vec<String>) {
         .unwrap()
         .seats
         .into_iter()
-        .map(|s| s.id)
+        .map(|s| s.id.to_string())
         .collect();
     (m, seats)
 }

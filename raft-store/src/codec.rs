@@ -219,7 +219,10 @@ pub(crate) fn restore_event(img: EventImage) -> Result<EventState, String> {
         owned,
         deadlines,
     } = e.derive();
-    let owned = owned.into_iter().map(|(u, n)| (Box::from(u), n)).collect();
+    let owned = owned
+        .into_iter()
+        .map(|(u, n)| (std::sync::Arc::from(u), n))
+        .collect();
     e.counts = counts;
     e.deadlines = deadlines;
     e.seats_owned = owned;

@@ -9,6 +9,8 @@
 //! replicated as a granted one, so a retry with the same client reservation id or
 //! idempotency key is answered from the recorded decision.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{EventId, HoldId, OrderId};
@@ -121,14 +123,15 @@ impl HoldState {
     }
 }
 
-/// A hold as readers see it.
+/// A hold as readers see it. Strings are shared with the machine's state, so a view
+/// costs no copies of them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HoldView {
     pub hold_id: HoldId,
-    pub user: String,
-    pub client_reservation_id: String,
+    pub user: Arc<str>,
+    pub client_reservation_id: Arc<str>,
     /// The seats and the version each got when the hold was granted.
-    pub seats: Vec<(String, u64)>,
+    pub seats: Vec<(Arc<str>, u64)>,
     pub created_at_ms: u64,
     pub expires_at_ms: u64,
     pub state: HoldState,
@@ -139,8 +142,8 @@ pub struct HoldView {
 pub struct OrderView {
     pub order_id: OrderId,
     pub hold_id: HoldId,
-    pub user: String,
-    pub seats: Vec<String>,
+    pub user: Arc<str>,
+    pub seats: Vec<Arc<str>>,
     pub payment_ref: String,
     pub created_at_ms: u64,
 }
@@ -206,7 +209,7 @@ pub type Outcome = Result<Reply, Refusal>;
 /// One seat in a seat map.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SeatView {
-    pub id: String,
+    pub id: Arc<str>,
     /// Index into [`SeatMap::rows`].
     pub row: u32,
     pub state: SeatStateName,

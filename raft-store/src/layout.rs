@@ -19,6 +19,7 @@
 //! numbered 0..n in file order, and that order is the order of every seat map.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
@@ -69,7 +70,7 @@ pub struct SeatPlan {
     /// `(section index, row id)` for every row, in file order.
     pub rows: Vec<(u32, Box<str>)>,
     /// `(seat id, row index)` for every seat, in file order.
-    pub seats: Vec<(Box<str>, u32)>,
+    pub seats: Vec<(Arc<str>, u32)>,
     /// Seat count per section.
     pub section_capacity: Vec<u32>,
     /// Numbered rows by row id, so `A-10` resolves by arithmetic: a small map that
@@ -186,7 +187,7 @@ impl VenueLayout {
             named_seats: FxHashMap::default(),
         };
         let mut section_ids = HashSet::new();
-        let mut seat_ids: HashSet<Box<str>> = HashSet::with_capacity(capacity as usize);
+        let mut seat_ids: HashSet<Arc<str>> = HashSet::with_capacity(capacity as usize);
         // (`seat_ids` exists only while planning, to refuse duplicates.)
         for (s_idx, section) in self.sections.iter().enumerate() {
             check_id("section id", &section.id)?;
@@ -198,7 +199,7 @@ impl VenueLayout {
                 check_id("row id", &row.id)?;
                 let row_idx = plan.rows.len() as u32;
                 plan.rows.push((s_idx as u32, row.id.as_str().into()));
-                let mut add = |seats: &mut Vec<(Box<str>, u32)>, id: Box<str>| {
+                let mut add = |seats: &mut Vec<(Arc<str>, u32)>, id: Arc<str>| {
                     check_id("seat id", &id)?;
                     if !seat_ids.insert(id.clone()) {
                         return Err(format!("duplicate seat id {id:?}"));

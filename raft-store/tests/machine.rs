@@ -293,7 +293,7 @@ fn checkout_sells_the_seats_once() {
         panic!()
     };
     assert_eq!(order.order_id.to_string(), "e.o1");
-    assert_eq!(order.seats, vec!["A-1", "A-2"]);
+    assert_eq!(order.seats, vec!["A-1".into(), "A-2".into()]);
     assert_eq!(order.payment_ref, "ch_1");
     assert_eq!(h.seat("A-1"), (Sold, 2));
     assert_eq!(h.m.order(&order.order_id).unwrap(), order);

@@ -531,8 +531,8 @@ fn compare(m: &SeatMachine, model: &Model) -> Result<(), TestCaseError> {
             })
             .unwrap();
         prop_assert_eq!(view.state.name(), mstate_name(&h.state), "hold {}", n + 1);
-        prop_assert_eq!(view.user, format!("u{}", h.user));
-        prop_assert_eq!(view.client_reservation_id, format!("r{}", h.crid));
+        prop_assert_eq!(&*view.user, format!("u{}", h.user));
+        prop_assert_eq!(&*view.client_reservation_id, format!("r{}", h.crid));
         prop_assert_eq!(view.expires_at_ms, h.expires);
         let versions: Vec<u64> = view.seats.iter().map(|s| s.1).collect();
         prop_assert_eq!(&versions, &h.versions);

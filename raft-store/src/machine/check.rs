@@ -72,7 +72,7 @@ impl EventState {
                 _ => {}
             }
             if hold.state.is_live() || matches!(hold.state, HoldState::Committed { .. }) {
-                let n = owned.entry(hold.user.as_str()).or_default();
+                let n = owned.entry(&*hold.user).or_default();
                 *n = n.saturating_add(hold.seats.len() as u32);
             }
         }

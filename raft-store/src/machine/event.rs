@@ -47,8 +47,8 @@ pub(crate) struct Seat {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Hold {
-    pub user: String,
-    pub client_reservation_id: String,
+    pub user: Arc<str>,
+    pub client_reservation_id: Arc<str>,
     /// Seat indices, in the order the client asked for them.
     pub seats: Vec<u32>,
     /// The version each seat got when the hold was granted.
@@ -129,7 +129,7 @@ pub(crate) struct EventState {
     pub next_hold_seq: u64,
     pub next_order_seq: u64,
     /// Seats in each user's live holds plus seats in their orders (derived).
-    pub seats_owned: FxHashMap<Box<str>, u32>,
+    pub seats_owned: FxHashMap<Arc<str>, u32>,
     /// First decision per `request_key(user, client_reservation_id)`.
     pub requests: FxHashMap<Arc<str>, RequestRecord>,
     pub checkouts: FxHashMap<String, CheckoutRecord>,
@@ -227,7 +227,7 @@ impl EventState {
         }
     }
 
-    pub fn seat_id(&self, idx: u32) -> &str {
+    pub fn seat_id(&self, idx: u32) -> &Arc<str> {
         &self.plan.seats[idx as usize].0
     }
 
@@ -240,7 +240,7 @@ impl EventState {
                 .seats
                 .iter()
                 .zip(&hold.granted_versions)
-                .map(|(&s, &v)| (self.seat_id(s).to_string(), v))
+                .map(|(&s, &v)| (self.seat_id(s).clone(), v))
                 .collect(),
             created_at_ms: hold.created_at_ms,
             expires_at_ms: hold.expires_at_ms,
@@ -261,7 +261,7 @@ impl EventState {
             seats: hold
                 .seats
                 .iter()
-                .map(|&s| self.seat_id(s).to_string())
+                .map(|&s| self.seat_id(s).clone())
                 .collect(),
             payment_ref: order.payment_ref.clone(),
             created_at_ms: order.created_at_ms,
@@ -304,7 +304,7 @@ impl EventState {
         }
         let owned = self
             .seats_owned
-            .get_mut(hold.user.as_str())
+            .get_mut(&*hold.user)
             .expect("holder has a seat count");
         *owned -= hold.seats.len() as u32;
         hold.state = end;
@@ -490,9 +490,14 @@ impl EventState {
             granted_versions.push(self.seats[i as usize].version);
         }
         let expires_at_ms = now_ms.saturating_add(ttl_ms);
+        // One shared copy of the user id for the hold and the per-user count.
+        let user: Arc<str> = match self.seats_owned.get_key_value(req.user.as_str()) {
+            Some((u, _)) => u.clone(),
+            None => req.user.as_str().into(),
+        };
         let hold = Hold {
-            user: req.user.clone(),
-            client_reservation_id: req.client_reservation_id.clone(),
+            user: user.clone(),
+            client_reservation_id: req.client_reservation_id.as_str().into(),
             seats: idxs,
             granted_versions,
             created_at_ms: now_ms,
@@ -500,12 +505,7 @@ impl EventState {
             state: HoldState::Active,
         };
         let view = self.hold_view(seq, &hold);
-        match self.seats_owned.get_mut(req.user.as_str()) {
-            Some(owned) => *owned += n_seats,
-            None => {
-                self.seats_owned.insert(req.user.as_str().into(), n_seats);
-            }
-        }
+        *self.seats_owned.entry(user).or_default() += n_seats;
         self.deadlines.insert((expires_at_ms, seq));
         let prev = self.holds.insert(seq, hold);
         assert!(prev.is_none(), "hold sequence {seq} reused");
@@ -718,7 +718,7 @@ impl EventState {
 
     pub fn release(&mut self, seq: u64, user: &str) -> Outcome {
         let hold = self.existing_hold(seq)?;
-        if hold.user != user {
+        if &*hold.user != user {
             return Err(Refusal::Invalid(format!(
                 "hold {} does not belong to user {user:?}",
                 self.hold_id(seq)

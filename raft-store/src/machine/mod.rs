@@ -208,7 +208,7 @@ impl SeatMachine {
             .iter()
             .zip(&event.seats)
             .map(|((seat_id, row), seat)| SeatView {
-                id: seat_id.to_string(),
+                id: seat_id.clone(),
                 row: *row,
                 state: match seat.status {
                     SeatStatus::Available => SeatStateName::Available,

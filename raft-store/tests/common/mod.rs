@@ -104,7 +104,7 @@ impl Harness {
 
     pub fn seat(&self, id: &str) -> (raft_store::SeatStateName, u64) {
         let map = self.m.seat_map(&ev("e")).unwrap();
-        let s = map.seats.iter().find(|s| s.id == id).unwrap();
+        let s = map.seats.iter().find(|s| &*s.id == id).unwrap();
         (s.state, s.version)
     }
 }
