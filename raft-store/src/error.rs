@@ -25,6 +25,9 @@ pub enum Error {
         #[source]
         source: rocksdb::Error,
     },
+    /// A configuration value is out of range.
+    #[error("invalid configuration: {0}")]
+    Config(String),
     /// Bytes written by a format this build does not read.
     #[error("{what} has format version {found}; this build reads version {supported}")]
     UnsupportedFormat {

@@ -26,3 +26,47 @@ pub type Entry = openraft::Entry<TypeConfig>;
 pub type StoredMembership = openraft::StoredMembership<NodeId, openraft::BasicNode>;
 pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, openraft::BasicNode>;
 pub type StorageError = openraft::StorageError<NodeId>;
+
+/// When a group snapshots its state machine and how much log it keeps behind the
+/// snapshot. openraft purges the log up to `snapshot index − logs_kept_after_snapshot`
+/// after each snapshot; a follower further behind than that is caught up by snapshot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogPolicy {
+    /// Build a snapshot once this many entries were applied since the last one.
+    pub logs_since_snapshot: u64,
+    /// Entries kept behind a snapshot, so slightly lagging followers catch up from the log.
+    pub logs_kept_after_snapshot: u64,
+}
+
+impl Default for LogPolicy {
+    fn default() -> Self {
+        Self {
+            logs_since_snapshot: 10_000,
+            logs_kept_after_snapshot: 1_000,
+        }
+    }
+}
+
+/// The openraft configuration of one group under `policy`, validated.
+pub fn raft_config(
+    cluster: &str,
+    policy: LogPolicy,
+) -> Result<std::sync::Arc<openraft::Config>, crate::Error> {
+    if policy.logs_since_snapshot == 0 {
+        return Err(crate::Error::Config(
+            "logs_since_snapshot must be at least 1".into(),
+        ));
+    }
+    let config = openraft::Config {
+        cluster_name: cluster.to_string(),
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(policy.logs_since_snapshot),
+        max_in_snapshot_log_to_keep: policy.logs_kept_after_snapshot,
+        // Purge in steps rather than after every entry.
+        purge_batch_size: 64,
+        ..Default::default()
+    };
+    let config = config
+        .validate()
+        .map_err(|e| crate::Error::Config(e.to_string()))?;
+    Ok(std::sync::Arc::new(config))
+}
