@@ -81,6 +81,32 @@ fn decode<'a, T: Deserialize<'a>>(what: &str, bytes: &'a [u8]) -> Result<T, Erro
     postcard::from_bytes(bytes).map_err(|e| corrupt(format!("{what}: {e}")))
 }
 
+/// Where [`emit`] writes: records of one kind of one event.
+struct KindOut<'a> {
+    out: &'a mut Vec<Record>,
+    kind: u8,
+    event: &'a str,
+}
+
+fn out_kind<'a>(out: &'a mut Vec<Record>, kind: u8, event: &'a str) -> KindOut<'a> {
+    KindOut { out, kind, event }
+}
+
+/// Writes the current value of each dirty key once (marks may repeat).
+fn emit<'s, K: Ord, V: Serialize + 's>(
+    to: &mut KindOut<'_>,
+    mut keys: Vec<K>,
+    suffix: impl Fn(&K) -> Vec<u8>,
+    current: impl Fn(&K) -> &'s V,
+) {
+    keys.sort_unstable();
+    keys.dedup();
+    for k in keys {
+        to.out
+            .push((key(to.kind, to.event, &suffix(&k)), value(current(&k))));
+    }
+}
+
 impl EventState {
     fn counters(&self) -> Counters {
         Counters {
@@ -94,53 +120,43 @@ impl EventState {
     /// Records for everything marked dirty, clearing the marks.
     fn take_changes(&mut self, with_def: bool, out: &mut Vec<Record>) {
         let id = self.def.event_id.as_str();
-        let mut dirty = std::mem::take(&mut self.dirty);
+        let dirty = std::mem::take(&mut self.dirty);
         if with_def {
             out.push((key(KIND_DEF, id, &[]), value(&self.def)));
         }
         if dirty.meta || with_def {
             out.push((key(KIND_COUNTERS, id, &[]), value(&self.counters())));
         }
-        dirty.seats.sort_unstable();
-        dirty.seats.dedup();
-        for idx in dirty.seats {
-            out.push((
-                key(KIND_SEAT, id, &idx.to_be_bytes()),
-                value(&self.seats[idx as usize]),
-            ));
-        }
-        dirty.holds.sort_unstable();
-        dirty.holds.dedup();
-        for seq in dirty.holds {
-            out.push((
-                key(KIND_HOLD, id, &seq.to_be_bytes()),
-                value(&self.holds[&seq]),
-            ));
-        }
-        dirty.orders.sort_unstable();
-        dirty.orders.dedup();
-        for seq in dirty.orders {
-            out.push((
-                key(KIND_ORDER, id, &seq.to_be_bytes()),
-                value(&self.orders[&seq]),
-            ));
-        }
-        dirty.requests.sort_unstable();
-        dirty.requests.dedup();
-        for k in dirty.requests {
-            out.push((
-                key(KIND_REQUEST, id, k.as_bytes()),
-                value(&self.requests[&k]),
-            ));
-        }
-        dirty.checkouts.sort_unstable();
-        dirty.checkouts.dedup();
-        for k in dirty.checkouts {
-            out.push((
-                key(KIND_CHECKOUT, id, k.as_bytes()),
-                value(&self.checkouts[&k]),
-            ));
-        }
+        emit(
+            &mut out_kind(out, KIND_SEAT, id),
+            dirty.seats,
+            |i| i.to_be_bytes().to_vec(),
+            |i| &self.seats[*i as usize],
+        );
+        emit(
+            &mut out_kind(out, KIND_HOLD, id),
+            dirty.holds,
+            |s| s.to_be_bytes().to_vec(),
+            |s| &self.holds[s],
+        );
+        emit(
+            &mut out_kind(out, KIND_ORDER, id),
+            dirty.orders,
+            |s| s.to_be_bytes().to_vec(),
+            |s| &self.orders[s],
+        );
+        emit(
+            &mut out_kind(out, KIND_REQUEST, id),
+            dirty.requests,
+            |k| k.as_bytes().to_vec(),
+            |k| &self.requests[k],
+        );
+        emit(
+            &mut out_kind(out, KIND_CHECKOUT, id),
+            dirty.checkouts,
+            |k| k.as_bytes().to_vec(),
+            |k| &self.checkouts[k],
+        );
     }
 
     fn mark_all_dirty(&mut self) {

@@ -14,8 +14,8 @@ use openraft::{ErrorSubject, ErrorVerb, StorageIOError};
 use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch};
 
 use super::{
-    decode_record, encode_record, prefixed, GroupId, Inner, CF_LOG, CF_META, META_COMMITTED,
-    META_PURGED, META_VOTE,
+    decode_record, encode_record, group_range, prefixed, GroupId, Inner, CF_LOG, CF_META,
+    META_COMMITTED, META_PURGED, META_VOTE,
 };
 use crate::raft::{Entry, LogId, StorageError, TypeConfig, Vote};
 use crate::Error;
@@ -184,12 +184,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let mut batch = WriteBatch::default();
-        let to = prefixed(self.group.saturating_add(1), &[]);
-        let to = if self.group == u32::MAX {
-            vec![0xff; 13]
-        } else {
-            to
-        };
+        let (_, to) = group_range(self.group);
         batch.delete_range_cf(self.inner.cf(CF_LOG), self.log_key(log_id.index), to);
         // Entries that come back after a crash could contradict the new leader's log.
         self.inner
