@@ -15,7 +15,9 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::command::{Batch, CreateEvent, SaleState};
-use crate::machine::event::{CheckoutRecord, EventState, Hold, Order, RequestRecord, Seat};
+use crate::machine::event::{
+    CheckoutRecord, EventState, Hold, HoldTable, Order, RequestRecord, Seat,
+};
 use crate::machine::SeatMachine;
 use crate::Error;
 
@@ -173,7 +175,7 @@ fn event_image(e: &EventState) -> EventImageRef<'_> {
         sale: e.sale,
         created_at_ms: e.created_at_ms,
         seats: &e.seats,
-        holds: e.holds.iter().map(|(k, v)| (*k, v)).collect(),
+        holds: e.holds.iter().collect(),
         orders: e.orders.iter().map(|(k, v)| (*k, v)).collect(),
         next_hold_seq: e.next_hold_seq,
         next_order_seq: e.next_order_seq,
@@ -195,7 +197,7 @@ pub(crate) fn restore_event(img: EventImage) -> Result<EventState, String> {
     e.sale = img.sale;
     e.seats = img.seats;
     let n_holds = img.holds.len();
-    e.holds = img.holds.into_iter().collect();
+    e.holds = HoldTable::from_pairs(img.holds)?;
     let n_orders = img.orders.len();
     e.orders = img.orders.into_iter().collect();
     if e.holds.len() != n_holds || e.orders.len() != n_orders {

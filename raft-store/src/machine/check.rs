@@ -58,7 +58,7 @@ impl EventState {
         }
         let mut owned: HashMap<&str, u32> = HashMap::new();
         let mut deadlines = BTreeSet::new();
-        for (&seq, hold) in &self.holds {
+        for (seq, hold) in self.holds.iter() {
             match &hold.state {
                 HoldState::Active => {
                     deadlines.insert((hold.expires_at_ms, seq));
@@ -160,7 +160,7 @@ impl EventState {
                 }
             }
         }
-        for (&seq, hold) in &self.holds {
+        for (seq, hold) in self.holds.iter() {
             ensure!(
                 seq < self.next_hold_seq,
                 "hold {seq} at or past the next sequence"

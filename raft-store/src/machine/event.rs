@@ -124,7 +124,7 @@ pub(crate) struct EventState {
     pub plan: SeatPlan,
     pub seats: Vec<Seat>,
     pub counts: Vec<Counts>,
-    pub holds: BTreeMap<u64, Hold>,
+    pub holds: HoldTable,
     pub orders: BTreeMap<u64, Order>,
     pub next_hold_seq: u64,
     pub next_order_seq: u64,
@@ -203,7 +203,7 @@ impl EventState {
             plan,
             seats,
             counts,
-            holds: BTreeMap::new(),
+            holds: HoldTable::default(),
             orders: BTreeMap::new(),
             next_hold_seq: 1,
             next_order_seq: 1,
@@ -507,8 +507,7 @@ impl EventState {
         let view = self.hold_view(seq, &hold);
         *self.seats_owned.entry(user).or_default() += n_seats;
         self.deadlines.insert((expires_at_ms, seq));
-        let prev = self.holds.insert(seq, hold);
-        assert!(prev.is_none(), "hold sequence {seq} reused");
+        self.holds.push(seq, hold);
         Ok(Reply::Held(view))
     }
 
@@ -780,5 +779,67 @@ impl EventState {
             }
         }
         reply
+    }
+}
+
+/// Holds by sequence number. Sequence numbers are dense (1, 2, ...) and holds are never
+/// removed, so a vector indexed by `seq - 1` replaces a tree: granting a hold is a push.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct HoldTable {
+    holds: Vec<Hold>,
+}
+
+impl HoldTable {
+    /// A table from `(seq, hold)` pairs in any order; they must be exactly 1..=n.
+    pub fn from_pairs(mut pairs: Vec<(u64, Hold)>) -> Result<Self, String> {
+        pairs.sort_unstable_by_key(|(seq, _)| *seq);
+        for (i, (seq, _)) in pairs.iter().enumerate() {
+            if *seq != i as u64 + 1 {
+                return Err(format!(
+                    "hold sequence numbers are not 1..={}: found {seq} at {}",
+                    pairs.len(),
+                    i + 1
+                ));
+            }
+        }
+        Ok(Self {
+            holds: pairs.into_iter().map(|(_, h)| h).collect(),
+        })
+    }
+
+    pub fn get(&self, seq: &u64) -> Option<&Hold> {
+        self.holds.get(seq.checked_sub(1)? as usize)
+    }
+
+    pub fn get_mut(&mut self, seq: &u64) -> Option<&mut Hold> {
+        self.holds.get_mut(seq.checked_sub(1)? as usize)
+    }
+
+    /// Adds the hold with the next sequence number.
+    pub fn push(&mut self, seq: u64, hold: Hold) {
+        assert_eq!(
+            seq,
+            self.holds.len() as u64 + 1,
+            "hold sequence out of order"
+        );
+        self.holds.push(hold);
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (u64, &Hold)> {
+        self.holds
+            .iter()
+            .enumerate()
+            .map(|(i, h)| (i as u64 + 1, h))
+    }
+
+    pub fn len(&self) -> usize {
+        self.holds.len()
+    }
+}
+
+impl std::ops::Index<&u64> for HoldTable {
+    type Output = Hold;
+    fn index(&self, seq: &u64) -> &Hold {
+        self.get(seq).expect("hold exists")
     }
 }

@@ -171,7 +171,7 @@ impl EventState {
                     }
             })
             .collect();
-        d.holds = self.holds.keys().copied().collect();
+        d.holds = self.holds.iter().map(|(seq, _)| seq).collect();
         d.orders = self.orders.keys().copied().collect();
         d.requests = self.requests.keys().cloned().collect();
         d.checkouts = self.checkouts.keys().cloned().collect();
