@@ -175,7 +175,7 @@ fn event_image(e: &EventState) -> EventImageRef<'_> {
         sale: e.sale,
         created_at_ms: e.created_at_ms,
         seats: &e.seats,
-        holds: e.holds.iter().collect(),
+        holds: e.holds.sorted(),
         orders: e.orders.iter().map(|(k, v)| (*k, v)).collect(),
         next_hold_seq: e.next_hold_seq,
         next_order_seq: e.next_order_seq,

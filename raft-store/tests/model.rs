@@ -543,6 +543,36 @@ fn compare(m: &SeatMachine, model: &Model) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// Applies `batch` the way the store does: read back the cold records it may need,
+/// apply, write the changes, evict the cold records.
+fn apply_lean(
+    m: &mut SeatMachine,
+    disk: &mut std::collections::BTreeMap<Vec<u8>, Vec<u8>>,
+    index: u64,
+    batch: &Batch,
+) -> Vec<raft_store::Outcome> {
+    let mut tried = std::collections::BTreeSet::new();
+    for _round in 0..8 {
+        let keys: Vec<Vec<u8>> = m
+            .cold_keys(batch)
+            .into_iter()
+            .filter(|k| tried.insert(k.clone()))
+            .collect();
+        if keys.is_empty() {
+            break;
+        }
+        let found: Vec<(Vec<u8>, Vec<u8>)> = keys
+            .iter()
+            .filter_map(|k| disk.get(k).map(|v| (k.clone(), v.clone())))
+            .collect();
+        m.warm(found).unwrap();
+    }
+    let out = m.apply(index, batch);
+    disk.extend(m.take_changes());
+    m.evict_cold();
+    out
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
@@ -556,6 +586,11 @@ proptest! {
         let mut wall = T0;
         // What storage would hold: the records handed over after each entry.
         let mut disk: std::collections::BTreeMap<Vec<u8>, Vec<u8>> = m.take_changes().into_iter().collect();
+        // A second machine that keeps only hot records in memory, as the store does,
+        // reading cold ones back from its own disk before each entry.
+        let mut lean = m.clone();
+        let mut lean_disk = disk.clone();
+        lean.evict_cold();
         for op in &ops {
             if let Op::Advance { ms } = op {
                 wall = (wall as i64 + ms).max(T0 as i64) as u64;
@@ -567,13 +602,21 @@ proptest! {
             // machine's time is the latest stamp seen.
             let ts_ms = wall.saturating_sub((index % 3) * 500);
             model.now = model.now.max(ts_ms);
-            let got = m.apply(index, &Batch { ts_ms, commands: vec![cmd] }).pop().unwrap();
+            let batch = Batch { ts_ms, commands: vec![cmd] };
+            let got = m.apply(index, &batch).pop().unwrap();
+            let lean_got = apply_lean(&mut lean, &mut lean_disk, index, &batch);
+            prop_assert_eq!(&lean_got[0], &got, "a machine with cold records on disk decided differently");
             let want = model_step(&mut model, op, seq);
             prop_assert_eq!(kind_of(&got), want, "op {:?}", op);
             compare(&m, &model)?;
             disk.extend(m.take_changes());
             let reloaded = SeatMachine::load_records(&disk).map_err(|e| TestCaseError::fail(e.to_string()))?;
-            prop_assert_eq!(reloaded.digest(), m.digest(), "records on disk differ from the machine");
+            let mut hot = m.clone();
+            hot.evict_cold();
+            prop_assert_eq!(reloaded.digest(), hot.digest(), "records on disk differ from the machine");
+            prop_assert_eq!(lean.digest(), hot.digest(), "the lean machine's memory differs");
+            prop_assert_eq!(&lean_disk, &disk, "the lean machine's records differ");
+            lean.check_invariants().map_err(TestCaseError::fail)?;
             let versions: Vec<u64> = m.seat_map(&ev("e")).unwrap().seats.iter().map(|s| s.version).collect();
             prop_assert!(versions.iter().zip(&versions_before).all(|(a, b)| a >= b), "a version went down");
             versions_before = versions;
@@ -687,6 +730,7 @@ fn records_rebuild_the_machine_and_damage_is_refused() {
     );
     let records = m.all_records();
     let loaded = SeatMachine::load_records(records.clone()).unwrap();
+    m.evict_cold();
     assert_eq!(loaded.digest(), m.digest());
     assert_eq!(
         SeatMachine::load_records(Vec::<(Vec<u8>, Vec<u8>)>::new())

@@ -124,6 +124,9 @@ fn a_reopened_store_resumes_from_its_last_applied_entry() {
             };
             fresh.apply(e.log_id.index, b);
         }
+        // The store keeps cold records on disk only: compare what stays in memory.
+        fresh.take_changes();
+        fresh.evict_cold();
         assert_eq!(fresh.digest(), digest);
     });
 }
@@ -280,5 +283,104 @@ fn a_damaged_record_is_an_error_not_a_reset() {
             err.contains("corrupt") || err.contains("log entry"),
             "{err}"
         );
+    });
+}
+
+#[test]
+fn history_stays_on_disk_and_still_answers_retries() {
+    let dir = tempfile::tempdir().unwrap();
+    let hold_a1 = |user: &str, crid: &str| Command::Hold(hold_req("ev", user, crid, &["A-1"]));
+    let first = rt().block_on(async {
+        let store = Store::open(dir.path()).unwrap();
+        let (_, mut sm) = store.group(1).unwrap();
+        sm.apply(vec![entry(
+            1,
+            vec![create("ev", 1, 4, 10, Limits::default())],
+        )])
+        .await
+        .unwrap();
+        let first = sm
+            .apply(vec![entry(2, vec![hold_a1("u0", "r0")])])
+            .await
+            .unwrap();
+        // 2,000 buyers hold and release the same seat: a long history, one seat.
+        let mut index = 3;
+        for i in 0..2000u64 {
+            let hold = raft_store::HoldId {
+                event: common::ev("ev"),
+                seq: i + 2,
+            };
+            let cmds = vec![
+                hold_a1(&format!("u{}", i + 1), "r"),
+                Command::Release {
+                    hold,
+                    user: format!("u{}", i + 1),
+                },
+            ];
+            if i == 0 {
+                // Free the seat held by u0 first.
+                let h1 = raft_store::HoldId {
+                    event: common::ev("ev"),
+                    seq: 1,
+                };
+                sm.apply(vec![entry(
+                    index,
+                    vec![Command::Release {
+                        hold: h1,
+                        user: "u0".into(),
+                    }],
+                )])
+                .await
+                .unwrap();
+                index += 1;
+            }
+            let out = sm.apply(vec![entry(index, cmds)]).await.unwrap();
+            assert!(out[0].iter().all(|o| o.is_ok()), "{out:?}");
+            index += 1;
+        }
+        // Memory holds none of that history.
+        assert_eq!(sm.reader().read(|m| m.records_in_memory()), 0);
+        first
+    });
+    rt().block_on(async {
+        let store = Store::open(dir.path()).unwrap();
+        let (_, mut sm) = store.group(1).unwrap();
+        assert_eq!(sm.reader().read(|m| m.records_in_memory()), 0);
+        // A retry from long ago is answered from disk, and changes nothing.
+        let retry = sm
+            .apply(vec![entry(5000, vec![hold_a1("u0", "r0")])])
+            .await
+            .unwrap();
+        assert_eq!(retry, first);
+        // Commands on an evicted hold see its real state.
+        let h1 = raft_store::HoldId {
+            event: common::ev("ev"),
+            seq: 1,
+        };
+        let out = sm
+            .apply(vec![entry(
+                5001,
+                vec![Command::BeginCheckout {
+                    hold: h1.clone(),
+                    idempotency_key: "k".into(),
+                }],
+            )])
+            .await
+            .unwrap();
+        assert!(
+            matches!(&out[0][0], Err(raft_store::Refusal::WrongState(m)) if m.contains("released")),
+            "{out:?}"
+        );
+        let view = sm.reader().hold(&h1).unwrap().unwrap();
+        assert_eq!(view.state, raft_store::HoldState::Released);
+        assert!(sm
+            .reader()
+            .hold(&raft_store::HoldId {
+                event: common::ev("ev"),
+                seq: 99_999
+            })
+            .unwrap()
+            .is_err());
+        assert_eq!(sm.reader().read(|m| m.records_in_memory()), 0);
     });
 }

@@ -215,10 +215,12 @@ impl EventState {
             }
             let mut key = String::new();
             request_key(&mut key, &hold.user, &hold.client_reservation_id);
+            // Request records are cold (they may be on disk only), but one in memory
+            // must name this hold.
             let rec = self.requests.get(key.as_str());
             ensure!(
-                rec == Some(&RequestRecord::Granted(seq)),
-                "hold {seq} has no request record"
+                rec.is_none_or(|r| *r == RequestRecord::Granted(seq)),
+                "hold {seq}'s request record says {rec:?}"
             );
         }
         for (&seq, order) in &self.orders {
@@ -236,10 +238,18 @@ impl EventState {
             );
         }
         for (key, rec) in &self.checkouts {
-            let hold = self
-                .holds
-                .get(&rec.hold)
-                .ok_or(format!("key {key} names a missing hold"))?;
+            ensure!(
+                rec.hold < self.next_hold_seq,
+                "key {key} names a hold never granted"
+            );
+            let Some(hold) = self.holds.get(&rec.hold) else {
+                // Only a refused checkout's hold may have been evicted.
+                ensure!(
+                    matches!(rec.result, CheckoutResult::Refused(_)),
+                    "key {key} names a missing hold"
+                );
+                continue;
+            };
             match rec.result {
                 CheckoutResult::InProgress => ensure!(
                     matches!(&hold.state, HoldState::CheckingOut { idempotency_key, .. } if idempotency_key == key),
@@ -256,10 +266,14 @@ impl EventState {
         let mut want_key = String::new();
         for (key, r) in &self.requests {
             if let RequestRecord::Granted(seq) = r {
-                let hold = self
-                    .holds
-                    .get(seq)
-                    .ok_or(format!("request {key:?} names a missing hold"))?;
+                ensure!(
+                    *seq < self.next_hold_seq,
+                    "request {key:?} names a hold never granted"
+                );
+                // The hold may be cold (released or expired, evicted).
+                let Some(hold) = self.holds.get(seq) else {
+                    continue;
+                };
                 request_key(&mut want_key, &hold.user, &hold.client_reservation_id);
                 ensure!(
                     **key == *want_key,

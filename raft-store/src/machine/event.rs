@@ -507,7 +507,8 @@ impl EventState {
         let view = self.hold_view(seq, &hold);
         *self.seats_owned.entry(user).or_default() += n_seats;
         self.deadlines.insert((expires_at_ms, seq));
-        self.holds.push(seq, hold);
+        assert!(!self.holds.contains(&seq), "hold sequence {seq} reused");
+        self.holds.insert(seq, hold);
         Ok(Reply::Held(view))
     }
 
@@ -782,54 +783,57 @@ impl EventState {
     }
 }
 
-/// Holds by sequence number. Sequence numbers are dense (1, 2, ...) and holds are never
-/// removed, so a vector indexed by `seq - 1` replaces a tree: granting a hold is a push.
+/// Holds by sequence number. A table rather than a tree: granting a hold is an insert
+/// into a hash map, and nothing iterates holds in an order that matters (the encodings
+/// sort). Released and expired holds may be evicted (see `persist`), so numbers can
+/// have gaps.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct HoldTable {
-    holds: Vec<Hold>,
+    holds: FxHashMap<u64, Hold>,
 }
 
 impl HoldTable {
-    /// A table from `(seq, hold)` pairs in any order; they must be exactly 1..=n.
-    pub fn from_pairs(mut pairs: Vec<(u64, Hold)>) -> Result<Self, String> {
-        pairs.sort_unstable_by_key(|(seq, _)| *seq);
-        for (i, (seq, _)) in pairs.iter().enumerate() {
-            if *seq != i as u64 + 1 {
-                return Err(format!(
-                    "hold sequence numbers are not 1..={}: found {seq} at {}",
-                    pairs.len(),
-                    i + 1
-                ));
-            }
+    /// A table from `(seq, hold)` pairs; refuses a number given twice.
+    pub fn from_pairs(pairs: Vec<(u64, Hold)>) -> Result<Self, String> {
+        let n = pairs.len();
+        let holds: FxHashMap<u64, Hold> = pairs.into_iter().collect();
+        if holds.len() != n {
+            return Err("a hold sequence number is stored twice".into());
         }
-        Ok(Self {
-            holds: pairs.into_iter().map(|(_, h)| h).collect(),
-        })
+        Ok(Self { holds })
     }
 
     pub fn get(&self, seq: &u64) -> Option<&Hold> {
-        self.holds.get(seq.checked_sub(1)? as usize)
+        self.holds.get(seq)
     }
 
     pub fn get_mut(&mut self, seq: &u64) -> Option<&mut Hold> {
-        self.holds.get_mut(seq.checked_sub(1)? as usize)
+        self.holds.get_mut(seq)
     }
 
-    /// Adds the hold with the next sequence number.
-    pub fn push(&mut self, seq: u64, hold: Hold) {
-        assert_eq!(
-            seq,
-            self.holds.len() as u64 + 1,
-            "hold sequence out of order"
-        );
-        self.holds.push(hold);
+    pub fn contains(&self, seq: &u64) -> bool {
+        self.holds.contains_key(seq)
     }
 
+    /// Adds a hold (a new one, or one read back from storage).
+    pub fn insert(&mut self, seq: u64, hold: Hold) {
+        self.holds.insert(seq, hold);
+    }
+
+    /// In no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (u64, &Hold)> {
-        self.holds
-            .iter()
-            .enumerate()
-            .map(|(i, h)| (i as u64 + 1, h))
+        self.holds.iter().map(|(s, h)| (*s, h))
+    }
+
+    /// In sequence order.
+    pub fn sorted(&self) -> Vec<(u64, &Hold)> {
+        let mut v: Vec<_> = self.iter().collect();
+        v.sort_unstable_by_key(|(s, _)| *s);
+        v
+    }
+
+    pub fn retain(&mut self, keep: impl FnMut(&u64, &mut Hold) -> bool) {
+        self.holds.retain(keep)
     }
 
     pub fn len(&self) -> usize {

@@ -17,16 +17,27 @@
 //! order equal to numeric order. A seat without a record is available at version 0,
 //! so creating a stadium writes one record, not 100,000.
 //!
-//! Caveat: every record is also kept in memory; terminal holds, orders and request
-//! records are not yet evicted, so memory grows with history (see issue 3's note).
+//! Memory is bounded by the venue, not by history. What an event needs to decide lives
+//! in memory: seats, live and committed holds, orders (each holds a sold seat, so there
+//! are at most as many as seats) and checkouts in progress or completed. What only
+//! answers retries is *cold*: released and expired holds, every hold request's first
+//! decision, refused checkouts. After storage has written the records of an apply,
+//! [`SeatMachine::evict_cold`] drops the cold ones from memory; before the next entry is
+//! applied, storage reads back the few it needs ([`SeatMachine::cold_keys`],
+//! [`SeatMachine::warm`]). Decisions never depend on what happens to be cached: a record
+//! is either in memory or on disk, and `cold_keys` names every record `apply` may read.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::event::{EventState, Seat, SeatStatus};
+use super::event::{
+    request_key, CheckoutRecord, CheckoutResult, EventState, Hold, Order, RequestRecord, Seat,
+    SeatStatus,
+};
 use super::SeatMachine;
 use crate::codec::{restore_event, EventImage};
+use crate::command::{Batch, Command, HoldState};
 use crate::command::{CreateEvent, SaleState};
 use crate::Error;
 
@@ -68,6 +79,24 @@ fn key(kind: u8, event: &str, suffix: &[u8]) -> Vec<u8> {
 
 fn value<T: Serialize>(v: &T) -> Vec<u8> {
     postcard::to_stdvec(v).expect("plain data encodes")
+}
+
+/// `(kind, event id, rest)` of an event record's key.
+fn split_key(k: &[u8]) -> Result<(u8, &[u8], &[u8]), Error> {
+    let (&kind, rest) = k.split_first().ok_or_else(|| corrupt("empty key"))?;
+    let (&len, rest) = rest.split_first().ok_or_else(|| corrupt("short key"))?;
+    if rest.len() < len as usize {
+        return Err(corrupt("key shorter than its event id"));
+    }
+    let (event, suffix) = rest.split_at(len as usize);
+    Ok((kind, event, suffix))
+}
+
+fn seq_of(suffix: &[u8]) -> Result<u64, Error> {
+    suffix
+        .try_into()
+        .map(u64::from_be_bytes)
+        .map_err(|_| corrupt("sequence key"))
 }
 
 fn corrupt(detail: impl Into<String>) -> Error {
@@ -178,7 +207,173 @@ impl EventState {
     }
 }
 
+fn is_cold_hold(h: &Hold) -> bool {
+    matches!(h.state, HoldState::Released | HoldState::Expired)
+}
+
+fn is_cold_checkout(c: &CheckoutRecord) -> bool {
+    matches!(c.result, CheckoutResult::Refused(_))
+}
+
+impl EventState {
+    fn evict_cold(&mut self) {
+        debug_assert!(self.dirty.holds.is_empty() && self.dirty.requests.is_empty());
+        self.holds.retain(|_, h| !is_cold_hold(h));
+        self.requests.clear();
+        self.checkouts.retain(|_, c| !is_cold_checkout(c));
+    }
+
+    /// Keys of records `apply` of `cmd` may read that are not in memory.
+    fn cold_keys(&self, cmd: &Command, buf: &mut String, out: &mut Vec<Vec<u8>>) {
+        let id = self.def.event_id.as_str();
+        let want_hold = |seq: u64, out: &mut Vec<Vec<u8>>| {
+            if seq > 0 && seq < self.next_hold_seq && !self.holds.contains(&seq) {
+                out.push(key(KIND_HOLD, id, &seq.to_be_bytes()));
+            }
+        };
+        match cmd {
+            Command::Hold(req) => {
+                request_key(buf, &req.user, &req.client_reservation_id);
+                match self.requests.get(buf.as_str()) {
+                    None => out.push(key(KIND_REQUEST, id, buf.as_bytes())),
+                    Some(RequestRecord::Granted(seq)) => want_hold(*seq, out),
+                    Some(RequestRecord::Refused(_)) => {}
+                }
+            }
+            Command::BeginCheckout {
+                hold,
+                idempotency_key,
+            }
+            | Command::CompleteCheckout {
+                hold,
+                idempotency_key,
+                ..
+            }
+            | Command::AbortCheckout {
+                hold,
+                idempotency_key,
+                ..
+            } => {
+                want_hold(hold.seq, out);
+                match self.checkouts.get(idempotency_key) {
+                    None => out.push(key(KIND_CHECKOUT, id, idempotency_key.as_bytes())),
+                    Some(rec) => want_hold(rec.hold, out),
+                }
+            }
+            Command::Release { hold, .. } => want_hold(hold.seq, out),
+            Command::CreateEvent(_) | Command::SetSale { .. } | Command::Expire => {}
+        }
+    }
+}
+
 impl SeatMachine {
+    /// How many hold, order, request and checkout records are in memory: bounded by the
+    /// venues' seats once cold records are evicted, whatever the history.
+    pub fn records_in_memory(&self) -> usize {
+        self.events
+            .values()
+            .map(|e| e.holds.len() + e.orders.len() + e.requests.len() + e.checkouts.len())
+            .sum()
+    }
+
+    /// Drops cold records from memory. Only call it once their records are stored
+    /// (right after [`SeatMachine::take_changes`] was written).
+    pub fn evict_cold(&mut self) {
+        for event in self.events.values_mut() {
+            event.evict_cold();
+        }
+    }
+
+    /// Keys of stored records that applying `batch` may read and that are not in
+    /// memory. Reading them and handing them to [`SeatMachine::warm`] may reveal more
+    /// (a request's hold): call again until it names nothing new.
+    pub fn cold_keys(&self, batch: &Batch) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut buf = String::new();
+        for cmd in &batch.commands {
+            let event = match cmd {
+                Command::Hold(req) => &req.event_id,
+                Command::BeginCheckout { hold, .. }
+                | Command::CompleteCheckout { hold, .. }
+                | Command::AbortCheckout { hold, .. }
+                | Command::Release { hold, .. } => &hold.event,
+                Command::CreateEvent(_) | Command::SetSale { .. } | Command::Expire => continue,
+            };
+            if let Some(e) = self.events.get(event) {
+                e.cold_keys(cmd, &mut buf, &mut out);
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// Puts stored records back in memory (read for [`SeatMachine::cold_keys`]).
+    pub fn warm<K: AsRef<[u8]>, V: AsRef<[u8]>>(
+        &mut self,
+        records: impl IntoIterator<Item = (K, V)>,
+    ) -> Result<(), Error> {
+        for (k, v) in records {
+            let (k, v) = (k.as_ref(), v.as_ref());
+            let (kind, event, suffix) = split_key(k)?;
+            let id = String::from_utf8_lossy(event);
+            let e = self
+                .events
+                .values_mut()
+                .find(|e| e.def.event_id.as_str().as_bytes() == event)
+                .ok_or_else(|| corrupt(format!("record for unknown event {id}")))?;
+            match kind {
+                KIND_HOLD => e.holds.insert(seq_of(suffix)?, decode::<Hold>("hold", v)?),
+                KIND_ORDER => {
+                    e.orders
+                        .insert(seq_of(suffix)?, decode::<Order>("order", v)?);
+                }
+                KIND_REQUEST => {
+                    let key = std::str::from_utf8(suffix)
+                        .map_err(|_| corrupt("request key is not UTF-8"))?;
+                    e.requests.insert(key.into(), decode("request record", v)?);
+                }
+                KIND_CHECKOUT => {
+                    let key = std::str::from_utf8(suffix)
+                        .map_err(|_| corrupt("checkout key is not UTF-8"))?;
+                    e.checkouts
+                        .insert(key.to_string(), decode("checkout record", v)?);
+                }
+                other => return Err(corrupt(format!("record kind {other} is never cold"))),
+            }
+        }
+        Ok(())
+    }
+
+    /// A hold as readers see it, from memory or, for a cold one, from the stored record
+    /// `get` returns for its key. `Ok(Err(_))` is an unknown hold.
+    pub fn hold_or_stored(
+        &self,
+        id: &crate::HoldId,
+        get: impl FnOnce(&[u8]) -> Result<Option<Vec<u8>>, Error>,
+    ) -> Result<Result<crate::HoldView, crate::Refusal>, Error> {
+        let Some(event) = self.events.get(&id.event) else {
+            return Ok(Err(crate::Refusal::NotFound(format!("event {}", id.event))));
+        };
+        if let Some(hold) = event.holds.get(&id.seq) {
+            return Ok(Ok(event.hold_view(id.seq, hold)));
+        }
+        let not_found = || crate::Refusal::NotFound(format!("hold {id}"));
+        if id.seq == 0 || id.seq >= event.next_hold_seq {
+            return Ok(Err(not_found()));
+        }
+        match get(&key(KIND_HOLD, id.event.as_str(), &id.seq.to_be_bytes()))? {
+            Some(bytes) => {
+                let hold: Hold = decode("hold", &bytes)?;
+                if hold.seats.iter().any(|&s| s as usize >= event.seats.len()) {
+                    return Err(corrupt(format!("hold {id} names a seat the event lacks")));
+                }
+                Ok(Ok(event.hold_view(id.seq, &hold)))
+            }
+            None => Ok(Err(not_found())),
+        }
+    }
+
     /// The records changed since the last call (or since the machine was loaded), as
     /// `(key, value)` pairs to write; always includes the machine record. Events
     /// created since the last call include their definition.
@@ -207,8 +402,9 @@ impl SeatMachine {
         self.take_changes()
     }
 
-    /// Rebuilds a machine from all of its records, in any order. Damaged or
-    /// inconsistent records give an error; nothing is guessed.
+    /// Rebuilds a machine from all of its records, in any order, keeping the cold ones
+    /// on disk only (the result equals the stored machine after `evict_cold`). Damaged
+    /// or inconsistent records give an error; nothing is guessed.
     pub fn load_records<K, V>(records: impl IntoIterator<Item = (K, V)>) -> Result<Self, Error>
     where
         K: AsRef<[u8]>,
@@ -341,13 +537,25 @@ impl SeatMachine {
             let text = || {
                 String::from_utf8(suffix.clone()).map_err(|_| corrupt("record key is not UTF-8"))
             };
+            // Cold records stay on disk (see the module doc); they are still checked.
             match kind {
-                KIND_HOLD => img.holds.push((seq()?, decode("hold", &v)?)),
+                KIND_HOLD => {
+                    let hold: Hold = decode("hold", &v)?;
+                    if !is_cold_hold(&hold) {
+                        img.holds.push((seq()?, hold));
+                    }
+                }
                 KIND_ORDER => img.orders.push((seq()?, decode("order", &v)?)),
-                KIND_REQUEST => img.requests.push((text()?, decode("request record", &v)?)),
-                _ => img
-                    .checkouts
-                    .push((text()?, decode("checkout record", &v)?)),
+                KIND_REQUEST => {
+                    text()?;
+                    let _: RequestRecord = decode("request record", &v)?;
+                }
+                _ => {
+                    let rec: CheckoutRecord = decode("checkout record", &v)?;
+                    if !is_cold_checkout(&rec) {
+                        img.checkouts.push((text()?, rec));
+                    }
+                }
             }
         }
         for (_, s) in staged {

@@ -206,6 +206,13 @@ impl Inner {
             .map_err(|e| db_error(&self.path, e))
     }
 
+    /// One state machine record of `group`, by its machine-level key.
+    fn get_sm(&self, group: GroupId, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        self.db
+            .get_cf(self.cf(CF_SM), prefixed(group, key))
+            .map_err(|e| db_error(&self.path, e))
+    }
+
     fn get_meta<T: DeserializeOwned>(&self, group: GroupId, tag: u8) -> Result<Option<T>, Error> {
         let key = prefixed(group, &[tag]);
         let bytes = self

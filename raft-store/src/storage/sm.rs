@@ -7,10 +7,14 @@
 //! resumes from its last applied entry without replaying the log. The in-memory
 //! machine behind the lock always equals those records.
 //!
-//! Snapshots are the machine's canonical encoding (`codec`), built under the read lock
-//! so they are consistent while applies continue; the latest one is stored in the
-//! group's metadata so a restarted node can still serve it. Installing a snapshot
-//! replaces the group's records in one atomic batch.
+//! Memory holds only the machine's hot records; cold ones (released and expired
+//! holds, request decisions, refused checkouts) are read back from RocksDB before an
+//! entry that may need them is applied, and dropped again after (`machine::persist`).
+//!
+//! A snapshot is every record of the group, read from a RocksDB snapshot taken under
+//! the state lock (so it matches the applied id exactly) and framed with a checksum;
+//! the latest one is stored in the group's metadata so a restarted node can still serve
+//! it. Installing a snapshot replaces the group's records in one atomic batch.
 
 use std::io::Cursor;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
@@ -24,7 +28,9 @@ use super::{
     encode_record, group_range, prefixed, GroupId, Inner, CF_META, CF_SM, META_APPLIED,
     META_MEMBERSHIP, META_SNAPSHOT,
 };
-use crate::command::Outcome;
+use crate::command::{Batch, HoldView, Outcome, Refusal};
+use crate::ids::HoldId;
+use crate::machine::Record;
 use crate::machine::SeatMachine;
 use crate::raft::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 use crate::Error;
@@ -47,13 +53,22 @@ pub struct StateMachineStore {
 /// Read access to a group's seat machine, for serving reads.
 #[derive(Clone)]
 pub struct MachineReader {
+    inner: Arc<Inner>,
+    group: GroupId,
     state: Arc<RwLock<SmState>>,
 }
 
 impl MachineReader {
-    /// Runs `f` on the machine as of its last applied entry.
+    /// Runs `f` on the machine's in-memory (hot) state as of its last applied entry.
     pub fn read<T>(&self, f: impl FnOnce(&SeatMachine) -> T) -> T {
         f(&read_lock(&self.state).machine)
+    }
+
+    /// A hold, including one whose record is only on disk.
+    pub fn hold(&self, id: &HoldId) -> Result<Result<HoldView, Refusal>, Error> {
+        let st = read_lock(&self.state);
+        st.machine
+            .hold_or_stored(id, |k| self.inner.get_sm(self.group, k))
     }
 }
 
@@ -61,6 +76,18 @@ fn read_lock(state: &RwLock<SmState>) -> RwLockReadGuard<'_, SmState> {
     // A panic while applying is a bug that already stopped this node's Raft; readers
     // still see the last complete state.
     state.read().unwrap_or_else(|p| p.into_inner())
+}
+
+const SNAPSHOT_MAGIC: [u8; 4] = *b"SSR1";
+const SNAPSHOT_VERSION: u16 = 1;
+
+/// A snapshot's data: every record of the group, framed and checksummed.
+fn encode_snapshot_records(records: &[Record]) -> Vec<u8> {
+    crate::codec::encode_framed(SNAPSHOT_MAGIC, SNAPSHOT_VERSION, &records)
+}
+
+fn decode_snapshot_records(data: &[u8]) -> Result<Vec<Record>, Error> {
+    crate::codec::decode_framed("snapshot", SNAPSHOT_MAGIC, SNAPSHOT_VERSION, data)
 }
 
 #[derive(Serialize, Deserialize)]
@@ -86,12 +113,21 @@ impl StateMachineStore {
             ro,
             IteratorMode::From(&from, Direction::Forward),
         );
-        let mut records = Vec::new();
-        for item in it {
-            let (k, v) = item.map_err(|e| super::db_error(&inner.path, e))?;
-            records.push((k[4..].to_vec(), v.to_vec()));
+        // Streamed: cold records are checked and dropped as they are read, so a long
+        // history does not have to fit in memory at startup.
+        let mut failed = None;
+        let records = it.map_while(|item| match item {
+            Ok((k, v)) => Some((k[4..].to_vec(), v)),
+            Err(e) => {
+                failed = Some(e);
+                None
+            }
+        });
+        let machine = SeatMachine::load_records(records);
+        if let Some(e) = failed {
+            return Err(super::db_error(&inner.path, e));
         }
-        let machine = SeatMachine::load_records(records)?;
+        let machine = machine?;
         let want = last_applied.map(|l| l.index);
         if machine.applied_index() != want {
             return Err(Error::Corrupt {
@@ -116,8 +152,60 @@ impl StateMachineStore {
 
     pub fn reader(&self) -> MachineReader {
         MachineReader {
+            inner: self.inner.clone(),
+            group: self.group,
             state: self.state.clone(),
         }
+    }
+
+    /// Reads back the cold records applying `batch` may need.
+    fn warm_for(&self, machine: &mut SeatMachine, batch: &Batch) -> Result<(), Error> {
+        let mut tried = std::collections::BTreeSet::new();
+        // Each round can only reveal records the previous one named (a request's
+        // hold), so a few rounds always suffice.
+        for _ in 0..4 {
+            let keys: Vec<Vec<u8>> = machine
+                .cold_keys(batch)
+                .into_iter()
+                .filter(|k| tried.insert(k.clone()))
+                .collect();
+            if keys.is_empty() {
+                return Ok(());
+            }
+            let cf = self.inner.cf(CF_SM);
+            let full: Vec<Vec<u8>> = keys.iter().map(|k| prefixed(self.group, k)).collect();
+            let values = self.inner.db.multi_get_cf(full.iter().map(|k| (cf, k)));
+            let mut found = Vec::new();
+            for (k, v) in keys.into_iter().zip(values) {
+                if let Some(v) = v.map_err(|e| super::db_error(&self.inner.path, e))? {
+                    found.push((k, v));
+                }
+            }
+            machine.warm(found)?;
+        }
+        Err(Error::Corrupt {
+            what: "state machine records",
+            detail: "cold records keep naming further records".into(),
+        })
+    }
+
+    /// Every record of the group, as of a RocksDB snapshot.
+    fn stored_records(&self, snapshot: &rocksdb::Snapshot<'_>) -> Result<Vec<Record>, Error> {
+        let (from, to) = group_range(self.group);
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(to);
+        ro.set_snapshot(snapshot);
+        let it = self.inner.db.iterator_cf_opt(
+            self.inner.cf(CF_SM),
+            ro,
+            IteratorMode::From(&from, Direction::Forward),
+        );
+        let mut records = Vec::new();
+        for item in it {
+            let (k, v) = item.map_err(|e| super::db_error(&self.inner.path, e))?;
+            records.push((k[4..].to_vec(), v.to_vec()));
+        }
+        Ok(records)
     }
 
     /// Writes the machine's changed records with the applied id and membership.
@@ -163,9 +251,17 @@ impl StateMachineStore {
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        // The RocksDB snapshot is taken under the state lock, so its records are
+        // exactly those of `last_applied`; reading them needs no lock.
         let (data, last_applied, membership) = {
             let st = read_lock(&self.state);
-            (st.machine.encode(), st.last_applied, st.membership.clone())
+            let db_snapshot = self.inner.db.snapshot();
+            let meta = (st.last_applied, st.membership.clone());
+            drop(st);
+            let records = self
+                .stored_records(&db_snapshot)
+                .map_err(|e| sm_io(ErrorVerb::Read, e))?;
+            (encode_snapshot_records(&records), meta.0, meta.1)
         };
         let n = self
             .snapshots_built
@@ -215,7 +311,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     st.machine.apply_empty(index);
                     replies.push(Vec::new());
                 }
-                EntryPayload::Normal(batch) => replies.push(st.machine.apply(index, &batch)),
+                EntryPayload::Normal(batch) => {
+                    self.warm_for(&mut st.machine, &batch)
+                        .map_err(|e| sm_io(ErrorVerb::Read, e))?;
+                    replies.push(st.machine.apply(index, &batch));
+                }
                 EntryPayload::Membership(m) => {
                     st.machine.apply_empty(index);
                     st.membership = StoredMembership::new(Some(entry.log_id), m);
@@ -227,6 +327,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let records = st.machine.take_changes();
         self.persist(st, records, false)
             .map_err(|e| sm_io(ErrorVerb::Write, e))?;
+        // Written: what only answers retries can leave memory.
+        st.machine.evict_cold();
         Ok(replies)
     }
 
@@ -247,7 +349,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let read_err = |e: Error| -> StorageError {
             StorageIOError::read_snapshot(Some(meta.signature()), &e).into()
         };
-        let mut machine = SeatMachine::decode(&data).map_err(read_err)?;
+        let records = decode_snapshot_records(&data).map_err(read_err)?;
+        let machine =
+            SeatMachine::load_records(records.iter().map(|(k, v)| (k, v))).map_err(read_err)?;
         let want = meta.last_log_id.map(|l| l.index);
         if machine.applied_index() != want {
             return Err(read_err(Error::Corrupt {
@@ -258,7 +362,6 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 ),
             }));
         }
-        let records = machine.all_records();
         let mut guard = self.state.write().unwrap_or_else(|p| p.into_inner());
         let st = &mut *guard;
         st.machine = machine;
