@@ -142,6 +142,16 @@ pub(crate) struct EventState {
     pub dirty: Dirty,
     /// Created since storage last took the changes: its definition must be written.
     pub dirty_created: bool,
+    /// Records in memory that may be cold: changed or read back since the last
+    /// eviction. Eviction looks at these only, so it costs what the entries touched.
+    pub touched: Touched,
+}
+
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Touched {
+    pub holds: Vec<u64>,
+    pub requests: Vec<Arc<str>>,
+    pub checkouts: Vec<String>,
 }
 
 /// Moves one seat, bumping its version and the section counters. The only place a
@@ -217,6 +227,7 @@ impl EventState {
                 ..Dirty::default()
             },
             dirty_created: true,
+            touched: Touched::default(),
         }
     }
 
@@ -832,8 +843,8 @@ impl HoldTable {
         v
     }
 
-    pub fn retain(&mut self, keep: impl FnMut(&u64, &mut Hold) -> bool) {
-        self.holds.retain(keep)
+    pub fn remove(&mut self, seq: &u64) -> Option<Hold> {
+        self.holds.remove(seq)
     }
 
     pub fn len(&self) -> usize {

@@ -28,6 +28,7 @@
 //! is either in memory or on disk, and `cold_keys` names every record `apply` may read.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -150,6 +151,11 @@ impl EventState {
     fn take_changes(&mut self, with_def: bool, out: &mut Vec<Record>) {
         let id = self.def.event_id.as_str();
         let dirty = std::mem::take(&mut self.dirty);
+        self.touched.holds.extend(&dirty.holds);
+        self.touched.requests.extend(dirty.requests.iter().cloned());
+        self.touched
+            .checkouts
+            .extend(dirty.checkouts.iter().cloned());
         if with_def {
             out.push((key(KIND_DEF, id, &[]), value(&self.def)));
         }
@@ -218,9 +224,22 @@ fn is_cold_checkout(c: &CheckoutRecord) -> bool {
 impl EventState {
     fn evict_cold(&mut self) {
         debug_assert!(self.dirty.holds.is_empty() && self.dirty.requests.is_empty());
-        self.holds.retain(|_, h| !is_cold_hold(h));
-        self.requests.clear();
-        self.checkouts.retain(|_, c| !is_cold_checkout(c));
+        let touched = std::mem::take(&mut self.touched);
+        for seq in touched.holds {
+            if self.holds.get(&seq).is_some_and(is_cold_hold) {
+                self.holds.remove(&seq);
+            }
+        }
+        for key in touched.requests {
+            self.requests.remove(&key);
+        }
+        for key in touched.checkouts {
+            if self.checkouts.get(&key).is_some_and(is_cold_checkout) {
+                self.checkouts.remove(&key);
+            }
+        }
+        // Every cold record in memory was touched, so none is left.
+        debug_assert!(self.requests.is_empty());
     }
 
     /// Keys of records `apply` of `cmd` may read that are not in memory.
@@ -323,7 +342,11 @@ impl SeatMachine {
                 .find(|e| e.def.event_id.as_str().as_bytes() == event)
                 .ok_or_else(|| corrupt(format!("record for unknown event {id}")))?;
             match kind {
-                KIND_HOLD => e.holds.insert(seq_of(suffix)?, decode::<Hold>("hold", v)?),
+                KIND_HOLD => {
+                    let seq = seq_of(suffix)?;
+                    e.holds.insert(seq, decode::<Hold>("hold", v)?);
+                    e.touched.holds.push(seq);
+                }
                 KIND_ORDER => {
                     e.orders
                         .insert(seq_of(suffix)?, decode::<Order>("order", v)?);
@@ -331,13 +354,16 @@ impl SeatMachine {
                 KIND_REQUEST => {
                     let key = std::str::from_utf8(suffix)
                         .map_err(|_| corrupt("request key is not UTF-8"))?;
-                    e.requests.insert(key.into(), decode("request record", v)?);
+                    let key: Arc<str> = key.into();
+                    e.requests.insert(key.clone(), decode("request record", v)?);
+                    e.touched.requests.push(key);
                 }
                 KIND_CHECKOUT => {
                     let key = std::str::from_utf8(suffix)
                         .map_err(|_| corrupt("checkout key is not UTF-8"))?;
                     e.checkouts
                         .insert(key.to_string(), decode("checkout record", v)?);
+                    e.touched.checkouts.push(key.to_string());
                 }
                 other => return Err(corrupt(format!("record kind {other} is never cold"))),
             }
