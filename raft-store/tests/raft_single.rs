@@ -164,7 +164,10 @@ async fn a_node_applies_snapshots_purges_and_resumes() {
         .unwrap();
     // A new leader term appends a blank entry, so wait for "at least", not "equal".
     raft.wait(Some(Duration::from_secs(10)))
-        .metrics(|m| m.last_applied.is_some_and(|l| l.index >= last), "applied")
+        .metrics(
+            |m| m.last_applied.is_some_and(|l| l.index >= last),
+            "applied",
+        )
         .await
         .unwrap();
     let out = raft

@@ -238,6 +238,22 @@ fn unusable_data_directories_are_refused_with_the_path() {
         "{err}"
     );
 
+    // Unreadable: the path is a file, or the marker cannot be read.
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    let err = Store::open(&file).err().unwrap().to_string();
+    assert!(
+        err.contains("a-file") && err.contains("cannot create"),
+        "{err}"
+    );
+    let odd = dir.path().join("odd");
+    std::fs::create_dir_all(odd.join("FORMAT")).unwrap();
+    let err = Store::open(&odd).err().unwrap().to_string();
+    assert!(
+        err.contains("odd") && err.contains("cannot read FORMAT"),
+        "{err}"
+    );
+
     // A future format.
     std::fs::write(path.join("FORMAT"), "seatd-store 99\n").unwrap();
     let err = Store::open(&path).err().unwrap().to_string();
