@@ -70,3 +70,17 @@ pub fn raft_config(
         .map_err(|e| crate::Error::Config(e.to_string()))?;
     Ok(std::sync::Arc::new(config))
 }
+
+/// Encodes an openraft message (request, response or error) for the wire. The
+/// transport treats it as opaque bytes.
+pub fn encode_message<T: serde::Serialize>(message: &T) -> Vec<u8> {
+    postcard::to_stdvec(message).expect("openraft messages are plain data")
+}
+
+/// Decodes what [`encode_message`] wrote; a peer speaking nonsense gets an error.
+pub fn decode_message<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, crate::Error> {
+    postcard::from_bytes(bytes).map_err(|e| crate::Error::Corrupt {
+        what: "raft message",
+        detail: e.to_string(),
+    })
+}
