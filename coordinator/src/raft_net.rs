@@ -213,50 +213,64 @@ fn reply<T: Serialize>(result: &T) -> Result<tonic::Response<RaftReply>, tonic::
     }))
 }
 
+impl RaftService {
+    /// Decodes a message for its shard, runs it, and encodes the answer (openraft's
+    /// result, errors included). An unknown shard or undecodable bytes get a refusal.
+    async fn serve<Req, Resp, F, Fut>(
+        &self,
+        request: tonic::Request<RaftRequest>,
+        call: F,
+    ) -> Result<tonic::Response<RaftReply>, tonic::Status>
+    where
+        Req: DeserializeOwned,
+        Resp: Serialize,
+        F: FnOnce(Raft<TypeConfig>, Req) -> Fut,
+        Fut: std::future::Future<Output = Resp>,
+    {
+        let req = request.into_inner();
+        let raft = match self.shard(&req) {
+            Ok(r) => r.clone(),
+            Err(refusal) => return Ok(tonic::Response::new(refusal)),
+        };
+        match decode_message::<Req>(&req.payload) {
+            Ok(rpc) => reply(&call(raft, rpc).await),
+            Err(e) => Ok(tonic::Response::new(undecodable(e))),
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl raft_server::Raft for RaftService {
     async fn vote(
         &self,
         request: tonic::Request<RaftRequest>,
     ) -> Result<tonic::Response<RaftReply>, tonic::Status> {
-        let req = request.into_inner();
-        let raft = match self.shard(&req) {
-            Ok(r) => r,
-            Err(refusal) => return Ok(tonic::Response::new(refusal)),
-        };
-        match decode_message::<VoteRequest<NodeId>>(&req.payload) {
-            Ok(rpc) => reply(&raft.vote(rpc).await),
-            Err(e) => Ok(tonic::Response::new(undecodable(e))),
-        }
+        self.serve(request, |raft, rpc: VoteRequest<NodeId>| async move {
+            raft.vote(rpc).await
+        })
+        .await
     }
 
     async fn append_entries(
         &self,
         request: tonic::Request<RaftRequest>,
     ) -> Result<tonic::Response<RaftReply>, tonic::Status> {
-        let req = request.into_inner();
-        let raft = match self.shard(&req) {
-            Ok(r) => r,
-            Err(refusal) => return Ok(tonic::Response::new(refusal)),
-        };
-        match decode_message::<AppendEntriesRequest<TypeConfig>>(&req.payload) {
-            Ok(rpc) => reply(&raft.append_entries(rpc).await),
-            Err(e) => Ok(tonic::Response::new(undecodable(e))),
-        }
+        self.serve(request, |raft, rpc: AppendEntriesRequest<TypeConfig>| async move {
+            raft.append_entries(rpc).await
+        })
+        .await
     }
 
     async fn install_snapshot(
         &self,
         request: tonic::Request<RaftRequest>,
     ) -> Result<tonic::Response<RaftReply>, tonic::Status> {
-        let req = request.into_inner();
-        let raft = match self.shard(&req) {
-            Ok(r) => r,
-            Err(refusal) => return Ok(tonic::Response::new(refusal)),
-        };
-        match decode_message::<InstallSnapshotRequest<TypeConfig>>(&req.payload) {
-            Ok(rpc) => reply(&raft.install_snapshot(rpc).await),
-            Err(e) => Ok(tonic::Response::new(undecodable(e))),
-        }
+        self.serve(
+            request,
+            |raft, rpc: InstallSnapshotRequest<TypeConfig>| async move {
+                raft.install_snapshot(rpc).await
+            },
+        )
+        .await
     }
 }
