@@ -16,7 +16,7 @@ use openraft::raft::{
 };
 use openraft::storage::RaftLogStorage;
 use openraft::{BasicNode, Raft, ServerState};
-use raft_store::raft::{raft_config, LogPolicy, NodeId, TypeConfig};
+use raft_store::raft::{raft_config, LogPolicy, NodeId, RaftTiming, TypeConfig};
 use raft_store::storage::Store;
 use raft_store::{Batch, Command, Limits, Reply};
 
@@ -79,7 +79,7 @@ async fn start(
 ) {
     let (log, sm) = store.group(1).unwrap();
     let reader = sm.reader();
-    let config = raft_config("test", POLICY).unwrap();
+    let config = raft_config("test", POLICY, RaftTiming::default()).unwrap();
     let raft = Raft::new(1, config, NoPeers, log.clone(), sm)
         .await
         .unwrap();

@@ -85,8 +85,10 @@ fn groups_never_see_each_other_and_dropping_one_keeps_the_other() {
             .reader()
             .read(|m| m.seat_map(&common::ev("two")).is_err()));
         let two_digest = sm2.reader().read(|m| m.digest());
+        assert_eq!(store.groups().unwrap(), vec![1, 2]);
 
         store.drop_group(1).unwrap();
+        assert_eq!(store.groups().unwrap(), vec![2]);
         drop((log1, sm1, log2, sm2));
         let (mut log1, mut sm1) = store.group(1).unwrap();
         let (mut log2, sm2) = store.group(2).unwrap();

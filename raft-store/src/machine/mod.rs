@@ -63,6 +63,16 @@ impl SeatMachine {
         self.clock_ms
     }
 
+    /// The earliest hold or payment deadline of any event, if any hold is live: the
+    /// leader proposes `Expire` once its clock passes it, so seats come back without a
+    /// read touching them.
+    pub fn next_deadline_ms(&self) -> Option<u64> {
+        self.events
+            .values()
+            .filter_map(|e| e.deadlines.first().map(|&(ms, _)| ms))
+            .min()
+    }
+
     /// Applies one log entry. `index` must be above every index applied before.
     pub fn apply(&mut self, index: u64, batch: &Batch) -> Vec<Outcome> {
         self.advance(index);
@@ -227,6 +237,11 @@ impl SeatMachine {
         })
     }
 
+    /// One event's summary.
+    pub fn event_summary(&self, id: &EventId) -> Result<EventSummary, Refusal> {
+        self.event(id).map(summary)
+    }
+
     pub fn hold(&self, id: &HoldId) -> Result<HoldView, Refusal> {
         let event = self.event(&id.event)?;
         let hold = event
@@ -263,19 +278,23 @@ impl SeatMachine {
                         || e.def.layout.venue.to_lowercase().contains(q)
                 })
             })
-            .map(|e| EventSummary {
-                event_id: e.def.event_id.clone(),
-                name: e.def.name.clone(),
-                venue: e.def.layout.venue.clone(),
-                starts_at_ms: e.def.starts_at_ms,
-                sale: e.sale,
-                capacity: e.seats.len() as u32,
-                available: e.counts.iter().map(|c| c.available).sum(),
-                limits: e.def.limits.clone(),
-            })
+            .map(summary)
             .collect();
         found.sort_by(|a, b| (a.starts_at_ms, &a.event_id).cmp(&(b.starts_at_ms, &b.event_id)));
         found.truncate(limit);
         found
+    }
+}
+
+fn summary(e: &EventState) -> EventSummary {
+    EventSummary {
+        event_id: e.def.event_id.clone(),
+        name: e.def.name.clone(),
+        venue: e.def.layout.venue.clone(),
+        starts_at_ms: e.def.starts_at_ms,
+        sale: e.sale,
+        capacity: e.seats.len() as u32,
+        available: e.counts.iter().map(|c| c.available).sum(),
+        limits: e.def.limits.clone(),
     }
 }

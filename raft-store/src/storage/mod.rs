@@ -158,6 +158,31 @@ impl Store {
         Ok((LogStore::new(self.inner.clone(), group), sm))
     }
 
+    /// Every group that has Raft metadata here (a vote, a log, an applied state), in
+    /// order: the groups this node is part of, whatever its configuration says now.
+    pub fn groups(&self) -> Result<Vec<GroupId>, Error> {
+        let inner = &self.inner;
+        let mut groups = Vec::new();
+        for item in inner
+            .db
+            .iterator_cf(inner.cf(CF_META), rocksdb::IteratorMode::Start)
+        {
+            let (key, _) = item.map_err(|e| db_error(&inner.path, e))?;
+            let prefix: [u8; 4] =
+                key.get(..4)
+                    .and_then(|p| p.try_into().ok())
+                    .ok_or_else(|| Error::Corrupt {
+                        what: "metadata key",
+                        detail: format!("{} bytes, shorter than a group prefix", key.len()),
+                    })?;
+            let group = GroupId::from_be_bytes(prefix);
+            if groups.last() != Some(&group) {
+                groups.push(group);
+            }
+        }
+        Ok(groups)
+    }
+
     /// Deletes every key of one group; other groups are untouched.
     pub fn drop_group(&self, group: GroupId) -> Result<(), Error> {
         let inner = &self.inner;
