@@ -6,12 +6,22 @@
 //! and tagged with their shard. One HTTP/2 channel per peer address is shared by every
 //! shard's client, so a node with 8 shards keeps 1 connection per peer, not 8.
 //!
+//! The vote gate: a replica that started with no state for a shard, in a cluster where
+//! the shard already exists (its disk was replaced), has lost its log and its vote.
+//! Until a leader has caught it up, it refuses to vote for any candidate whose log goes
+//! beyond the initial membership entry: otherwise it could vote twice in one term, or
+//! help elect a candidate that lacks committed entries it used to hold. Refusing a vote
+//! is always safe in Raft (it looks like a lost message). Candidates of a brand-new
+//! group (log ending at the initial membership entry, index 0) still get its vote, so
+//! a new cluster of empty nodes can elect its first leaders.
+//!
 //! Errors: a peer that cannot be reached is `Unreachable` (openraft backs off); a reply
 //! that does not decode, or a peer refusing the message, is a `Network` error; a Raft
 //! error raised by the peer comes back as `RemoteError`. Every call is bounded by the
 //! deadline openraft gives (`RPCOption::hard_ttl`).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use openraft::error::{
@@ -37,7 +47,7 @@ pub struct Peers {
 }
 
 impl Peers {
-    fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
+    pub fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
         let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = map.get(addr) {
             return Ok(c.clone());
@@ -172,14 +182,42 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     }
 }
 
+/// Whether a replica that started empty may vote yet (see the module doc).
+#[derive(Clone, Debug, Default)]
+pub struct VoteGate {
+    catching_up: Arc<AtomicBool>,
+}
+
+impl VoteGate {
+    /// A gate for a replica that starts with no state for its shard.
+    pub fn started_empty() -> Self {
+        Self {
+            catching_up: Arc::new(AtomicBool::new(true)),
+        }
+    }
+
+    /// Whether `raft` may take part in `request`'s election; opens for good once a
+    /// leader has caught the replica up (it applied a committed entry).
+    fn admits(&self, raft: &Raft<TypeConfig>, request: &VoteRequest<NodeId>) -> bool {
+        if !self.catching_up.load(Ordering::Acquire) {
+            return true;
+        }
+        if raft.metrics().borrow().last_applied.is_some() {
+            self.catching_up.store(false, Ordering::Release);
+            return true;
+        }
+        request.last_log_id.is_none_or(|l| l.index == 0)
+    }
+}
+
 /// The receiving side: routes each message to its shard's Raft.
 #[derive(Clone)]
 pub struct RaftService {
-    shards: Arc<HashMap<u32, Raft<TypeConfig>>>,
+    shards: Arc<HashMap<u32, (Raft<TypeConfig>, VoteGate)>>,
 }
 
 impl RaftService {
-    pub fn new(shards: HashMap<u32, Raft<TypeConfig>>) -> Self {
+    pub fn new(shards: HashMap<u32, (Raft<TypeConfig>, VoteGate)>) -> Self {
         Self {
             shards: Arc::new(shards),
         }
@@ -191,7 +229,7 @@ impl RaftService {
             .max_encoding_message_size(MESSAGE_BYTES_MAX)
     }
 
-    fn shard(&self, req: &RaftRequest) -> Result<&Raft<TypeConfig>, RaftReply> {
+    fn shard(&self, req: &RaftRequest) -> Result<&(Raft<TypeConfig>, VoteGate), RaftReply> {
         self.shards.get(&req.shard).ok_or_else(|| RaftReply {
             payload: Vec::new(),
             error: format!("shard {} is not hosted here", req.shard),
@@ -224,16 +262,19 @@ impl RaftService {
     where
         Req: DeserializeOwned,
         Resp: Serialize,
-        F: FnOnce(Raft<TypeConfig>, Req) -> Fut,
-        Fut: std::future::Future<Output = Resp>,
+        F: FnOnce(Raft<TypeConfig>, VoteGate, Req) -> Fut,
+        Fut: std::future::Future<Output = Result<Resp, RaftReply>>,
     {
         let req = request.into_inner();
-        let raft = match self.shard(&req) {
+        let (raft, gate) = match self.shard(&req) {
             Ok(r) => r.clone(),
             Err(refusal) => return Ok(tonic::Response::new(refusal)),
         };
         match decode_message::<Req>(&req.payload) {
-            Ok(rpc) => reply(&call(raft, rpc).await),
+            Ok(rpc) => match call(raft, gate, rpc).await {
+                Ok(answer) => reply(&answer),
+                Err(refusal) => Ok(tonic::Response::new(refusal)),
+            },
             Err(e) => Ok(tonic::Response::new(undecodable(e))),
         }
     }
@@ -245,8 +286,16 @@ impl raft_server::Raft for RaftService {
         &self,
         request: tonic::Request<RaftRequest>,
     ) -> Result<tonic::Response<RaftReply>, tonic::Status> {
-        self.serve(request, |raft, rpc: VoteRequest<NodeId>| async move {
-            raft.vote(rpc).await
+        self.serve(request, |raft, gate, rpc: VoteRequest<NodeId>| async move {
+            if !gate.admits(&raft, &rpc) {
+                return Err(RaftReply {
+                    payload: Vec::new(),
+                    error: "this replica started empty and is not caught up yet; \
+                            it votes once a leader has caught it up"
+                        .into(),
+                });
+            }
+            Ok(raft.vote(rpc).await)
         })
         .await
     }
@@ -255,9 +304,12 @@ impl raft_server::Raft for RaftService {
         &self,
         request: tonic::Request<RaftRequest>,
     ) -> Result<tonic::Response<RaftReply>, tonic::Status> {
-        self.serve(request, |raft, rpc: AppendEntriesRequest<TypeConfig>| async move {
-            raft.append_entries(rpc).await
-        })
+        self.serve(
+            request,
+            |raft, _, rpc: AppendEntriesRequest<TypeConfig>| async move {
+                Ok(raft.append_entries(rpc).await)
+            },
+        )
         .await
     }
 
@@ -267,8 +319,8 @@ impl raft_server::Raft for RaftService {
     ) -> Result<tonic::Response<RaftReply>, tonic::Status> {
         self.serve(
             request,
-            |raft, rpc: InstallSnapshotRequest<TypeConfig>| async move {
-                raft.install_snapshot(rpc).await
+            |raft, _, rpc: InstallSnapshotRequest<TypeConfig>| async move {
+                Ok(raft.install_snapshot(rpc).await)
             },
         )
         .await

@@ -5,10 +5,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use coordinator::raft_net::{Peers, RaftService, ShardNetwork};
+use coordinator::raft_net::{Peers, RaftService, ShardNetwork, VoteGate};
 use openraft::{BasicNode, Raft, ServerState};
 use raft_store::layout::generate;
-use raft_store::raft::{raft_config, LogPolicy, NodeId, TypeConfig};
+use raft_store::raft::{raft_config, LogPolicy, NodeId, RaftTiming, TypeConfig};
 use raft_store::storage::{MachineReader, Store};
 use raft_store::{Batch, Command, CreateEvent, EventId, HoldRequest, Limits, Refusal, Reply};
 use tokio::net::TcpListener;
@@ -40,14 +40,14 @@ async fn start(id: NodeId, listener: TcpListener, dir: &std::path::Path) -> Node
     let store = Store::open(dir.join(format!("node{id}"))).unwrap();
     let (log, sm) = store.group(0).unwrap();
     let reader = sm.reader();
-    let config = raft_config("grpc-test", LogPolicy::default()).unwrap();
+    let config = raft_config("grpc-test", LogPolicy::default(), RaftTiming::default()).unwrap();
     let net = ShardNetwork {
         shard: 0,
         from: id,
         peers: Peers::default(),
     };
     let raft = Raft::new(id, config, net, log, sm).await.unwrap();
-    let service = RaftService::new(HashMap::from([(0, raft.clone())]));
+    let service = RaftService::new(HashMap::from([(0, (raft.clone(), VoteGate::default()))]));
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(async move {
         tonic::transport::Server::builder()
