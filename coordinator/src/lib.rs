@@ -1,5 +1,27 @@
 //! seatd's coordinator: wires the replicated state machine (`raft-store`) to the
-//! network (`seatd-proto`). Today it holds the Raft transport over gRPC; the node, the
-//! frontend and the dev cluster are built on it next.
+//! network (`seatd-proto`).
+//!
+//! - [`node`]: a replica process (`seatd node`): its shards, its server, bootstrap and
+//!   graceful shutdown.
+//! - [`shard`]: one hosted Raft group with its batching queue ([`proposer`]), expiry
+//!   ticker and event log.
+//! - [`service`] and [`route`]: the client API, and how a call reaches the replica
+//!   that may answer it.
+//! - [`raft_net`]: the Raft transport over gRPC.
+//! - [`placement`]: which shard holds an event, which nodes replicate a shard;
+//!   [`membership`]: moving a shard's group onto the nodes its placement names.
+//! - [`clock`], [`payment`]: the injected clock and the payment gateway.
+//! - [`convert`], [`error`]: wire conversions, and the one mapping to gRPC status codes.
 
+pub mod clock;
+pub mod convert;
+pub mod error;
+pub mod membership;
+pub mod node;
+pub mod payment;
+pub mod placement;
+pub mod proposer;
 pub mod raft_net;
+pub mod route;
+pub mod service;
+pub mod shard;

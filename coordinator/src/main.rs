@@ -1,16 +1,20 @@
 //! `seatd`: the seat coordinator's command line.
 //!
-//! Today it carries the venue tools (`seatd layout ...`); the replica (`seatd node`),
-//! the gateway (`seatd frontend`) and the one-process local cluster (`seatd dev`) are
-//! added here as they are built. Every subcommand prints its result on stdout and
-//! exits non-zero with a one-line reason on stderr when it cannot do its job.
+//! `seatd node` runs a replica; `seatd layout ...` generates and checks venue files.
+//! (The gateway, `seatd frontend`, and the one-process local cluster, `seatd dev`,
+//! come with issue 5.) Every subcommand exits non-zero with a one-line reason on stderr
+//! when it cannot do its job; `seatd node` exits 0 after a clean shutdown on SIGTERM or
+//! Ctrl-C.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use raft_store::layout::{generate, preset};
+use raft_store::raft::{LogPolicy, RaftTiming};
 use raft_store::VenueLayout;
 
 // Many small, short-lived allocations per command: mimalloc handles them far better
@@ -34,6 +38,42 @@ enum Command {
     /// Venue layout files: generate and check them.
     #[command(subcommand)]
     Layout(LayoutCommand),
+    /// Runs a replica: one Raft group per shard placed on this node.
+    Node(NodeArgs),
+}
+
+#[derive(Args)]
+struct NodeArgs {
+    /// This node's id (a key of --peers).
+    #[arg(long)]
+    id: u64,
+    /// Address for the client API, the Raft transport, health and reflection.
+    #[arg(long)]
+    listen: std::net::SocketAddr,
+    /// Where this node keeps its data (created if missing).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Every node of the cluster, this one included: 1=HOST:PORT,2=HOST:PORT,...
+    #[arg(long)]
+    peers: String,
+    /// Shards of the cluster; fixed when the cluster is created.
+    #[arg(long, default_value_t = 8)]
+    shards: u32,
+    /// Snapshot a shard after this many entries.
+    #[arg(long, default_value_t = LogPolicy::default().logs_since_snapshot)]
+    snapshot_logs: u64,
+    /// Log entries kept behind a snapshot for slightly lagging followers.
+    #[arg(long, default_value_t = LogPolicy::default().logs_kept_after_snapshot)]
+    keep_logs: u64,
+    /// How long a call waits for a shard leader before failing with UNAVAILABLE.
+    #[arg(long, default_value_t = 5_000)]
+    route_wait_ms: u64,
+    /// How long a charge may take before its outcome counts as unknown.
+    #[arg(long, default_value_t = 3_000)]
+    payment_timeout_ms: u64,
+    /// For fault tests: stamp entries as if this node's clock were off by this much.
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true, hide = true)]
+    clock_skew_ms: i64,
 }
 
 #[derive(Subcommand)]
@@ -66,8 +106,69 @@ struct GenerateArgs {
     venue: String,
 }
 
+fn run_node(args: NodeArgs) -> anyhow::Result<()> {
+    use coordinator::node::{NodeConfig, NodeHandle, Settings};
+    use coordinator::placement::Cluster;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,openraft=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cluster = Cluster::new(Cluster::parse_peers(&args.peers)?, args.shards)?;
+    let config = NodeConfig {
+        id: args.id,
+        data_dir: args.data_dir,
+        cluster,
+        log_policy: LogPolicy {
+            logs_since_snapshot: args.snapshot_logs,
+            logs_kept_after_snapshot: args.keep_logs,
+        },
+        timing: RaftTiming::default(),
+        settings: Settings {
+            route_wait: Duration::from_millis(args.route_wait_ms),
+            payment_timeout: Duration::from_millis(args.payment_timeout_ms),
+            ..Settings::default()
+        },
+        clock: Arc::new(coordinator::clock::SystemClock::with_skew(
+            args.clock_skew_ms,
+        )),
+        gateway: Arc::new(coordinator::payment::TestGateway::default()),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let node = NodeHandle::start(config, listener).await?;
+        tracing::info!(addr = %node.addr, "serving");
+        shutdown_signal().await?;
+        node.shutdown().await?;
+        anyhow::Ok(())
+    })
+}
+
+/// Resolves on SIGTERM or Ctrl-C (SIGINT).
+async fn shutdown_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        r = tokio::signal::ctrl_c() => {
+            r.context("cannot watch Ctrl-C")?;
+            tracing::info!("Ctrl-C received");
+        }
+    }
+    Ok(())
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Node(args) => run_node(args)?,
         Command::Layout(LayoutCommand::Generate(args)) => {
             let layout = match &args.preset {
                 Some(name) => match preset(name) {

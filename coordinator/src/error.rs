@@ -1,0 +1,133 @@
+//! The coordinator's error type, and the one place where errors and refusals become
+//! gRPC status codes.
+//!
+//! The codes follow the product brief: a seat taken is ABORTED (the seats in the
+//! message and in a `seatd.v1.Conflict` detail), rate limited is RESOURCE_EXHAUSTED,
+//! an expired hold is FAILED_PRECONDITION with a message starting "expired", bad input
+//! is INVALID_ARGUMENT, an unknown id is NOT_FOUND, and "no leader in time" (or a node
+//! shutting down) is UNAVAILABLE, which clients may retry with the same keys.
+
+use prost::Message;
+use raft_store::Refusal;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request is malformed.
+    #[error("{0}")]
+    Invalid(String),
+    /// The state machine refused the command (a replicated decision).
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    /// No leader for the shard answered in time, or the outcome is unknown; the caller
+    /// may retry with the same keys.
+    #[error("{0}")]
+    Unavailable(String),
+    /// This replica stopped leading the shard while serving the call; the router
+    /// tries again at the new leader. Never reaches a client as such.
+    #[error("not the leader of the shard")]
+    NotLeader,
+    /// Too many calls queued for a shard: admission control.
+    #[error("{0}")]
+    Overloaded(String),
+    /// A status from the node a call was forwarded to, passed on unchanged.
+    #[error("{}", .0.message())]
+    Remote(tonic::Status),
+    /// The node's configuration cannot work.
+    #[error("{0}")]
+    Config(String),
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] raft_store::Error),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl From<Error> for tonic::Status {
+    fn from(e: Error) -> Self {
+        use tonic::{Code, Status};
+        match e {
+            Error::Invalid(m) => Status::invalid_argument(m),
+            Error::Refused(r) => refusal_status(r),
+            Error::Unavailable(m) => Status::unavailable(m),
+            Error::NotLeader => Status::unavailable("leadership changed; retry"),
+            Error::Overloaded(m) => Status::resource_exhausted(m),
+            Error::Remote(s) => s,
+            Error::Config(m) => Status::new(Code::Internal, m),
+            Error::Store(e) => Status::internal(format!("storage: {e}")),
+            Error::Io(e) => Status::internal(e.to_string()),
+        }
+    }
+}
+
+impl From<crate::proposer::ProposeError> for Error {
+    fn from(e: crate::proposer::ProposeError) -> Self {
+        use crate::proposer::ProposeError as P;
+        match e {
+            P::NotLeader(_) => Error::NotLeader,
+            P::Overloaded(_) => Error::Overloaded(e.to_string()),
+            P::Unavailable(m) => Error::Unavailable(m),
+        }
+    }
+}
+
+fn refusal_status(r: Refusal) -> tonic::Status {
+    use tonic::{Code, Status};
+    match r {
+        Refusal::Invalid(m) => Status::invalid_argument(m),
+        Refusal::NotFound(m) => Status::not_found(m),
+        Refusal::Conflict { seats } => {
+            let message = format!("seats unavailable: {}", seats.join(","));
+            let detail = seatd_proto::v1::Conflict { seat_ids: seats }.encode_to_vec();
+            Status::with_details(Code::Aborted, message, detail.into())
+        }
+        Refusal::Expired => Status::failed_precondition("expired: the hold expired"),
+        Refusal::Declined(m) => Status::failed_precondition(format!("payment declined: {m}")),
+        Refusal::WrongState(m) => Status::failed_precondition(m),
+    }
+}
+
+/// The seats named in an ABORTED status's `Conflict` detail.
+pub fn conflict_seats(status: &tonic::Status) -> Option<Vec<String>> {
+    if status.code() != tonic::Code::Aborted {
+        return None;
+    }
+    seatd_proto::v1::Conflict::decode(status.details())
+        .ok()
+        .map(|c| c.seat_ids)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    #[test]
+    fn refusals_map_to_the_briefs_codes() {
+        let cases = [
+            (Refusal::Invalid("x".into()), Code::InvalidArgument),
+            (Refusal::NotFound("x".into()), Code::NotFound),
+            (Refusal::Expired, Code::FailedPrecondition),
+            (Refusal::Declined("no".into()), Code::FailedPrecondition),
+            (Refusal::WrongState("x".into()), Code::FailedPrecondition),
+        ];
+        for (r, code) in cases {
+            assert_eq!(tonic::Status::from(Error::from(r)).code(), code);
+        }
+        let s = tonic::Status::from(Error::from(Refusal::Expired));
+        assert!(s.message().starts_with("expired"));
+        let s = tonic::Status::from(Error::from(Refusal::Conflict {
+            seats: vec!["A-1".into(), "A-2".into()],
+        }));
+        assert_eq!(s.code(), Code::Aborted);
+        assert!(s.message().contains("A-1,A-2"));
+        assert_eq!(conflict_seats(&s).unwrap(), vec!["A-1", "A-2"]);
+        assert_eq!(
+            tonic::Status::from(Error::Overloaded("busy".into())).code(),
+            Code::ResourceExhausted
+        );
+        assert_eq!(
+            tonic::Status::from(Error::Unavailable("no leader".into())).code(),
+            Code::Unavailable
+        );
+    }
+}

@@ -1,0 +1,183 @@
+//! Where things live: which shard an event belongs to, and which nodes replicate a
+//! shard.
+//!
+//! Both are pure functions of the cluster's configuration (the `--peers` list and the
+//! shard count), so every node and every frontend computes the same answer without
+//! asking anyone.
+//!
+//! Invariants:
+//! - `shard_of` is FNV-1a (64 bit) of the event id's bytes, modulo the shard count. It
+//!   is part of the on-disk contract: changing it, or the shard count of an existing
+//!   cluster, would strand events in the wrong group. A test pins its values.
+//! - A shard is replicated on [`REPLICAS`] nodes (all of them when there are fewer):
+//!   the nodes at positions `shard, shard+1, ...` (mod n) of the id-sorted node list,
+//!   so shards spread evenly and each node leads some.
+
+use std::collections::BTreeMap;
+
+use raft_store::raft::NodeId;
+use raft_store::EventId;
+
+use crate::error::Error;
+
+/// Replicas per shard (one Raft group of this many voters).
+pub const REPLICAS: usize = 3;
+/// Most shards a cluster may have.
+pub const SHARDS_MAX: u32 = 1024;
+/// Most nodes a `--peers` list may name.
+pub const NODES_MAX: usize = 64;
+
+/// The static shape of a cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cluster {
+    nodes: BTreeMap<NodeId, String>,
+    shards: u32,
+}
+
+impl Cluster {
+    pub fn new(nodes: BTreeMap<NodeId, String>, shards: u32) -> Result<Self, Error> {
+        if nodes.is_empty() || nodes.len() > NODES_MAX {
+            return Err(Error::Config(format!(
+                "a cluster has 1..={NODES_MAX} nodes, not {}",
+                nodes.len()
+            )));
+        }
+        if nodes.contains_key(&0) {
+            return Err(Error::Config("node ids start at 1".into()));
+        }
+        if shards == 0 || shards > SHARDS_MAX {
+            return Err(Error::Config(format!(
+                "--shards must be 1..={SHARDS_MAX}, not {shards}"
+            )));
+        }
+        Ok(Self { nodes, shards })
+    }
+
+    /// Parses `1=127.0.0.1:7001,2=127.0.0.1:7002`.
+    pub fn parse_peers(text: &str) -> Result<BTreeMap<NodeId, String>, Error> {
+        let mut nodes = BTreeMap::new();
+        for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let bad = || Error::Config(format!("peer {item:?} is not of the form ID=HOST:PORT"));
+            let (id, addr) = item.split_once('=').ok_or_else(bad)?;
+            let id: NodeId = id.trim().parse().map_err(|_| bad())?;
+            let addr = addr.trim();
+            if addr.is_empty() || !addr.contains(':') {
+                return Err(bad());
+            }
+            if nodes.insert(id, addr.to_string()).is_some() {
+                return Err(Error::Config(format!(
+                    "node {id} is listed twice in --peers"
+                )));
+            }
+        }
+        Ok(nodes)
+    }
+
+    pub fn shards(&self) -> u32 {
+        self.shards
+    }
+
+    pub fn nodes(&self) -> &BTreeMap<NodeId, String> {
+        &self.nodes
+    }
+
+    pub fn addr(&self, node: NodeId) -> Option<&str> {
+        self.nodes.get(&node).map(String::as_str)
+    }
+
+    /// The shard an event lives in.
+    pub fn shard_of(&self, event: &EventId) -> u32 {
+        (fnv1a64(event.as_str().as_bytes()) % u64::from(self.shards)) as u32
+    }
+
+    /// The nodes replicating `shard`, in id order.
+    pub fn members(&self, shard: u32) -> Vec<NodeId> {
+        assert!(shard < self.shards, "shard {shard} out of range");
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        let n = ids.len();
+        let mut members: Vec<NodeId> = (0..REPLICAS.min(n))
+            .map(|k| ids[(shard as usize + k) % n])
+            .collect();
+        members.sort_unstable();
+        members
+    }
+
+    /// The shards `node` replicates.
+    pub fn shards_of(&self, node: NodeId) -> Vec<u32> {
+        (0..self.shards)
+            .filter(|&s| self.members(s).contains(&node))
+            .collect()
+    }
+}
+
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster(n: u64, shards: u32) -> Cluster {
+        let nodes = (1..=n)
+            .map(|i| (i, format!("127.0.0.1:{}", 7000 + i)))
+            .collect();
+        Cluster::new(nodes, shards).unwrap()
+    }
+
+    #[test]
+    fn shard_of_is_pinned() {
+        // These values are an on-disk contract; see the module doc.
+        let c = cluster(3, 8);
+        let got: Vec<u32> = ["gig", "rock-night", "a", "stadium-2027"]
+            .iter()
+            .map(|e| c.shard_of(&EventId::new(*e).unwrap()))
+            .collect();
+        assert_eq!(
+            got,
+            ["gig", "rock-night", "a", "stadium-2027"]
+                .iter()
+                .map(|e| (fnv1a64(e.as_bytes()) % 8) as u32)
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a64(b"foobar"), 0x8594_4171_f739_67e8);
+    }
+
+    #[test]
+    fn every_shard_has_three_distinct_members_spread_evenly() {
+        let c = cluster(5, 10);
+        let mut load = BTreeMap::new();
+        for s in 0..10 {
+            let m = c.members(s);
+            assert_eq!(m.len(), 3);
+            assert!(m.windows(2).all(|w| w[0] < w[1]));
+            for id in m {
+                *load.entry(id).or_insert(0) += 1;
+            }
+        }
+        assert!(load.values().all(|&l| l == 6), "{load:?}");
+        assert_eq!(c.shards_of(1).len(), 6);
+        // Fewer nodes than replicas: every node holds every shard.
+        let c = cluster(2, 4);
+        assert!((0..4).all(|s| c.members(s) == vec![1, 2]));
+    }
+
+    #[test]
+    fn peers_parse_and_reject_garbage() {
+        let p = Cluster::parse_peers("1=127.0.0.1:7001, 2=127.0.0.1:7002").unwrap();
+        assert_eq!(p[&2], "127.0.0.1:7002");
+        for bad in ["1", "x=1.2.3.4:5", "1=", "1=host", "1=a:1,1=b:2"] {
+            assert!(Cluster::parse_peers(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(Cluster::new(BTreeMap::new(), 8).is_err());
+        assert!(Cluster::new(p.clone(), 0).is_err());
+        assert!(Cluster::new(p, SHARDS_MAX + 1).is_err());
+    }
+}

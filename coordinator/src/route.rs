@@ -1,0 +1,190 @@
+//! Routing a client call to the replica that can answer it.
+//!
+//! Every node accepts every call. A call that needs the shard's leader (writes and
+//! consistent reads) is served here when this node leads the shard, and otherwise
+//! forwarded: to the leader this node knows of, or, when this node does not host the
+//! shard, to one of its members (which forwards to its leader). A call that may be
+//! served by any replica (stale reads) is served locally when the shard is hosted.
+//!
+//! Invariants:
+//! - A client never sees "not leader": a leadership change while a call is served
+//!   makes the router try again (the command carries its retry key, so trying again
+//!   cannot apply it twice).
+//! - Bounded: a call hops between nodes at most [`HOPS_MAX`] times (counted in the
+//!   `x-seatd-hops` header), and waits at most `route_wait` for a leader before it
+//!   fails with UNAVAILABLE. It never returns an answer from a replica that is not
+//!   allowed to give it.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use seatd_proto::v1::seats_client::SeatsClient;
+use tonic::transport::Channel;
+
+use crate::error::Error;
+use crate::node::NodeInner;
+use crate::shard::Shard;
+
+/// The header that counts how often a call was forwarded.
+pub const HOPS_HEADER: &str = "x-seatd-hops";
+/// A call is forwarded at most this often: entry node → a member → its leader.
+pub const HOPS_MAX: u32 = 2;
+/// Largest message the client API sends (a 1,000,000-seat map is about 20 MB).
+pub const REPLY_BYTES_MAX: usize = 64 << 20;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Writes and consistent reads: the shard's leader only.
+    Leader,
+    /// Stale reads: any replica.
+    AnyReplica,
+}
+
+enum Pick {
+    Local(Arc<Shard>),
+    Forward(String),
+    /// No leader known yet (or no hops left): wait and look again.
+    Wait,
+}
+
+/// How many times a call was forwarded already.
+pub fn hops<T>(request: &tonic::Request<T>) -> u32 {
+    request
+        .metadata()
+        .get(HOPS_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// `message` as a forwarded request that has made `hops` hops.
+pub fn forwarded<T>(message: T, hops: u32, timeout: Duration) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(message);
+    r.metadata_mut().insert(
+        HOPS_HEADER,
+        tonic::metadata::MetadataValue::from(hops.min(HOPS_MAX)),
+    );
+    r.set_timeout(timeout);
+    r
+}
+
+/// Round-robin position for picking a member of a shard this node does not host.
+#[derive(Default)]
+pub struct Rotor(AtomicUsize);
+
+impl NodeInner {
+    fn pick(&self, shard: u32, mode: Mode, hops: u32) -> Pick {
+        if let Some(s) = self.shards.get(&shard).filter(|s| !s.is_retired()) {
+            if mode == Mode::AnyReplica {
+                return Pick::Local(s.clone());
+            }
+            let (leader, me) = s.leader();
+            if me {
+                return Pick::Local(s.clone());
+            }
+            return match leader {
+                Some(l) if l != self.id && hops < HOPS_MAX => match self.cluster.addr(l) {
+                    Some(addr) => Pick::Forward(addr.to_string()),
+                    None => Pick::Wait,
+                },
+                _ => Pick::Wait,
+            };
+        }
+        if hops >= HOPS_MAX {
+            return Pick::Wait;
+        }
+        let members = self.cluster.members(shard);
+        let i = self.rotor.0.fetch_add(1, Ordering::Relaxed) % members.len();
+        match self.cluster.addr(members[i]) {
+            Some(addr) => Pick::Forward(addr.to_string()),
+            None => Pick::Wait,
+        }
+    }
+
+    fn client(&self, addr: &str) -> Result<SeatsClient<Channel>, Error> {
+        let channel = self
+            .forward_channels
+            .channel(addr)
+            .map_err(|e| Error::Unavailable(format!("peer {addr}: {e}")))?;
+        Ok(SeatsClient::new(channel)
+            .max_decoding_message_size(REPLY_BYTES_MAX)
+            .max_encoding_message_size(REPLY_BYTES_MAX))
+    }
+
+    /// Serves a call on `shard`: `local` where this node may answer it, `remote` (with
+    /// a client to the next node, the hop count to send and the time left) elsewhere.
+    pub async fn routed<T, L, LF, R, RF>(
+        &self,
+        shard: u32,
+        mode: Mode,
+        hops: u32,
+        local: L,
+        remote: R,
+    ) -> Result<T, Error>
+    where
+        L: Fn(Arc<Shard>) -> LF,
+        LF: Future<Output = Result<T, Error>>,
+        R: Fn(SeatsClient<Channel>, u32, Duration) -> RF,
+        RF: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        if shard >= self.cluster.shards() {
+            return Err(Error::Invalid(format!(
+                "shard {shard} does not exist (the cluster has {})",
+                self.cluster.shards()
+            )));
+        }
+        let started = Instant::now();
+        let deadline = started + self.settings.route_wait;
+        let mut pause = Duration::from_millis(5);
+        let mut last = String::from("no leader known");
+        loop {
+            match self.pick(shard, mode, hops) {
+                Pick::Local(s) => {
+                    // Bounded even here: a leader cut off from its quorum does not
+                    // learn it at once, and its entries wait until it does.
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    match tokio::time::timeout(left, local(s)).await {
+                        Ok(Err(Error::NotLeader)) => last = "leadership changed".into(),
+                        Ok(Err(Error::Unavailable(m))) => last = m,
+                        Ok(done) => return done,
+                        Err(_) => last = "the leader did not commit in time".into(),
+                    }
+                }
+                Pick::Forward(addr) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    let client = self.client(&addr)?;
+                    match tokio::time::timeout(left, remote(client, hops + 1, left)).await {
+                        Ok(Ok(reply)) => return Ok(reply.into_inner()),
+                        Ok(Err(st)) if is_retryable(&st) => {
+                            last = format!("{addr}: {}", st.message())
+                        }
+                        Ok(Err(st)) => return Err(Error::Remote(st)),
+                        Err(_) => last = format!("{addr} did not answer in time"),
+                    }
+                }
+                Pick::Wait => {}
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            tokio::time::sleep(pause.min(deadline - now)).await;
+            pause = (pause * 2).min(Duration::from_millis(100));
+        }
+        Err(Error::Unavailable(format!(
+            "shard {shard}: no replica could answer within {} ms ({last})",
+            started.elapsed().as_millis()
+        )))
+    }
+}
+
+/// Statuses that mean "not answered here, try again": the node is unreachable,
+/// shutting down, or found no leader itself.
+fn is_retryable(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::DeadlineExceeded
+    )
+}

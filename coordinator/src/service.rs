@@ -1,0 +1,597 @@
+//! The client API (`seatd.v1.Seats`) as a node serves it.
+//!
+//! Each handler validates what it can without state, turns the request into a
+//! command or a read, and hands it to the router (`route`), which runs it on the
+//! shard's leader (here or by forwarding). Retry keys the caller left empty (client
+//! reservation id, idempotency key, event id) are filled in here, before routing, so
+//! the router's own retries reuse them.
+//!
+//! Commit runs on the shard's leader: BeginCheckout, then the charge, then
+//! CompleteCheckout, or AbortCheckout when the payment is declined. A charge whose
+//! outcome is unknown (the gateway timed out) leaves the checkout in progress and
+//! answers UNAVAILABLE: a retry with the same idempotency key charges at most once
+//! (the gateway honours the key) and completes it, and if nobody retries, the payment
+//! deadline aborts it. A charge that cannot become an order (the checkout was aborted
+//! meanwhile) is refunded.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use raft_store::raft::NodeId;
+use raft_store::{Command, HoldId, HoldRequest, OrderView, Refusal, Reply};
+use seatd_proto::v1 as pb;
+use seatd_proto::v1::seats_client::SeatsClient;
+use seatd_proto::v1::seats_server::Seats;
+use std::future::Future;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+use tracing::warn;
+
+use crate::convert;
+use crate::error::Error;
+use crate::node::NodeInner;
+use crate::payment::{ChargeRequest, PaymentError};
+use crate::route::{forwarded, hops, Mode};
+use crate::shard::Shard;
+
+/// Events a list returns by default, and at most.
+pub const LIST_LIMIT_DEFAULT: u32 = 100;
+pub const LIST_LIMIT_MAX: u32 = 1000;
+
+/// The forwarding half of a routed call: `method` of the next node's client with
+/// `req`, marked with its hop count and the time left.
+macro_rules! forward {
+    ($req:expr, $method:ident) => {
+        |mut c: SeatsClient<Channel>, hops, left| {
+            let req = $req.clone();
+            async move { c.$method(forwarded(req, hops, left)).await }
+        }
+    };
+}
+
+pub struct SeatsService {
+    node: Arc<NodeInner>,
+}
+
+impl SeatsService {
+    pub fn new(node: Arc<NodeInner>) -> Self {
+        Self { node }
+    }
+}
+
+fn unexpected(reply: Reply) -> Error {
+    Error::Unavailable(format!(
+        "unexpected reply from the state machine: {reply:?}"
+    ))
+}
+
+/// Waits for a linearizable read point on `shard`, then runs `f`.
+async fn consistent<T>(
+    node: &NodeInner,
+    shard: &Shard,
+    f: impl FnOnce(&raft_store::SeatMachine) -> T,
+) -> Result<T, Error> {
+    Ok(shard.read_consistent(node.settings.route_wait, f).await?)
+}
+
+fn summary(shard: &Shard, event: &raft_store::EventId) -> Result<pb::Event, Error> {
+    let s = shard.reader.read(|m| m.event_summary(event))?;
+    Ok(convert::event_to_pb(s, shard.id))
+}
+
+/// One shard's part of an event list, read on its leader.
+async fn list_shard(
+    node: Arc<NodeInner>,
+    shard: u32,
+    req: pb::ListEventsRequest,
+    hops: u32,
+) -> Result<Vec<pb::Event>, Error> {
+    let limit = req.limit as usize;
+    let mut forwarded_req = req.clone();
+    forwarded_req.shard = Some(shard);
+    node.routed(
+        shard,
+        Mode::Leader,
+        hops,
+        |s| {
+            let (node, q) = (node.clone(), req.q.clone());
+            async move {
+                let found = consistent(&node, &s, |m| {
+                    m.events(req.from_ms, req.to_ms, Some(q.as_str()), limit)
+                })
+                .await?;
+                Ok(pb::ListEventsResponse {
+                    events: found
+                        .into_iter()
+                        .map(|e| convert::event_to_pb(e, s.id))
+                        .collect(),
+                    cache_age_ms: 0,
+                })
+            }
+        },
+        forward!(forwarded_req, list_events),
+    )
+    .await
+    .map(|r| r.events)
+}
+
+/// Asks every node in `nodes` for its local view (this node answers itself), each
+/// within `timeout`; `None` for a node that did not answer.
+pub async fn peer_views(
+    node: &Arc<NodeInner>,
+    nodes: &[NodeId],
+    timeout: Duration,
+) -> Result<Vec<(NodeId, Option<pb::ClusterStatus>)>, Error> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for &peer in nodes {
+        let node = node.clone();
+        tasks.spawn(async move {
+            if peer == node.id {
+                return (peer, Some(local_status(&node, true)));
+            }
+            let Some(addr) = node.cluster.addr(peer) else {
+                return (peer, None);
+            };
+            let Ok(channel) = node.forward_channels.channel(addr) else {
+                return (peer, None);
+            };
+            let mut client = pb::seats_client::SeatsClient::new(channel);
+            let req = forwarded(pb::ClusterStatusRequest { local: true }, 0, timeout);
+            let answer = tokio::time::timeout(timeout, client.cluster_status(req)).await;
+            (
+                peer,
+                answer.ok().and_then(|r| r.ok()).map(|r| r.into_inner()),
+            )
+        });
+    }
+    let mut views = Vec::with_capacity(nodes.len());
+    while let Some(joined) = tasks.join_next().await {
+        views.push(joined.map_err(|e| Error::Unavailable(format!("status task: {e}")))?);
+    }
+    views.sort_by_key(|(id, _)| *id);
+    Ok(views)
+}
+
+/// This node's own view of the shards it hosts.
+fn local_status(node: &NodeInner, with_digest: bool) -> pb::ClusterStatus {
+    let mut shards: Vec<pb::ShardStatus> = node
+        .shards
+        .values()
+        .map(|s| s.status(with_digest))
+        .collect();
+    shards.sort_by_key(|s| s.shard);
+    pb::ClusterStatus {
+        nodes: vec![pb::NodeStatus {
+            id: node.id,
+            addr: node.cluster.addr(node.id).unwrap_or_default().to_string(),
+            reachable: true,
+        }],
+        shards,
+    }
+}
+
+/// The best view of each shard among the answers: a leader's (highest term first),
+/// else the most advanced replica's.
+fn merge_views(
+    node: &NodeInner,
+    views: Vec<(NodeId, Option<pb::ClusterStatus>)>,
+) -> pb::ClusterStatus {
+    let mut best: BTreeMap<u32, pb::ShardStatus> = BTreeMap::new();
+    let mut nodes = Vec::new();
+    for (id, view) in views {
+        nodes.push(pb::NodeStatus {
+            id,
+            addr: node.cluster.addr(id).unwrap_or_default().to_string(),
+            reachable: view.is_some(),
+        });
+        for mut s in view.map(|v| v.shards).unwrap_or_default() {
+            s.digest.clear();
+            let rank = |s: &pb::ShardStatus| (s.role == "leader", s.term, s.applied_index);
+            match best.get(&s.shard) {
+                Some(b) if rank(b) >= rank(&s) => {}
+                _ => {
+                    best.insert(s.shard, s);
+                }
+            }
+        }
+    }
+    let shards = (0..node.cluster.shards())
+        .map(|shard| {
+            best.remove(&shard).unwrap_or_else(|| pb::ShardStatus {
+                shard,
+                members: node.cluster.members(shard),
+                ..Default::default()
+            })
+        })
+        .collect();
+    pb::ClusterStatus { nodes, shards }
+}
+
+/// The commit flow, on the shard's leader.
+async fn commit_here(
+    node: &NodeInner,
+    shard: &Shard,
+    hold: HoldId,
+    token: String,
+    key: String,
+) -> Result<OrderView, Error> {
+    let begun = shard
+        .propose(Command::BeginCheckout {
+            hold: hold.clone(),
+            idempotency_key: key.clone(),
+        })
+        .await??;
+    match begun {
+        Reply::Completed(order) => return Ok(order),
+        Reply::CheckoutStarted { .. } => {}
+        other => return Err(unexpected(other)),
+    }
+    let charge = node.gateway.charge(ChargeRequest {
+        token,
+        idempotency_key: key.clone(),
+        description: hold.to_string(),
+    });
+    match tokio::time::timeout(node.settings.payment_timeout, charge).await {
+        Ok(Ok(payment_ref)) => {
+            let done = shard
+                .propose(Command::CompleteCheckout {
+                    hold: hold.clone(),
+                    idempotency_key: key,
+                    payment_ref: payment_ref.clone(),
+                })
+                .await?;
+            match done {
+                Ok(Reply::Completed(order)) => Ok(order),
+                Ok(other) => Err(unexpected(other)),
+                Err(refusal) => {
+                    // The checkout ended without us (its payment deadline passed):
+                    // the money goes back.
+                    warn!(%hold, %payment_ref, %refusal, "charged but not completed; refunding");
+                    if let Err(e) = node.gateway.refund(payment_ref).await {
+                        warn!(%hold, error = %e, "refund failed");
+                    }
+                    Err(refusal.into())
+                }
+            }
+        }
+        Ok(Err(PaymentError::Declined(reason))) => {
+            shard
+                .propose(Command::AbortCheckout {
+                    hold,
+                    idempotency_key: key,
+                    reason: reason.clone(),
+                })
+                .await??;
+            Err(Refusal::Declined(reason).into())
+        }
+        Ok(Err(e @ PaymentError::Unavailable(_))) => Err(Error::Unavailable(format!(
+            "{e}; the payment outcome is unknown: retry with the same idempotency key"
+        ))),
+        Err(_) => Err(Error::Unavailable(format!(
+            "payment gateway timed out after {} ms; the payment outcome is unknown: \
+             retry with the same idempotency key",
+            node.settings.payment_timeout.as_millis()
+        ))),
+    }
+}
+
+impl SeatsService {
+    /// Proposes `command` on its shard's leader (here or forwarded) and turns the
+    /// state machine's reply into the answer with `answer`.
+    async fn write<T, R, RF>(
+        &self,
+        shard: u32,
+        hops: u32,
+        command: Command,
+        answer: impl Fn(&Shard, Reply) -> Result<T, Error>,
+        remote: R,
+    ) -> Result<Response<T>, Status>
+    where
+        R: Fn(SeatsClient<Channel>, u32, Duration) -> RF,
+        RF: Future<Output = Result<Response<T>, Status>>,
+    {
+        let answer = &answer;
+        let reply = self
+            .node
+            .routed(
+                shard,
+                Mode::Leader,
+                hops,
+                |s| {
+                    let command = command.clone();
+                    async move {
+                        let reply = s.propose(command).await??;
+                        answer(&s, reply)
+                    }
+                },
+                remote,
+            )
+            .await?;
+        Ok(Response::new(reply))
+    }
+
+    /// Runs `read` on the shard's leader (here or forwarded) once a linearizable read
+    /// point has been applied.
+    async fn read<T, R, RF>(
+        &self,
+        shard: u32,
+        hops: u32,
+        read: impl Fn(&Shard) -> Result<T, Error>,
+        remote: R,
+    ) -> Result<Response<T>, Status>
+    where
+        R: Fn(SeatsClient<Channel>, u32, Duration) -> RF,
+        RF: Future<Output = Result<Response<T>, Status>>,
+    {
+        let (node, read) = (&self.node, &read);
+        let reply = node
+            .routed(
+                shard,
+                Mode::Leader,
+                hops,
+                |s| async move {
+                    consistent(node, &s, |_| ()).await?;
+                    read(&s)
+                },
+                remote,
+            )
+            .await?;
+        Ok(Response::new(reply))
+    }
+}
+
+#[tonic::async_trait]
+impl Seats for SeatsService {
+    async fn create_event(
+        &self,
+        request: Request<pb::CreateEventRequest>,
+    ) -> Result<Response<pb::Event>, Status> {
+        let hops = hops(&request);
+        let mut req = request.into_inner();
+        if req.event_id.is_empty() {
+            req.event_id = self.node.fresh_id("ev");
+        }
+        let event = convert::event_id(&req.event_id)?;
+        let command = Command::CreateEvent(raft_store::CreateEvent {
+            event_id: event.clone(),
+            name: req.name.clone(),
+            starts_at_ms: req.starts_at_ms,
+            layout: convert::layout(req.layout.clone())?,
+            limits: convert::limits(req.limits),
+        });
+        let shard = self.node.cluster.shard_of(&event);
+        let answer = |s: &Shard, reply| match reply {
+            Reply::EventCreated { .. } => summary(s, &event),
+            other => Err(unexpected(other)),
+        };
+        self.write(shard, hops, command, answer, forward!(req, create_event))
+            .await
+    }
+
+    async fn list_events(
+        &self,
+        request: Request<pb::ListEventsRequest>,
+    ) -> Result<Response<pb::ListEventsResponse>, Status> {
+        let hops = hops(&request);
+        let mut req = request.into_inner();
+        if req.q.len() > raft_store::limits::TEXT_BYTES_MAX {
+            return Err(Error::Invalid("query text is too long".into()).into());
+        }
+        req.limit = match req.limit {
+            0 => LIST_LIMIT_DEFAULT,
+            n => n.min(LIST_LIMIT_MAX),
+        };
+        let shards: Vec<u32> = match req.shard {
+            Some(s) => vec![s],
+            None => (0..self.node.cluster.shards()).collect(),
+        };
+        let mut tasks = tokio::task::JoinSet::new();
+        for shard in shards {
+            tasks.spawn(list_shard(self.node.clone(), shard, req.clone(), hops));
+        }
+        let mut events = Vec::new();
+        while let Some(joined) = tasks.join_next().await {
+            let found = joined.map_err(|e| Status::internal(format!("list task: {e}")))??;
+            events.extend(found);
+        }
+        events.sort_by(|a, b| (a.starts_at_ms, &a.event_id).cmp(&(b.starts_at_ms, &b.event_id)));
+        events.truncate(req.limit as usize);
+        Ok(Response::new(pb::ListEventsResponse {
+            events,
+            cache_age_ms: 0,
+        }))
+    }
+
+    async fn get_event(
+        &self,
+        request: Request<pb::GetEventRequest>,
+    ) -> Result<Response<pb::Event>, Status> {
+        let hops = hops(&request);
+        let req = request.into_inner();
+        let event = convert::event_id(&req.event_id)?;
+        let shard = self.node.cluster.shard_of(&event);
+        let read = |s: &Shard| summary(s, &event);
+        self.read(shard, hops, read, forward!(req, get_event)).await
+    }
+
+    async fn set_sale(
+        &self,
+        request: Request<pb::SetSaleRequest>,
+    ) -> Result<Response<pb::Event>, Status> {
+        let hops = hops(&request);
+        let req = request.into_inner();
+        let event = convert::event_id(&req.event_id)?;
+        let command = Command::SetSale {
+            event_id: event.clone(),
+            sale: convert::sale(req.sale)?,
+        };
+        let shard = self.node.cluster.shard_of(&event);
+        let answer = |s: &Shard, reply| match reply {
+            Reply::SaleSet { .. } => summary(s, &event),
+            other => Err(unexpected(other)),
+        };
+        self.write(shard, hops, command, answer, forward!(req, set_sale))
+            .await
+    }
+
+    async fn get_seat_map(
+        &self,
+        request: Request<pb::GetSeatMapRequest>,
+    ) -> Result<Response<pb::SeatMap>, Status> {
+        let hops = hops(&request);
+        let req = request.into_inner();
+        let event = convert::event_id(&req.event_id)?;
+        let shard = self.node.cluster.shard_of(&event);
+        let read = |s: &Shard| {
+            let map = s.reader.read(|m| m.seat_map(&event))?;
+            Ok(convert::seat_map_to_pb(&map, s.id))
+        };
+        if !req.stale_ok {
+            return self
+                .read(shard, hops, read, forward!(req, get_seat_map))
+                .await;
+        }
+        // Any replica may answer; the map names the log index it reflects.
+        let map = self
+            .node
+            .routed(
+                shard,
+                Mode::AnyReplica,
+                hops,
+                |s| std::future::ready(read(&s)),
+                forward!(req, get_seat_map),
+            )
+            .await?;
+        Ok(Response::new(map))
+    }
+
+    async fn hold(&self, request: Request<pb::HoldRequest>) -> Result<Response<pb::Hold>, Status> {
+        let hops = hops(&request);
+        let mut req = request.into_inner();
+        let event = convert::event_id(&req.event_id)?;
+        if req.client_reservation_id.is_empty() {
+            req.client_reservation_id = self.node.fresh_id("r");
+        }
+        if !req.expected_versions.is_empty() && req.expected_versions.len() != req.seat_ids.len() {
+            return Err(Error::Invalid(format!(
+                "{} expected versions for {} seats",
+                req.expected_versions.len(),
+                req.seat_ids.len()
+            ))
+            .into());
+        }
+        let command = Command::Hold(HoldRequest {
+            event_id: event.clone(),
+            user: req.user_id.clone(),
+            seats: req.seat_ids.clone(),
+            client_reservation_id: req.client_reservation_id.clone(),
+            ttl_ms: req.ttl_ms,
+            expected_versions: (!req.expected_versions.is_empty())
+                .then(|| req.expected_versions.clone()),
+        });
+        let shard = self.node.cluster.shard_of(&event);
+        let answer = |_: &Shard, reply| match reply {
+            Reply::Held(h) => Ok(convert::hold_to_pb(&h)),
+            other => Err(unexpected(other)),
+        };
+        self.write(shard, hops, command, answer, forward!(req, hold))
+            .await
+    }
+
+    async fn commit(
+        &self,
+        request: Request<pb::CommitRequest>,
+    ) -> Result<Response<pb::Order>, Status> {
+        let hops = hops(&request);
+        let mut req = request.into_inner();
+        let hold = convert::hold_id(&req.hold_id)?;
+        raft_store::ids::validate_token("payment token", &req.payment_token)
+            .map_err(Error::Invalid)?;
+        if req.idempotency_key.is_empty() {
+            req.idempotency_key = self.node.fresh_id("k");
+        }
+        let shard = self.node.cluster.shard_of(&hold.event);
+        let node = &self.node;
+        let order = node
+            .routed(
+                shard,
+                Mode::Leader,
+                hops,
+                |s| {
+                    let (hold, token, key) = (
+                        hold.clone(),
+                        req.payment_token.clone(),
+                        req.idempotency_key.clone(),
+                    );
+                    async move {
+                        let order = commit_here(node, &s, hold, token, key).await?;
+                        Ok(convert::order_to_pb(&order))
+                    }
+                },
+                forward!(req, commit),
+            )
+            .await?;
+        Ok(Response::new(order))
+    }
+
+    async fn release(
+        &self,
+        request: Request<pb::ReleaseRequest>,
+    ) -> Result<Response<pb::Hold>, Status> {
+        let hops = hops(&request);
+        let req = request.into_inner();
+        let hold = convert::hold_id(&req.hold_id)?;
+        let command = Command::Release {
+            hold: hold.clone(),
+            user: req.user_id.clone(),
+        };
+        let shard = self.node.cluster.shard_of(&hold.event);
+        let answer = |s: &Shard, reply| match reply {
+            Reply::Released { .. } => Ok(convert::hold_to_pb(&s.reader.hold(&hold)??)),
+            other => Err(unexpected(other)),
+        };
+        self.write(shard, hops, command, answer, forward!(req, release))
+            .await
+    }
+
+    async fn get_hold(
+        &self,
+        request: Request<pb::GetHoldRequest>,
+    ) -> Result<Response<pb::Hold>, Status> {
+        let hops = hops(&request);
+        let req = request.into_inner();
+        let hold = convert::hold_id(&req.hold_id)?;
+        let shard = self.node.cluster.shard_of(&hold.event);
+        // `hold` also finds holds whose records live only on disk.
+        let read = |s: &Shard| Ok(convert::hold_to_pb(&s.reader.hold(&hold)??));
+        self.read(shard, hops, read, forward!(req, get_hold)).await
+    }
+
+    async fn get_order(
+        &self,
+        request: Request<pb::GetOrderRequest>,
+    ) -> Result<Response<pb::Order>, Status> {
+        let hops = hops(&request);
+        let req = request.into_inner();
+        let order = convert::order_id(&req.order_id)?;
+        let shard = self.node.cluster.shard_of(&order.event);
+        let read = |s: &Shard| {
+            let o = s.reader.read(|m| m.order(&order))?;
+            Ok(convert::order_to_pb(&o))
+        };
+        self.read(shard, hops, read, forward!(req, get_order)).await
+    }
+
+    async fn cluster_status(
+        &self,
+        request: Request<pb::ClusterStatusRequest>,
+    ) -> Result<Response<pb::ClusterStatus>, Status> {
+        if request.get_ref().local {
+            return Ok(Response::new(local_status(&self.node, true)));
+        }
+        let nodes: Vec<NodeId> = self.node.cluster.nodes().keys().copied().collect();
+        let views = peer_views(&self.node, &nodes, Duration::from_millis(1_000)).await?;
+        Ok(Response::new(merge_views(&self.node, views)))
+    }
+}

@@ -1,0 +1,228 @@
+//! One shard hosted on this node: its Raft group, its state machine reader, its
+//! batching queue, and two background duties.
+//!
+//! - The expiry ticker: about once a second, if this replica leads the shard and some
+//!   hold's deadline has passed by the leader's clock, propose `Expire`, so seats come
+//!   back even when no command touches their event.
+//! - The watcher: one log line per notable Raft event (role or leader change,
+//!   snapshot built or installed, log purged), never per request.
+//!
+//! Reads: `read_consistent` confirms leadership with a quorum (openraft's ReadIndex)
+//! and waits until the state machine has applied up to the read point, so a read never
+//! misses a write acknowledged before it began.
+
+use std::time::Duration;
+
+use openraft::{Raft, ServerState};
+use raft_store::raft::{NodeId, TypeConfig};
+use raft_store::storage::MachineReader;
+use raft_store::{Command, Outcome, SeatMachine};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::clock::Stamper;
+use crate::proposer::{ProposeError, Proposer};
+
+/// How often the leader checks for holds past their deadline.
+pub const EXPIRE_INTERVAL_MS: u64 = 1_000;
+
+pub struct Shard {
+    pub id: u32,
+    pub raft: Raft<TypeConfig>,
+    pub reader: MachineReader,
+    proposer: Proposer,
+    node: NodeId,
+    /// Set once the shard moved away from this node and its group was stopped here.
+    retired: std::sync::atomic::AtomicBool,
+}
+
+impl Shard {
+    /// Wraps a started Raft group and starts the shard's background tasks; they stop
+    /// when `stop` turns true.
+    pub fn start(
+        id: u32,
+        node: NodeId,
+        raft: Raft<TypeConfig>,
+        reader: MachineReader,
+        stamper: Stamper,
+        stop: watch::Receiver<bool>,
+    ) -> std::sync::Arc<Self> {
+        let proposer = Proposer::start(id, raft.clone(), stamper.clone());
+        let shard = std::sync::Arc::new(Self {
+            id,
+            raft,
+            reader,
+            proposer,
+            node,
+            retired: Default::default(),
+        });
+        tokio::spawn(expire_ticker(shard.clone(), stamper, stop.clone()));
+        tokio::spawn(watch_metrics(id, shard.raft.clone(), stop));
+        shard
+    }
+
+    /// Whether the shard moved away and this copy was stopped (see `membership`).
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Stops this copy of the group for good: the group's committed membership no
+    /// longer names this node.
+    pub async fn retire(&self) {
+        self.retired
+            .store(true, std::sync::atomic::Ordering::Release);
+        if let Err(e) = self.raft.shutdown().await {
+            warn!(shard = self.id, error = %e, "raft shutdown failed");
+        }
+    }
+
+    /// The leader this replica knows of, and whether it is this node, acting as leader.
+    pub fn leader(&self) -> (Option<NodeId>, bool) {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let me = m.current_leader == Some(self.node) && m.state == ServerState::Leader;
+        (m.current_leader, me)
+    }
+
+    pub async fn propose(&self, command: Command) -> Result<Outcome, ProposeError> {
+        self.proposer.propose(command).await
+    }
+
+    /// Runs `f` on the state machine after a linearizable read point was reached.
+    pub async fn read_consistent<T>(
+        &self,
+        timeout: Duration,
+        f: impl FnOnce(&SeatMachine) -> T,
+    ) -> Result<T, ProposeError> {
+        match tokio::time::timeout(timeout, self.raft.ensure_linearizable()).await {
+            Err(_) => Err(ProposeError::Unavailable(format!(
+                "shard {}: no quorum confirmed leadership within {} ms",
+                self.id,
+                timeout.as_millis()
+            ))),
+            Ok(Err(e)) => Err(match e.forward_to_leader() {
+                Some(f) => ProposeError::NotLeader(f.leader_id),
+                None => ProposeError::Unavailable(format!("shard {}: {e}", self.id)),
+            }),
+            Ok(Ok(_)) => Ok(self.reader.read(f)),
+        }
+    }
+
+    /// This replica's view of the shard, for status answers.
+    pub fn status(&self, with_digest: bool) -> seatd_proto::v1::ShardStatus {
+        let m = self.raft.metrics().borrow().clone();
+        let (applied, digest) = self.reader.read(|sm| {
+            let digest = if with_digest {
+                sm.digest().to_vec()
+            } else {
+                Vec::new()
+            };
+            (sm.applied_index(), digest)
+        });
+        let retired = self.is_retired();
+        let members = if retired {
+            Vec::new()
+        } else {
+            m.membership_config.membership().voter_ids().collect()
+        };
+        seatd_proto::v1::ShardStatus {
+            shard: self.id,
+            leader: m.current_leader,
+            members,
+            applied_index: applied.unwrap_or(0),
+            term: m.current_term,
+            reported_by: self.node,
+            role: if retired {
+                "retired".into()
+            } else {
+                role_name(m.state).into()
+            },
+            initialized: m.current_term > 0 || m.last_log_index.is_some(),
+            digest,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            purged_index: m.purged.map(|p| p.index).unwrap_or(0),
+        }
+    }
+}
+
+pub fn role_name(state: ServerState) -> &'static str {
+    match state {
+        ServerState::Leader => "leader",
+        ServerState::Follower => "follower",
+        ServerState::Candidate => "candidate",
+        ServerState::Learner => "learner",
+        ServerState::Shutdown => "shutdown",
+    }
+}
+
+async fn expire_ticker(
+    shard: std::sync::Arc<Shard>,
+    stamper: Stamper,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_millis(EXPIRE_INTERVAL_MS));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        if !shard.leader().1 {
+            continue;
+        }
+        let due = shard.reader.read(|m| m.next_deadline_ms());
+        if due.is_some_and(|d| d <= stamper.now_ms()) {
+            match shard.propose(Command::Expire).await {
+                Ok(Ok(raft_store::Reply::Expired {
+                    holds_expired,
+                    checkouts_aborted,
+                })) if holds_expired + checkouts_aborted > 0 => {
+                    tracing::debug!(
+                        shard = shard.id,
+                        holds_expired,
+                        checkouts_aborted,
+                        "expired"
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => tracing::debug!(shard = shard.id, error = %e, "expire not proposed"),
+            }
+        }
+    }
+}
+
+/// Logs role changes, leader changes, snapshots and purges of one shard.
+async fn watch_metrics(shard: u32, raft: Raft<TypeConfig>, mut stop: watch::Receiver<bool>) {
+    let mut rx = raft.metrics();
+    let mut last = rx.borrow().clone();
+    loop {
+        tokio::select! {
+            changed = rx.changed() => if changed.is_err() { return },
+            _ = stop.changed() => return,
+        }
+        let m = rx.borrow().clone();
+        if m.state != last.state {
+            info!(shard, term = m.current_term, "now {}", role_name(m.state));
+        }
+        if m.current_leader != last.current_leader {
+            match m.current_leader {
+                Some(l) => info!(shard, term = m.current_term, leader = l, "leader elected"),
+                None => warn!(shard, term = m.current_term, "no leader"),
+            }
+        }
+        if m.snapshot != last.snapshot {
+            if let Some(s) = m.snapshot {
+                info!(shard, index = s.index, "snapshot at index {}", s.index);
+            }
+        }
+        if m.purged != last.purged {
+            if let Some(p) = m.purged {
+                info!(shard, index = p.index, "log purged up to index {}", p.index);
+            }
+        }
+        if let Err(e) = &m.running_state {
+            warn!(shard, error = %e, "raft stopped");
+        }
+        last = m;
+    }
+}
