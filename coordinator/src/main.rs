@@ -106,13 +106,19 @@ struct GenerateArgs {
     venue: String,
 }
 
+/// Our own notable events at info; openraft's internals only when asked for
+/// (`RUST_LOG=info,openraft=warn`): it logs errors on every retry while a peer is
+/// down, where `peer unreachable` says it once. A group that stops is still logged,
+/// by the shard's watcher.
+const DEFAULT_LOG_FILTER: &str = "info,openraft=off";
+
 fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     use coordinator::node::{NodeConfig, NodeHandle, Settings};
     use coordinator::placement::Cluster;
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,openraft=warn".into()),
+                .unwrap_or_else(|_| DEFAULT_LOG_FILTER.into()),
         )
         .with_writer(std::io::stderr)
         .init();

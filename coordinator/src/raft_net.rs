@@ -44,9 +44,24 @@ use tonic::transport::{Channel, Endpoint};
 #[derive(Clone, Default)]
 pub struct Peers {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// Whether each peer answered its last message: a change is logged once, instead
+    /// of every shard logging every failed retry.
+    reachable: Arc<Mutex<HashMap<String, bool>>>,
 }
 
 impl Peers {
+    fn observe(&self, addr: &str, target: NodeId, ok: bool) {
+        let mut map = self.reachable.lock().unwrap_or_else(|p| p.into_inner());
+        let before = map.insert(addr.to_string(), ok);
+        match (before, ok) {
+            (Some(true) | None, false) => {
+                tracing::warn!(peer = target, %addr, "peer unreachable")
+            }
+            (Some(false), true) => tracing::info!(peer = target, %addr, "peer reachable again"),
+            _ => {}
+        }
+    }
+
     pub fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
         let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = map.get(addr) {
@@ -128,18 +143,22 @@ impl PeerClient {
                 Rpc::Snapshot => client.install_snapshot(req).await,
             }
         };
-        let reply = match tokio::time::timeout(option.hard_ttl(), call).await {
+        let answer = tokio::time::timeout(option.hard_ttl(), call).await;
+        let peers = &self.net.peers;
+        let reply = match answer {
             Err(_) => {
                 let e =
                     std::io::Error::new(std::io::ErrorKind::TimedOut, "raft rpc deadline passed");
                 return Err(RPCError::Unreachable(Unreachable::new(&e)));
             }
             Ok(Err(status)) if status.code() == tonic::Code::Unavailable => {
-                return Err(RPCError::Unreachable(Unreachable::new(&status)))
+                peers.observe(&self.addr, self.target, false);
+                return Err(RPCError::Unreachable(Unreachable::new(&status)));
             }
             Ok(Err(status)) => return Err(RPCError::Network(NetworkError::new(&status))),
             Ok(Ok(reply)) => reply.into_inner(),
         };
+        peers.observe(&self.addr, self.target, true);
         if !reply.error.is_empty() {
             let e = std::io::Error::other(format!("peer {} refused: {}", self.target, reply.error));
             return Err(RPCError::Network(NetworkError::new(&e)));

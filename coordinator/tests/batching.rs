@@ -1,0 +1,162 @@
+//! The proposer on a real single-node Raft group: concurrent commands share log
+//! entries, batching changes no answer (commands that conflict inside one entry are
+//! decided in log order), and stamps never go backwards even when the clock does.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use coordinator::clock::{Clock, Stamper};
+use coordinator::proposer::{ProposeError, Proposer};
+use coordinator::raft_net::{Peers, ShardNetwork};
+use openraft::{BasicNode, Raft};
+use raft_store::layout::generate;
+use raft_store::raft::{raft_config, LogPolicy, RaftTiming, TypeConfig};
+use raft_store::storage::{MachineReader, Store};
+use raft_store::{Command, CreateEvent, EventId, HoldRequest, Limits, Refusal, Reply};
+
+/// A clock the test sets by hand.
+struct HandClock(AtomicU64);
+
+impl Clock for HandClock {
+    fn now_ms(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+const T0: u64 = 1_800_000_000_000;
+
+async fn single_node(dir: &std::path::Path) -> (Store, Raft<TypeConfig>, MachineReader) {
+    let store = Store::open(dir).unwrap();
+    let (log, sm) = store.group(0).unwrap();
+    let reader = sm.reader();
+    let config = raft_config("batching", LogPolicy::default(), RaftTiming::default()).unwrap();
+    let net = ShardNetwork {
+        shard: 0,
+        from: 1,
+        peers: Peers::default(),
+    };
+    let raft = Raft::new(1, config, net, log, sm).await.unwrap();
+    raft.initialize(BTreeMap::from([(1, BasicNode::new("127.0.0.1:1"))]))
+        .await
+        .unwrap();
+    raft.wait(Some(Duration::from_secs(10)))
+        .state(openraft::ServerState::Leader, "leader")
+        .await
+        .unwrap();
+    (store, raft, reader)
+}
+
+fn hold(user: &str, seat: &str) -> Command {
+    Command::Hold(HoldRequest {
+        event_id: EventId::new("flash").unwrap(),
+        user: user.into(),
+        seats: vec![seat.into()],
+        client_reservation_id: format!("{user}-r"),
+        ttl_ms: None,
+        expected_versions: None,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_commands_share_entries_and_conflicts_resolve_in_log_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_store, raft, reader) = single_node(dir.path()).await;
+    let clock = Arc::new(HandClock(AtomicU64::new(T0)));
+    let proposer = Proposer::start(0, raft.clone(), Stamper::new(clock.clone(), reader.clone()));
+    let created = proposer
+        .propose(Command::CreateEvent(CreateEvent {
+            event_id: EventId::new("flash").unwrap(),
+            name: "Flash sale".into(),
+            starts_at_ms: T0,
+            layout: generate("Hall", 1, 10, 50),
+            limits: Limits::default(),
+        }))
+        .await
+        .unwrap();
+    assert!(matches!(created, Ok(Reply::EventCreated { .. })));
+    let entries_before = raft.metrics().borrow().last_log_index.unwrap();
+
+    // 300 buyers at once: 200 want the same seat, 100 want seats of their own.
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..300u32 {
+        let p = proposer.clone();
+        let seat = if i < 200 {
+            "A-1".to_string()
+        } else {
+            let k = i - 200;
+            format!("{}-{}", if k < 50 { "B" } else { "C" }, k % 50 + 1)
+        };
+        calls.spawn(async move { (i, p.propose(hold(&format!("u{i}"), &seat)).await) });
+    }
+    let mut winners = Vec::new();
+    let mut own = 0;
+    while let Some(r) = calls.join_next().await {
+        let (i, outcome) = r.unwrap();
+        match outcome.unwrap() {
+            Ok(Reply::Held(h)) if i < 200 => winners.push(h),
+            Ok(Reply::Held(_)) => own += 1,
+            Err(Refusal::Conflict { seats }) => {
+                assert!(i < 200);
+                assert_eq!(seats, vec!["A-1"]);
+            }
+            other => panic!("unexpected outcome for buyer {i}: {other:?}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "one seat, one winner");
+    assert_eq!(own, 100);
+    let entries = raft.metrics().borrow().last_log_index.unwrap() - entries_before;
+    assert!(
+        entries < 300 / 4,
+        "300 concurrent commands took {entries} entries: not batched"
+    );
+    // Log order decided: the winner's hold is the first hold any A-1 buyer got, and
+    // the state agrees with the answers.
+    let map = reader.read(|m| m.seat_map(&EventId::new("flash").unwrap()).unwrap());
+    assert_eq!(map.sections[0].held, 101);
+    assert_eq!(
+        reader.read(|m| m.hold(&winners[0].hold_id).unwrap().seats[0].0.to_string()),
+        "A-1"
+    );
+    raft.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stamps_never_go_backwards_when_the_clock_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_store, raft, reader) = single_node(dir.path()).await;
+    let clock = Arc::new(HandClock(AtomicU64::new(T0)));
+    let stamper = Stamper::new(clock.clone(), reader.clone());
+    let proposer = Proposer::start(0, raft.clone(), stamper.clone());
+    proposer
+        .propose(Command::CreateEvent(CreateEvent {
+            event_id: EventId::new("flash").unwrap(),
+            name: "Flash sale".into(),
+            starts_at_ms: T0,
+            layout: generate("Hall", 1, 2, 10),
+            limits: Limits::default(),
+        }))
+        .await
+        .unwrap()
+        .unwrap();
+    let Ok(Reply::Held(first)) = proposer.propose(hold("a", "A-1")).await.unwrap() else {
+        panic!("hold refused");
+    };
+    assert_eq!(first.created_at_ms, T0);
+    // The clock jumps back ten minutes (a new leader with a slow clock).
+    clock.0.store(T0 - 600_000, Ordering::Relaxed);
+    assert!(stamper.stamp() >= T0);
+    let Ok(Reply::Held(second)) = proposer.propose(hold("b", "A-2")).await.unwrap() else {
+        panic!("hold refused");
+    };
+    assert!(second.created_at_ms >= first.created_at_ms);
+    assert!(second.expires_at_ms >= first.expires_at_ms);
+    // A stopped group answers every queued command, with an error.
+    raft.shutdown().await.unwrap();
+    let late = proposer.propose(hold("c", "A-3")).await;
+    assert!(
+        matches!(late, Err(ProposeError::Unavailable(_))),
+        "{late:?}"
+    );
+}
