@@ -1,5 +1,415 @@
-//! seatd's Rust client library (`seatd-client`) and the `seatctl` CLI.
+//! seatd's Rust client library, and the `seatctl` command line built on it.
 //!
-//! Empty until the client API exists (issue 5): typed calls with deadlines, retries
-//! against the next endpoint that reuse the same reservation id or idempotency key, and
-//! the `seatctl` command line with its stable `--json` output.
+//! A [`Client`] talks to a list of endpoints: frontends (`seatd frontend`, `seatd
+//! dev`) or nodes (`seatd node`); any of them serves any call. Every call has a
+//! deadline. A call that fails in a way that may be temporary (UNAVAILABLE, a timeout,
+//! a lost connection) is tried again against the next endpoint, after a backoff with
+//! jitter, until the retry budget is spent.
+//!
+//! Retries never hold or charge twice: a hold carries a client reservation id and a
+//! commit an idempotency key, generated here when the caller gives none, and the
+//! retry sends the very same ones, so the cluster answers it with the first decision.
+//!
+//! ```
+//! # // A whole local cluster (3 replicas and a frontend) for the example to talk to.
+//! # let rt = tokio::runtime::Runtime::new().unwrap();
+//! # rt.block_on(async {
+//! # let dir = tempfile::tempdir().unwrap();
+//! # let dev = coordinator::dev::DevCluster::start(coordinator::dev::DevConfig::for_tests(dir.path())).await.unwrap();
+//! # let endpoint = dev.endpoint();
+//! use seatd_client::{Client, Error};
+//!
+//! let client = Client::new([endpoint.as_str()])?;
+//! let map = client.seat_map("demo", false).await?;
+//! println!("{} seats", map.seats.len());
+//!
+//! let hold = client.hold("demo", "ada", &["A-1", "A-2"], None, None).await?;
+//! let order = client.commit(&hold.hold_id, "tok_visa", None).await?;
+//! assert_eq!(order.seat_ids, ["A-1", "A-2"]);
+//!
+//! // Somebody else wants A-2: a conflict that names it.
+//! match client.hold("demo", "bob", &["A-2", "A-3"], None, None).await {
+//!     Err(Error::Conflict { seats, .. }) => assert_eq!(seats, ["A-2"]),
+//!     other => panic!("{other:?}"),
+//! }
+//! # dev.shutdown().await.unwrap();
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # }).unwrap();
+//! ```
+
+mod error;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+pub use error::Error;
+pub use seatd_proto::v1 as pb;
+use seatd_proto::v1::seats_client::SeatsClient;
+use tonic::transport::{Channel, Endpoint};
+
+/// Where a `seatctl` with no `--endpoint` connects: the frontend `seatd dev` runs.
+pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:7400";
+/// Largest answer accepted (a 1,000,000-seat map is about 20 MB).
+const REPLY_BYTES_MAX: usize = 64 << 20;
+
+/// A venue layout (as read from a layout file, see README.md) in its wire form, for
+/// [`Client::create_event`].
+pub fn layout_to_pb(l: &raft_store::VenueLayout) -> pb::Layout {
+    pb::Layout {
+        venue: l.venue.clone(),
+        sections: l
+            .sections
+            .iter()
+            .map(|s| pb::Section {
+                id: s.id.clone(),
+                rows: s
+                    .rows
+                    .iter()
+                    .map(|r| pb::Row {
+                        id: r.id.clone(),
+                        seats: r.seats.unwrap_or(0),
+                        first: r.first,
+                        seat_ids: r.seat_ids.clone().unwrap_or_default(),
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
+/// Deadlines and retry policy.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// Deadline of one attempt.
+    pub attempt_timeout: Duration,
+    /// Total time a call may spend on attempts and backoff before it gives up.
+    pub retry_budget: Duration,
+    /// First backoff; it doubles per attempt up to `backoff_max`, with full jitter.
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            attempt_timeout: Duration::from_secs(10),
+            retry_budget: Duration::from_secs(30),
+            backoff_min: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(2),
+        }
+    }
+}
+
+/// A connection to a seatd cluster through one or more endpoints.
+pub struct Client {
+    endpoints: Vec<(String, SeatsClient<Channel>)>,
+    options: Options,
+    next: AtomicUsize,
+    ids: IdSource,
+}
+
+/// Retry keys unique to this client: a random prefix and a counter.
+struct IdSource {
+    prefix: String,
+    counter: AtomicU64,
+}
+
+impl IdSource {
+    fn next(&self, kind: &str) -> String {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        format!("{kind}-{}-{n}", self.prefix)
+    }
+}
+
+fn normalise(endpoint: &str) -> String {
+    if endpoint.contains("://") {
+        endpoint.to_string()
+    } else {
+        format!("http://{endpoint}")
+    }
+}
+
+impl Client {
+    /// A client for `endpoints` (URLs like `http://127.0.0.1:7400`, or `host:port`),
+    /// with default [`Options`]. Connections are made on first use, by tasks of the
+    /// Tokio runtime this is called in (it must be called inside one).
+    pub fn new<I, S>(endpoints: I) -> Result<Self, Error>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        Self::with_options(endpoints, Options::default())
+    }
+
+    pub fn with_options<I, S>(endpoints: I, options: Options) -> Result<Self, Error>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let mut list = Vec::new();
+        for e in endpoints {
+            let url = normalise(e.as_ref());
+            let channel = Endpoint::from_shared(url.clone())
+                .map_err(|err| Error::Invalid(format!("endpoint {url:?}: {err}")))?
+                .connect_timeout(Duration::from_secs(1))
+                .tcp_nodelay(true)
+                .connect_lazy();
+            let client = SeatsClient::new(channel)
+                .max_decoding_message_size(REPLY_BYTES_MAX)
+                .max_encoding_message_size(REPLY_BYTES_MAX);
+            list.push((url, client));
+        }
+        if list.is_empty() {
+            return Err(Error::Invalid("no endpoints given".into()));
+        }
+        let start = fastrand::usize(..list.len());
+        Ok(Self {
+            endpoints: list,
+            options,
+            next: AtomicUsize::new(start),
+            ids: IdSource {
+                prefix: format!("{:016x}", fastrand::u64(..)),
+                counter: AtomicU64::new(0),
+            },
+        })
+    }
+
+    /// Runs one call with deadlines and retries; `call` is given the next endpoint's
+    /// client and must send the same request every time.
+    async fn call<T, F, Fut>(&self, call: F) -> Result<T, Error>
+    where
+        F: Fn(SeatsClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let started = Instant::now();
+        let mut backoff = self.options.backoff_min;
+        loop {
+            let i = self.next.load(Ordering::Relaxed) % self.endpoints.len();
+            let (url, client) = &self.endpoints[i];
+            let attempt = tokio::time::timeout(self.options.attempt_timeout, call(client.clone()));
+            let failure = match attempt.await {
+                Ok(Ok(reply)) => return Ok(reply.into_inner()),
+                Ok(Err(status)) => match Error::from_status(&status) {
+                    Error::Unavailable(m) => format!("{url}: {m}"),
+                    other => return Err(other),
+                },
+                Err(_) => format!(
+                    "{url}: no answer within {} ms",
+                    self.options.attempt_timeout.as_millis()
+                ),
+            };
+            // The next attempt goes to the next endpoint.
+            let _ = self
+                .next
+                .compare_exchange(i, i + 1, Ordering::Relaxed, Ordering::Relaxed);
+            let jittered = backoff.mul_f64(fastrand::f64());
+            if started.elapsed() + jittered >= self.options.retry_budget {
+                return Err(Error::Unavailable(format!(
+                    "gave up after {} ms: {failure}",
+                    started.elapsed().as_millis()
+                )));
+            }
+            tokio::time::sleep(jittered).await;
+            backoff = (backoff * 2).min(self.options.backoff_max);
+        }
+    }
+
+    /// Creates an event (a no-op that succeeds when the same event exists).
+    pub async fn create_event(&self, request: pb::CreateEventRequest) -> Result<pb::Event, Error> {
+        self.call(|mut c| {
+            let r = request.clone();
+            async move { c.create_event(r).await }
+        })
+        .await
+    }
+
+    pub async fn list_events(
+        &self,
+        request: pb::ListEventsRequest,
+    ) -> Result<pb::ListEventsResponse, Error> {
+        self.call(|mut c| {
+            let r = request.clone();
+            async move { c.list_events(r).await }
+        })
+        .await
+    }
+
+    pub async fn event(&self, event_id: &str) -> Result<pb::Event, Error> {
+        let r = pb::GetEventRequest {
+            event_id: event_id.into(),
+        };
+        self.call(|mut c| {
+            let r = r.clone();
+            async move { c.get_event(r).await }
+        })
+        .await
+    }
+
+    pub async fn set_sale(&self, event_id: &str, sale: pb::SaleState) -> Result<pb::Event, Error> {
+        let r = pb::SetSaleRequest {
+            event_id: event_id.into(),
+            sale: sale as i32,
+        };
+        self.call(|mut c| {
+            let r = r.clone();
+            async move { c.set_sale(r).await }
+        })
+        .await
+    }
+
+    /// An event's seat map: linearizable, or (`stale_ok`) from any replica or a
+    /// frontend's cache, marked with the log index it reflects and its age.
+    pub async fn seat_map(&self, event_id: &str, stale_ok: bool) -> Result<pb::SeatMap, Error> {
+        let r = pb::GetSeatMapRequest {
+            event_id: event_id.into(),
+            stale_ok,
+        };
+        self.call(|mut c| {
+            let r = r.clone();
+            async move { c.get_seat_map(r).await }
+        })
+        .await
+    }
+
+    /// Holds `seats` for `user`, all or none. `reservation_id` is the retry key (one is
+    /// generated when `None`); `ttl` `None` takes the event's default.
+    pub async fn hold(
+        &self,
+        event_id: &str,
+        user: &str,
+        seats: &[&str],
+        ttl: Option<Duration>,
+        reservation_id: Option<&str>,
+    ) -> Result<pb::Hold, Error> {
+        self.hold_request(pb::HoldRequest {
+            event_id: event_id.into(),
+            user_id: user.into(),
+            seat_ids: seats.iter().map(|s| s.to_string()).collect(),
+            client_reservation_id: reservation_id.map(str::to_string).unwrap_or_default(),
+            ttl_ms: ttl.map(|t| t.as_millis() as u64),
+            expected_versions: Vec::new(),
+        })
+        .await
+    }
+
+    /// [`Client::hold`] with every field of the request (compare-and-set versions).
+    pub async fn hold_request(&self, mut request: pb::HoldRequest) -> Result<pb::Hold, Error> {
+        if request.client_reservation_id.is_empty() {
+            request.client_reservation_id = self.ids.next("r");
+        }
+        self.call(|mut c| {
+            let r = request.clone();
+            async move { c.hold(r).await }
+        })
+        .await
+    }
+
+    /// Pays for a hold and turns it into an order. `idempotency_key` is generated when
+    /// `None`; a retry with the same key never charges twice.
+    pub async fn commit(
+        &self,
+        hold_id: &str,
+        payment_token: &str,
+        idempotency_key: Option<&str>,
+    ) -> Result<pb::Order, Error> {
+        let r = pb::CommitRequest {
+            hold_id: hold_id.into(),
+            payment_token: payment_token.into(),
+            idempotency_key: idempotency_key
+                .map(str::to_string)
+                .unwrap_or_else(|| self.ids.next("k")),
+        };
+        self.call(|mut c| {
+            let r = r.clone();
+            async move { c.commit(r).await }
+        })
+        .await
+    }
+
+    /// Gives a hold's seats back; `user` must own it.
+    pub async fn release(&self, hold_id: &str, user: &str) -> Result<pb::Hold, Error> {
+        let r = pb::ReleaseRequest {
+            hold_id: hold_id.into(),
+            user_id: user.into(),
+        };
+        self.call(|mut c| {
+            let r = r.clone();
+            async move { c.release(r).await }
+        })
+        .await
+    }
+
+    pub async fn hold_status(&self, hold_id: &str) -> Result<pb::Hold, Error> {
+        let r = pb::GetHoldRequest {
+            hold_id: hold_id.into(),
+        };
+        self.call(|mut c| {
+            let r = r.clone();
+            async move { c.get_hold(r).await }
+        })
+        .await
+    }
+
+    pub async fn order(&self, order_id: &str) -> Result<pb::Order, Error> {
+        let r = pb::GetOrderRequest {
+            order_id: order_id.into(),
+        };
+        self.call(|mut c| {
+            let r = r.clone();
+            async move { c.get_order(r).await }
+        })
+        .await
+    }
+
+    /// Nodes, and each shard's leader, members and applied index.
+    pub async fn status(&self) -> Result<pb::ClusterStatus, Error> {
+        self.call(|mut c| async move {
+            c.cluster_status(pb::ClusterStatusRequest { local: false })
+                .await
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_unreachable_cluster_is_unavailable_within_the_budget() {
+        // A port probed free: nothing listens (connection refused at once).
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let client = Client::with_options(
+            [
+                format!("127.0.0.1:{port}"),
+                format!("http://127.0.0.1:{port}"),
+            ],
+            Options {
+                attempt_timeout: Duration::from_millis(200),
+                retry_budget: Duration::from_millis(600),
+                ..Options::default()
+            },
+        )
+        .unwrap();
+        let started = Instant::now();
+        let e = client.event("x").await.unwrap_err();
+        assert_eq!(e.code(), "unavailable", "{e:?}");
+        assert!(started.elapsed() < Duration::from_secs(3));
+        assert!(Client::new(Vec::<String>::new()).is_err());
+        assert!(Client::new(["not a url\n"]).is_err());
+    }
+
+    #[tokio::test]
+    async fn generated_keys_are_unique_per_client() {
+        let a = Client::new(["127.0.0.1:9"]).unwrap();
+        let b = Client::new(["127.0.0.1:9"]).unwrap();
+        let ka = a.ids.next("r");
+        assert_ne!(ka, a.ids.next("r"));
+        assert_ne!(ka, b.ids.next("r"));
+    }
+}

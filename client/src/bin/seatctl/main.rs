@@ -1,0 +1,285 @@
+//! `seatctl`: seatd from the command line, for people and for scripts.
+//!
+//! The contract scripts rely on (flags, `--json` keys, exit codes) is in README.md:
+//! exit 0 ok, 2 invalid, 3 conflict, 4 expired, 5 not found, 6 rate limited,
+//! 7 unavailable. With `--json`, stdout carries exactly one JSON document, an answer
+//! or `{"error": {"code", "message"}}`.
+
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clap::{Args, Parser, Subcommand};
+use seatd_client::{layout_to_pb, pb, Client, Error, Options, DEFAULT_ENDPOINT};
+use serde_json::Value;
+
+#[derive(Parser)]
+#[command(name = "seatctl", version, about = "Talk to a seatd cluster")]
+struct Cli {
+    /// A frontend or node to talk to (repeat for several; default: seatd dev's).
+    #[arg(long = "endpoint", global = true)]
+    endpoints: Vec<String>,
+    /// Print one JSON document instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Give up on a call (after retries) after this long, e.g. 30s.
+    #[arg(long, global = true, default_value = "30s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create and list events.
+    #[command(subcommand)]
+    Event(EventCommand),
+    /// Draw an event's seat map.
+    Seatmap {
+        event: String,
+        /// Accept a map from any replica or a frontend's cache (it says how old).
+        #[arg(long)]
+        stale: bool,
+    },
+    /// Hold seats for a user.
+    Hold(HoldArgs),
+    /// Pay for a hold and turn it into an order.
+    Commit {
+        hold: String,
+        #[arg(long)]
+        payment_token: String,
+        /// Retry key: the same key never charges twice (generated when absent).
+        #[arg(long)]
+        idempotency_key: Option<String>,
+    },
+    /// Give a hold's seats back.
+    Release {
+        hold: String,
+        /// The hold's owner (looked up when absent).
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// Show a hold.
+    HoldStatus { hold: String },
+    /// Show an order.
+    Order { order: String },
+    /// Show the cluster: nodes, and each shard's leader, members and applied index.
+    Status,
+}
+
+#[derive(Subcommand)]
+enum EventCommand {
+    /// Create an event from a layout file or as a rectangular venue.
+    Create(CreateArgs),
+    /// List events, by start time.
+    List {
+        #[arg(long, value_parser = parse_time)]
+        from: Option<u64>,
+        #[arg(long, value_parser = parse_time)]
+        to: Option<u64>,
+        /// Text in the name or venue (case-insensitive).
+        #[arg(long)]
+        q: Option<String>,
+    },
+}
+
+#[derive(Args)]
+struct CreateArgs {
+    /// A layout file (JSON, see README.md).
+    #[arg(long, conflicts_with_all = ["sections", "rows", "seats_per_row"])]
+    layout: Option<PathBuf>,
+    #[arg(long, requires_all = ["rows", "seats_per_row"])]
+    sections: Option<u32>,
+    #[arg(long, requires_all = ["sections", "seats_per_row"])]
+    rows: Option<u32>,
+    #[arg(long, requires_all = ["sections", "rows"])]
+    seats_per_row: Option<u32>,
+    #[arg(long, default_value = "Event")]
+    name: String,
+    /// The venue's name for a generated layout.
+    #[arg(long, default_value = "Venue")]
+    venue: String,
+    #[arg(long, value_parser = parse_time)]
+    starts_at: Option<u64>,
+    /// The event id (generated when absent).
+    #[arg(long)]
+    id: Option<String>,
+}
+
+#[derive(Args)]
+struct HoldArgs {
+    event: String,
+    #[arg(long)]
+    user: String,
+    /// Comma-separated seat ids, e.g..
+    #[arg(long, value_delimiter = ',', required = true)]
+    seats: Vec<String>,
+    /// How long to hold, e.g. 300s (default: the event's).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    ttl: Option<Duration>,
+    /// Retry key: the same id always gets the first answer (generated when absent).
+    #[arg(long)]
+    request_id: Option<String>,
+}
+
+/// RFC 3339 → ms since the epoch.
+fn parse_time(s: &str) -> Result<u64, String> {
+    let t = humantime::parse_rfc3339_weak(s).map_err(|e| format!("{s:?}: {e}"))?;
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .map_err(|_| format!("{s:?} is before 1970"))
+}
+
+fn layout(args: &CreateArgs) -> Result<pb::Layout, Error> {
+    let layout = match (&args.layout, args.sections, args.rows, args.seats_per_row) {
+        (Some(file), ..) => {
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| Error::Invalid(format!("cannot read {}: {e}", file.display())))?;
+            raft_store::VenueLayout::from_json(&text).map_err(Error::Invalid)?
+        }
+        (None, Some(sections), Some(rows), Some(seats)) => {
+            raft_store::layout::generate(&args.venue, sections, rows, seats)
+        }
+        _ => {
+            return Err(Error::Invalid(
+                "give --layout FILE, or --sections N --rows N --seats-per-row N".into(),
+            ))
+        }
+    };
+    layout.plan().map_err(Error::Invalid)?;
+    Ok(layout_to_pb(&layout))
+}
+
+/// Runs the command; the answer as JSON and as text.
+async fn run(cli: &Cli, client: &Client) -> Result<(Value, String), Error> {
+    use output::*;
+    Ok(match &cli.command {
+        Command::Event(EventCommand::Create(args)) => {
+            let now_ms = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            let e = client
+                .create_event(pb::CreateEventRequest {
+                    event_id: args.id.clone().unwrap_or_default(),
+                    name: args.name.clone(),
+                    starts_at_ms: args.starts_at.unwrap_or(now_ms),
+                    layout: Some(layout(args)?),
+                    limits: None,
+                })
+                .await?;
+            (event_json(&e), format!("created {}", event_text(&e)))
+        }
+        Command::Event(EventCommand::List { from, to, q }) => {
+            let list = client
+                .list_events(pb::ListEventsRequest {
+                    from_ms: *from,
+                    to_ms: *to,
+                    q: q.clone().unwrap_or_default(),
+                    ..Default::default()
+                })
+                .await?;
+            let text = if list.events.is_empty() {
+                "no events".to_string()
+            } else {
+                list.events
+                    .iter()
+                    .map(event_text)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            };
+            (events_json(&list), text)
+        }
+        Command::Seatmap { event, stale } => {
+            let map = client.seat_map(event, *stale).await?;
+            (seat_map_json(&map), seat_map_text(&map))
+        }
+        Command::Hold(args) => {
+            let seats: Vec<&str> = args.seats.iter().map(String::as_str).collect();
+            let h = client
+                .hold(
+                    &args.event,
+                    &args.user,
+                    &seats,
+                    args.ttl,
+                    args.request_id.as_deref(),
+                )
+                .await?;
+            (hold_json(&h), hold_text(&h))
+        }
+        Command::Commit {
+            hold,
+            payment_token,
+            idempotency_key,
+        } => {
+            let o = client
+                .commit(hold, payment_token, idempotency_key.as_deref())
+                .await?;
+            (order_json(&o), order_text(&o))
+        }
+        Command::Release { hold, user } => {
+            let user = match user {
+                Some(u) => u.clone(),
+                None => client.hold_status(hold).await?.user_id,
+            };
+            let h = client.release(hold, &user).await?;
+            (hold_json(&h), hold_text(&h))
+        }
+        Command::HoldStatus { hold } => {
+            let h = client.hold_status(hold).await?;
+            (hold_json(&h), hold_text(&h))
+        }
+        Command::Order { order } => {
+            let o = client.order(order).await?;
+            (order_json(&o), order_text(&o))
+        }
+        Command::Status => {
+            let s = client.status().await?;
+            (status_json(&s), status_text(&s))
+        }
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let endpoints = if cli.endpoints.is_empty() {
+        vec![DEFAULT_ENDPOINT.to_string()]
+    } else {
+        cli.endpoints.clone()
+    };
+    let options = Options {
+        attempt_timeout: cli.timeout.min(Options::default().attempt_timeout),
+        retry_budget: cli.timeout,
+        ..Options::default()
+    };
+    let outcome = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Unavailable(format!("cannot start the async runtime: {e}")))
+        .and_then(|rt| {
+            rt.block_on(async {
+                let client = Client::with_options(&endpoints, options)?;
+                run(&cli, &client).await
+            })
+        });
+    match outcome {
+        Ok((json, text)) => {
+            if cli.json {
+                println!("{json}");
+            } else {
+                println!("{text}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            if cli.json {
+                println!("{}", output::error_json(&e));
+            } else {
+                eprintln!("seatctl: {e}");
+            }
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
