@@ -50,28 +50,8 @@ pub fn layout(l: Option<pb::Layout>) -> Result<VenueLayout, Error> {
     })
 }
 
-pub fn layout_to_pb(l: &VenueLayout) -> pb::Layout {
-    pb::Layout {
-        venue: l.venue.clone(),
-        sections: l
-            .sections
-            .iter()
-            .map(|s| pb::Section {
-                id: s.id.clone(),
-                rows: s
-                    .rows
-                    .iter()
-                    .map(|r| pb::Row {
-                        id: r.id.clone(),
-                        seats: r.seats.unwrap_or(0),
-                        first: r.first,
-                        seat_ids: r.seat_ids.clone().unwrap_or_default(),
-                    })
-                    .collect(),
-            })
-            .collect(),
-    }
-}
+/// The wire form of a layout (shared with the client library, which sends it).
+pub use seatd_client::layout_to_pb;
 
 /// Zero fields take the defaults.
 pub fn limits(l: Option<pb::Limits>) -> Limits {

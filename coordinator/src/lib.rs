@@ -7,15 +7,21 @@
 //!   ticker and event log.
 //! - [`service`] and [`route`]: the client API, and how a call reaches the replica
 //!   that may answer it.
+//! - [`frontend`]: `seatd frontend`, the stateless gateway; [`dev`]: `seatd dev`, a
+//!   whole local cluster in one process.
 //! - [`raft_net`]: the Raft transport over gRPC.
 //! - [`placement`]: which shard holds an event, which nodes replicate a shard;
 //!   [`membership`]: moving a shard's group onto the nodes its placement names.
-//! - [`clock`], [`payment`]: the injected clock and the payment gateway.
+//! - [`clock`], [`payment`]: the injected clock and the payment gateway;
+//!   [`admission`]: per-user hold rate limits where calls enter.
 //! - [`convert`], [`error`]: wire conversions, and the one mapping to gRPC status codes.
 
+pub mod admission;
 pub mod clock;
 pub mod convert;
+pub mod dev;
 pub mod error;
+pub mod frontend;
 pub mod membership;
 pub mod node;
 pub mod payment;

@@ -1,8 +1,8 @@
 //! `seatd`: the seat coordinator's command line.
 //!
-//! `seatd node` runs a replica; `seatd layout ...` generates and checks venue files.
-//! (The gateway, `seatd frontend`, and the one-process local cluster, `seatd dev`,
-//! come with issue 5.) Every subcommand exits non-zero with a one-line reason on stderr
+//! `seatd node` runs a replica, `seatd frontend` a stateless gateway, `seatd dev` a
+//! whole local cluster in one process; `seatd layout ...` generates and checks venue
+//! files. Every subcommand exits non-zero with a one-line reason on stderr
 //! when it cannot do its job; `seatd node` exits 0 after a clean shutdown on SIGTERM or
 //! Ctrl-C.
 
@@ -40,6 +40,45 @@ enum Command {
     Layout(LayoutCommand),
     /// Runs a replica: one Raft group per shard placed on this node.
     Node(NodeArgs),
+    /// Runs a stateless gateway that forwards calls to shard leaders.
+    Frontend(FrontendArgs),
+    /// Runs a whole local cluster (3 replicas and a frontend) in one process.
+    Dev(DevArgs),
+}
+
+#[derive(Args)]
+struct FrontendArgs {
+    /// Address to serve the client API on.
+    #[arg(long)]
+    listen: std::net::SocketAddr,
+    /// Some or all node addresses, comma-separated; the rest are learned from them.
+    #[arg(long, value_delimiter = ',', required = true)]
+    nodes: Vec<String>,
+    /// How long a seat map asked for with stale_ok may be served from the cache.
+    #[arg(long, default_value_t = 1_000)]
+    seat_map_cache_ms: u64,
+    /// How long an event list may be served from the cache.
+    #[arg(long, default_value_t = 30_000)]
+    event_list_cache_ms: u64,
+    /// How long a call waits for a shard leader before failing with UNAVAILABLE.
+    #[arg(long, default_value_t = 5_000)]
+    route_wait_ms: u64,
+    /// Holds one user may ask for per second through this frontend (0: no limit).
+    #[arg(long, default_value_t = 20)]
+    holds_per_user_per_s: u32,
+}
+
+#[derive(Args)]
+struct DevArgs {
+    /// Where the three replicas keep their data.
+    #[arg(long, default_value = "./seatd-data")]
+    data_dir: PathBuf,
+    /// The endpoint clients use (seatctl's default).
+    #[arg(long, default_value = "127.0.0.1:7400")]
+    listen: std::net::SocketAddr,
+    /// Holds one user may ask for per second (0: no limit).
+    #[arg(long, default_value_t = 20)]
+    holds_per_user_per_s: u32,
 }
 
 #[derive(Args)]
@@ -71,6 +110,9 @@ struct NodeArgs {
     /// How long a charge may take before its outcome counts as unknown.
     #[arg(long, default_value_t = 3_000)]
     payment_timeout_ms: u64,
+    /// Holds one user may ask for per second through this node (0: no limit).
+    #[arg(long, default_value_t = 20)]
+    holds_per_user_per_s: u32,
     /// For fault tests: stamp entries as if this node's clock were off by this much.
     #[arg(long, default_value_t = 0, allow_hyphen_values = true, hide = true)]
     clock_skew_ms: i64,
@@ -112,16 +154,76 @@ struct GenerateArgs {
 /// by the shard's watcher.
 const DEFAULT_LOG_FILTER: &str = "info,openraft=off";
 
-fn run_node(args: NodeArgs) -> anyhow::Result<()> {
-    use coordinator::node::{NodeConfig, NodeHandle, Settings};
-    use coordinator::placement::Cluster;
+fn init_logs(default_filter: &str) {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| DEFAULT_LOG_FILTER.into()),
+                .unwrap_or_else(|_| default_filter.into()),
         )
         .with_writer(std::io::stderr)
         .init();
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn run_frontend(args: FrontendArgs) -> anyhow::Result<()> {
+    use coordinator::frontend::{FrontendConfig, FrontendHandle};
+    init_logs(DEFAULT_LOG_FILTER);
+    let config = FrontendConfig {
+        nodes: args.nodes,
+        seat_map_cache: Duration::from_millis(args.seat_map_cache_ms),
+        event_list_cache: Duration::from_millis(args.event_list_cache_ms),
+        settings: coordinator::node::Settings {
+            route_wait: Duration::from_millis(args.route_wait_ms),
+            holds_per_user_per_s: args.holds_per_user_per_s,
+            ..Default::default()
+        },
+    };
+    runtime()?.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let frontend = FrontendHandle::start(config, listener).await?;
+        tracing::info!(addr = %frontend.addr, "serving");
+        shutdown_signal().await?;
+        frontend.shutdown().await?;
+        anyhow::Ok(())
+    })
+}
+
+fn run_dev(args: DevArgs) -> anyhow::Result<()> {
+    use coordinator::dev::{DevCluster, DevConfig, DEMO_EVENT};
+    init_logs("warn,openraft=off,coordinator::dev=info");
+    runtime()?.block_on(async move {
+        let dev = DevCluster::start(DevConfig {
+            data_dir: args.data_dir.clone(),
+            listen: args.listen,
+            create_demo: true,
+            holds_per_user_per_s: args.holds_per_user_per_s,
+        })
+        .await?;
+        let endpoint = dev.endpoint();
+        println!("seatd dev: 3 replicas and a frontend, data in {}", args.data_dir.display());
+        println!("endpoint: {endpoint}");
+        println!("try:      cargo run -p seatd-client --bin seatctl -- seatmap {DEMO_EVENT}");
+        println!("          cargo run -p seatd-client --bin seatctl -- hold {DEMO_EVENT} --user me --seats A-1,A-2");
+        println!("Ctrl-C stops it; the next start keeps the data.");
+        shutdown_signal().await?;
+        dev.shutdown().await?;
+        println!("seatd dev: stopped");
+        anyhow::Ok(())
+    })
+}
+
+fn run_node(args: NodeArgs) -> anyhow::Result<()> {
+    use coordinator::node::{NodeConfig, NodeHandle, Settings};
+    use coordinator::placement::Cluster;
+    init_logs(DEFAULT_LOG_FILTER);
     let cluster = Cluster::new(Cluster::parse_peers(&args.peers)?, args.shards)?;
     let config = NodeConfig {
         id: args.id,
@@ -135,6 +237,7 @@ fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         settings: Settings {
             route_wait: Duration::from_millis(args.route_wait_ms),
             payment_timeout: Duration::from_millis(args.payment_timeout_ms),
+            holds_per_user_per_s: args.holds_per_user_per_s,
             ..Settings::default()
         },
         clock: Arc::new(coordinator::clock::SystemClock::with_skew(
@@ -142,11 +245,7 @@ fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         )),
         gateway: Arc::new(coordinator::payment::TestGateway::default()),
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(async move {
+    runtime()?.block_on(async move {
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -175,6 +274,8 @@ async fn shutdown_signal() -> anyhow::Result<()> {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Node(args) => run_node(args)?,
+        Command::Frontend(args) => run_frontend(args)?,
+        Command::Dev(args) => run_dev(args)?,
         Command::Layout(LayoutCommand::Generate(args)) => {
             let layout = match &args.preset {
                 Some(name) => match preset(name) {

@@ -147,9 +147,10 @@ pub async fn retire_when_moved(node: Arc<NodeInner>, shard: u32, mut stop: watch
         if moved {
             info!(shard, "the shard moved to other nodes; stopping this copy");
             local.retire().await;
-            match node.store.drop_group(shard) {
-                Ok(()) => info!(shard, "dropped this node's copy of the shard"),
-                Err(e) => warn!(shard, error = %e, "dropping the shard's data failed"),
+            match node.store.as_ref().map(|s| s.drop_group(shard)) {
+                Some(Ok(())) => info!(shard, "dropped this node's copy of the shard"),
+                Some(Err(e)) => warn!(shard, error = %e, "dropping the shard's data failed"),
+                None => {}
             }
             return;
         }

@@ -63,6 +63,8 @@ pub struct Settings {
     pub payment_timeout: Duration,
     /// How long a shutdown waits for calls in flight.
     pub drain_timeout: Duration,
+    /// Holds one user may ask for per second where calls enter (0: no limit).
+    pub holds_per_user_per_s: u32,
 }
 
 impl Default for Settings {
@@ -71,6 +73,7 @@ impl Default for Settings {
             route_wait: Duration::from_secs(5),
             payment_timeout: Duration::from_secs(3),
             drain_timeout: Duration::from_secs(10),
+            holds_per_user_per_s: 20,
         }
     }
 }
@@ -94,12 +97,38 @@ pub struct NodeInner {
     pub settings: Settings,
     pub gateway: Arc<dyn PaymentGateway>,
     pub(crate) forward_channels: Peers,
-    pub(crate) store: Store,
+    /// `None` on a frontend, which stores nothing.
+    pub(crate) store: Option<Store>,
     pub(crate) rotor: Rotor,
+    /// The leader last seen for each shard this process does not host.
+    pub(crate) hints: std::sync::Mutex<HashMap<u32, NodeId>>,
+    pub(crate) hold_limiter: crate::admission::HoldLimiter,
     ids: IdGen,
 }
 
 impl NodeInner {
+    /// The state of a process that hosts no shard and forwards every call: a
+    /// frontend. Its id 0 is no node's.
+    pub fn stateless(cluster: Cluster, settings: Settings, clock: &dyn Clock) -> Self {
+        Self {
+            id: 0,
+            cluster,
+            shards: HashMap::new(),
+            settings,
+            gateway: Arc::new(crate::payment::TestGateway::default()),
+            forward_channels: Peers::default(),
+            store: None,
+            rotor: Rotor::default(),
+            hints: Default::default(),
+            hold_limiter: crate::admission::HoldLimiter::new(settings.holds_per_user_per_s),
+            ids: IdGen {
+                node: 0,
+                boot_ms: clock.now_ms(),
+                counter: AtomicU64::new(0),
+            },
+        }
+    }
+
     /// A fresh id for a retry key or an event the caller did not name.
     pub fn fresh_id(&self, prefix: &str) -> String {
         self.ids.next(prefix)
@@ -186,7 +215,13 @@ impl NodeHandle {
             },
         )?;
         let raft_config = raft_config("seatd", log_policy, timing)?;
-        let raft_peers = Peers::default();
+        let raft_peers = Peers::with_address_book(
+            cluster
+                .nodes()
+                .iter()
+                .map(|(id, addr)| (*id, addr.clone()))
+                .collect(),
+        );
         let (stop, stopped) = watch::channel(false);
         let mut shards = HashMap::new();
         let mut gates = HashMap::new();
@@ -243,8 +278,10 @@ impl NodeHandle {
             settings,
             gateway,
             forward_channels: Peers::default(),
-            store: store.clone(),
+            store: Some(store.clone()),
             rotor: Rotor::default(),
+            hints: Default::default(),
+            hold_limiter: crate::admission::HoldLimiter::new(settings.holds_per_user_per_s),
             ids: IdGen {
                 node: id,
                 boot_ms: clock.now_ms(),
@@ -312,20 +349,7 @@ impl NodeHandle {
     /// and closes the store.
     pub async fn shutdown(self) -> Result<(), Error> {
         info!(node = self.inner.id, "shutting down");
-        self.health
-            .set_not_serving::<SeatsServer<SeatsService>>()
-            .await;
-        let _ = self.stop.send(true);
-        let mut server = self.server;
-        match tokio::time::timeout(self.drain_timeout, &mut server).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => warn!(error = %e, "server ended with an error"),
-            Ok(Err(e)) => warn!(error = %e, "server task failed"),
-            Err(_) => {
-                warn!("calls still in flight after the drain timeout; cutting them off");
-                server.abort();
-            }
-        }
+        stop_serving(&self.health, &self.stop, self.server, self.drain_timeout).await;
         for (shard, s) in self.inner.shards.iter().filter(|(_, s)| !s.is_retired()) {
             if let Err(e) = s.raft.shutdown().await {
                 warn!(shard, error = %e, "raft shutdown failed");
@@ -343,6 +367,27 @@ impl NodeHandle {
             .keys()
             .map(|&s| (s, self.inner.cluster.members(s)))
             .collect()
+    }
+}
+
+/// Reports NOT_SERVING, stops accepting calls and waits (at most `drain_timeout`)
+/// for the calls in flight to finish.
+pub(crate) async fn stop_serving(
+    health: &tonic_health::server::HealthReporter,
+    stop: &watch::Sender<bool>,
+    mut server: JoinHandle<Result<(), tonic::transport::Error>>,
+    drain_timeout: Duration,
+) {
+    health.set_not_serving::<SeatsServer<SeatsService>>().await;
+    let _ = stop.send(true);
+    match tokio::time::timeout(drain_timeout, &mut server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => warn!(error = %e, "server ended with an error"),
+        Ok(Err(e)) => warn!(error = %e, "server task failed"),
+        Err(_) => {
+            warn!("calls still in flight after the drain timeout; cutting them off");
+            server.abort();
+        }
     }
 }
 

@@ -47,9 +47,21 @@ pub struct Peers {
     /// Whether each peer answered its last message: a change is logged once, instead
     /// of every shard logging every failed retry.
     reachable: Arc<Mutex<HashMap<String, bool>>>,
+    /// Where each node is now (`--peers`). Raft's membership remembers the address a
+    /// node had when it joined; this book wins, so a node that moved (a replaced
+    /// machine, a dev cluster restarted on new ports) is found at its new address.
+    book: Arc<HashMap<NodeId, String>>,
 }
 
 impl Peers {
+    /// Peers found through `book` first, membership addresses second.
+    pub fn with_address_book(book: HashMap<NodeId, String>) -> Self {
+        Self {
+            book: Arc::new(book),
+            ..Self::default()
+        }
+    }
+
     fn observe(&self, addr: &str, target: NodeId, ok: bool) {
         let mut map = self.reachable.lock().unwrap_or_else(|p| p.into_inner());
         let before = map.insert(addr.to_string(), ok);
@@ -92,7 +104,12 @@ impl RaftNetworkFactory<TypeConfig> for ShardNetwork {
         PeerClient {
             net: self.clone(),
             target,
-            addr: node.addr.clone(),
+            addr: self
+                .peers
+                .book
+                .get(&target)
+                .cloned()
+                .unwrap_or_else(|| node.addr.clone()),
         }
     }
 }

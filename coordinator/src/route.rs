@@ -3,7 +3,8 @@
 //! Every node accepts every call. A call that needs the shard's leader (writes and
 //! consistent reads) is served here when this node leads the shard, and otherwise
 //! forwarded: to the leader this node knows of, or, when this node does not host the
-//! shard, to one of its members (which forwards to its leader). A call that may be
+//! shard (a frontend hosts none), to the leader it last heard of, else to one of the
+//! shard's members (which forwards to its leader). A failed forward forgets the hint. A call that may be
 //! served by any replica (stale reads) is served locally when the shard is hosted.
 //!
 //! Invariants:
@@ -95,11 +96,38 @@ impl NodeInner {
         if hops >= HOPS_MAX {
             return Pick::Wait;
         }
+        let hint = self.hints.lock().ok().and_then(|h| h.get(&shard).copied());
+        if let Some(addr) = hint.and_then(|l| self.cluster.addr(l)) {
+            return Pick::Forward(addr.to_string());
+        }
         let members = self.cluster.members(shard);
         let i = self.rotor.0.fetch_add(1, Ordering::Relaxed) % members.len();
         match self.cluster.addr(members[i]) {
             Some(addr) => Pick::Forward(addr.to_string()),
             None => Pick::Wait,
+        }
+    }
+
+    /// Records the leaders seen in a cluster status, for shards not hosted here.
+    pub fn learn_leaders(&self, status: &seatd_proto::v1::ClusterStatus) {
+        let Ok(mut hints) = self.hints.lock() else {
+            return;
+        };
+        for s in status
+            .shards
+            .iter()
+            .filter(|s| !self.shards.contains_key(&s.shard))
+        {
+            match s.leader {
+                Some(l) => hints.insert(s.shard, l),
+                None => hints.remove(&s.shard),
+            };
+        }
+    }
+
+    fn forget_leader(&self, shard: u32) {
+        if let Ok(mut hints) = self.hints.lock() {
+            hints.remove(&shard);
         }
     }
 
@@ -158,10 +186,14 @@ impl NodeInner {
                     match tokio::time::timeout(left, remote(client, hops + 1, left)).await {
                         Ok(Ok(reply)) => return Ok(reply.into_inner()),
                         Ok(Err(st)) if is_retryable(&st) => {
+                            self.forget_leader(shard);
                             last = format!("{addr}: {}", st.message())
                         }
                         Ok(Err(st)) => return Err(Error::Remote(st)),
-                        Err(_) => last = format!("{addr} did not answer in time"),
+                        Err(_) => {
+                            self.forget_leader(shard);
+                            last = format!("{addr} did not answer in time")
+                        }
                     }
                 }
                 Pick::Wait => {}

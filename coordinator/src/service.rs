@@ -30,6 +30,7 @@ use tracing::warn;
 
 use crate::convert;
 use crate::error::Error;
+use crate::frontend::FrontCache;
 use crate::node::NodeInner;
 use crate::payment::{ChargeRequest, PaymentError};
 use crate::route::{forwarded, hops, Mode};
@@ -52,11 +53,26 @@ macro_rules! forward {
 
 pub struct SeatsService {
     node: Arc<NodeInner>,
+    /// A frontend's cache of answers that callers accept old (see `frontend`).
+    cache: Option<Arc<FrontCache>>,
 }
 
 impl SeatsService {
     pub fn new(node: Arc<NodeInner>) -> Self {
-        Self { node }
+        Self { node, cache: None }
+    }
+
+    pub fn with_cache(node: Arc<NodeInner>, cache: Arc<FrontCache>) -> Self {
+        Self {
+            node,
+            cache: Some(cache),
+        }
+    }
+
+    fn events_changed(&self) {
+        if let Some(c) = &self.cache {
+            c.events_changed();
+        }
     }
 }
 
@@ -365,8 +381,12 @@ impl Seats for SeatsService {
             Reply::EventCreated { .. } => summary(s, &event),
             other => Err(unexpected(other)),
         };
-        self.write(shard, hops, command, answer, forward!(req, create_event))
-            .await
+        self.events_changed();
+        let created = self
+            .write(shard, hops, command, answer, forward!(req, create_event))
+            .await;
+        self.events_changed();
+        created
     }
 
     async fn list_events(
@@ -382,6 +402,9 @@ impl Seats for SeatsService {
             0 => LIST_LIMIT_DEFAULT,
             n => n.min(LIST_LIMIT_MAX),
         };
+        if let Some(hit) = self.cache.as_ref().and_then(|c| c.event_list(&req)) {
+            return Ok(Response::new(hit));
+        }
         let shards: Vec<u32> = match req.shard {
             Some(s) => vec![s],
             None => (0..self.node.cluster.shards()).collect(),
@@ -397,10 +420,14 @@ impl Seats for SeatsService {
         }
         events.sort_by(|a, b| (a.starts_at_ms, &a.event_id).cmp(&(b.starts_at_ms, &b.event_id)));
         events.truncate(req.limit as usize);
-        Ok(Response::new(pb::ListEventsResponse {
+        let list = pb::ListEventsResponse {
             events,
             cache_age_ms: 0,
-        }))
+        };
+        if let Some(c) = &self.cache {
+            c.keep_event_list(&req, &list);
+        }
+        Ok(Response::new(list))
     }
 
     async fn get_event(
@@ -431,8 +458,11 @@ impl Seats for SeatsService {
             Reply::SaleSet { .. } => summary(s, &event),
             other => Err(unexpected(other)),
         };
-        self.write(shard, hops, command, answer, forward!(req, set_sale))
-            .await
+        let set = self
+            .write(shard, hops, command, answer, forward!(req, set_sale))
+            .await;
+        self.events_changed();
+        set
     }
 
     async fn get_seat_map(
@@ -452,7 +482,11 @@ impl Seats for SeatsService {
                 .read(shard, hops, read, forward!(req, get_seat_map))
                 .await;
         }
-        // Any replica may answer; the map names the log index it reflects.
+        // Any replica (or a cached answer) may do; the map names the log index it
+        // reflects and its age.
+        if let Some(hit) = self.cache.as_ref().and_then(|c| c.seat_map(&req.event_id)) {
+            return Ok(Response::new(hit));
+        }
         let map = self
             .node
             .routed(
@@ -463,6 +497,9 @@ impl Seats for SeatsService {
                 forward!(req, get_seat_map),
             )
             .await?;
+        if let Some(c) = &self.cache {
+            c.keep_seat_map(&map);
+        }
         Ok(Response::new(map))
     }
 
@@ -470,6 +507,13 @@ impl Seats for SeatsService {
         let hops = hops(&request);
         let mut req = request.into_inner();
         let event = convert::event_id(&req.event_id)?;
+        if hops == 0 && !self.node.hold_limiter.admit(&req.user_id) {
+            return Err(Error::Overloaded(format!(
+                "user {:?} asked for more than {} holds per second",
+                req.user_id, self.node.settings.holds_per_user_per_s
+            ))
+            .into());
+        }
         if req.client_reservation_id.is_empty() {
             req.client_reservation_id = self.node.fresh_id("r");
         }

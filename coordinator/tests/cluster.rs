@@ -551,7 +551,7 @@ async fn a_stopped_follower_catches_up_from_the_log_and_from_a_snapshot() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopping_and_restarting_every_node_keeps_everything_acknowledged() {
     let _serial = SERIAL.lock().await;
-    let c = TestCluster::start(3, 8, &[]);
+    let mut c = TestCluster::start(3, 8, &[]);
     c.wait_ready(READY).await;
     let mut orders = Vec::new();
     let mut holds = Vec::new();
@@ -583,6 +583,11 @@ async fn stopping_and_restarting_every_node_keeps_everything_acknowledged() {
     let before = c.wait_converged(CONVERGE).await;
     for n in [1, 2, 3] {
         assert_eq!(c.terminate(n), Some(0), "node {n} did not exit cleanly");
+    }
+    // Every node comes back on a new port: the --peers list, not the addresses Raft
+    // remembered, says where they are.
+    for n in [1, 2, 3] {
+        c.move_node(n);
     }
     for n in [1, 2, 3] {
         c.spawn(n);

@@ -83,6 +83,17 @@ impl TestCluster {
         id
     }
 
+    /// Gives a stopped node a new address (a machine that moved); later starts of any
+    /// node use it.
+    pub fn move_node(&mut self, id: u64) {
+        let p = self.nodes.get_mut(&id).unwrap();
+        assert!(
+            p.child.lock().unwrap().is_none(),
+            "move a stopped node only"
+        );
+        p.addr = format!("127.0.0.1:{}", free_port());
+    }
+
     pub fn peers(&self) -> String {
         self.nodes
             .iter()

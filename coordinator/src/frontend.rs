@@ -1,0 +1,257 @@
+//! `seatd frontend`: a stateless gateway in front of the nodes.
+//!
+//! It learns the cluster's shape (nodes, shard count) from any node, keeps a map of
+//! shard → leader fresh (every [`LEADER_REFRESH_MS`], and at once after a forward
+//! fails), and forwards each call straight to the leader of its event's shard over
+//! one long-lived HTTP/2 connection per node. It serves the same API as a node, with
+//! the same router (a process that hosts no shard), so calls are retried and bounded
+//! exactly as on a node.
+//!
+//! Caches, and only where the caller accepted a possibly old answer: the event list
+//! (default 30 s; any event created or changed through this frontend empties it) and
+//! seat maps asked for with `stale_ok` (default 1 s). A cached answer says how old it
+//! is (`cache_age_ms`). Consistent reads and every write always go to the leader.
+//!
+//! Nothing here is durable: kill a frontend and start another, and nothing is lost.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use seatd_proto::v1 as pb;
+use seatd_proto::v1::seats_server::SeatsServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tracing::info;
+
+use crate::clock::SystemClock;
+use crate::error::Error;
+use crate::node::{NodeInner, Settings};
+use crate::placement::Cluster;
+use crate::service::SeatsService;
+
+/// How often the frontend refreshes its shard → leader map.
+pub const LEADER_REFRESH_MS: u64 = 1_000;
+/// How long the frontend waits for a node to describe the cluster at start.
+pub const DISCOVERY_MS_MAX: u64 = 60_000;
+/// Most answers each cache keeps; a full cache is emptied.
+const CACHE_ENTRIES_MAX: usize = 1_024;
+
+pub struct FrontendConfig {
+    /// Addresses of some (or all) nodes; the rest are learned from them.
+    pub nodes: Vec<String>,
+    pub seat_map_cache: Duration,
+    pub event_list_cache: Duration,
+    pub settings: Settings,
+}
+
+/// Answers a frontend may give again for a while.
+pub struct FrontCache {
+    seat_map_ttl: Duration,
+    event_list_ttl: Duration,
+    maps: Mutex<HashMap<String, (Instant, pb::SeatMap)>>,
+    lists: Mutex<HashMap<String, (Instant, pb::ListEventsResponse)>>,
+}
+
+fn fresh<T: Clone>(
+    map: &Mutex<HashMap<String, (Instant, T)>>,
+    key: &str,
+    ttl: Duration,
+) -> Option<(T, u64)> {
+    let map = map.lock().ok()?;
+    let (at, value) = map.get(key)?;
+    let age = at.elapsed();
+    (age < ttl).then(|| (value.clone(), age.as_millis() as u64))
+}
+
+fn remember<T>(map: &Mutex<HashMap<String, (Instant, T)>>, key: String, value: T) {
+    if let Ok(mut map) = map.lock() {
+        if map.len() >= CACHE_ENTRIES_MAX {
+            map.clear();
+        }
+        map.insert(key, (Instant::now(), value));
+    }
+}
+
+impl FrontCache {
+    pub fn new(seat_map_ttl: Duration, event_list_ttl: Duration) -> Self {
+        Self {
+            seat_map_ttl,
+            event_list_ttl,
+            maps: Mutex::default(),
+            lists: Mutex::default(),
+        }
+    }
+
+    pub fn seat_map(&self, event: &str) -> Option<pb::SeatMap> {
+        let (mut map, age) = fresh(&self.maps, event, self.seat_map_ttl)?;
+        map.cache_age_ms = age;
+        Some(map)
+    }
+
+    pub fn keep_seat_map(&self, map: &pb::SeatMap) {
+        if !self.seat_map_ttl.is_zero() {
+            remember(&self.maps, map.event_id.clone(), map.clone());
+        }
+    }
+
+    fn list_key(req: &pb::ListEventsRequest) -> String {
+        format!(
+            "{:?}/{:?}/{}/{}/{:?}",
+            req.from_ms, req.to_ms, req.q, req.limit, req.shard
+        )
+    }
+
+    pub fn event_list(&self, req: &pb::ListEventsRequest) -> Option<pb::ListEventsResponse> {
+        let key = Self::list_key(req);
+        let (mut list, age) = fresh(&self.lists, &key, self.event_list_ttl)?;
+        list.cache_age_ms = age;
+        Some(list)
+    }
+
+    pub fn keep_event_list(&self, req: &pb::ListEventsRequest, list: &pb::ListEventsResponse) {
+        if !self.event_list_ttl.is_zero() {
+            remember(&self.lists, Self::list_key(req), list.clone());
+        }
+    }
+
+    /// An event was created or changed through this frontend: lists may miss it.
+    pub fn events_changed(&self) {
+        if let Ok(mut lists) = self.lists.lock() {
+            lists.clear();
+        }
+    }
+}
+
+/// Asks `nodes` (in turn, until one answers) for the cluster-wide status.
+async fn ask_status(nodes: &[String], timeout: Duration) -> Result<pb::ClusterStatus, Error> {
+    let mut last = String::from("no node given");
+    for addr in nodes {
+        let url = if addr.contains("://") {
+            addr.clone()
+        } else {
+            format!("http://{addr}")
+        };
+        let endpoint = tonic::transport::Endpoint::from_shared(url)
+            .map_err(|e| Error::Config(format!("node address {addr:?}: {e}")))?
+            .connect_timeout(timeout);
+        let answer = async {
+            let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
+            pb::seats_client::SeatsClient::new(channel)
+                .cluster_status(pb::ClusterStatusRequest { local: false })
+                .await
+                .map(|r| r.into_inner())
+                .map_err(|s| s.message().to_string())
+        };
+        match tokio::time::timeout(timeout, answer).await {
+            Ok(Ok(status)) => return Ok(status),
+            Ok(Err(e)) => last = format!("{addr}: {e}"),
+            Err(_) => last = format!("{addr}: no answer"),
+        }
+    }
+    Err(Error::Unavailable(last))
+}
+
+/// The cluster's shape, as a node describes it.
+async fn discover(nodes: &[String]) -> Result<Cluster, Error> {
+    let started = Instant::now();
+    loop {
+        match ask_status(nodes, Duration::from_secs(1)).await {
+            Ok(status) => {
+                let members: BTreeMap<u64, String> = status
+                    .nodes
+                    .iter()
+                    .map(|n| (n.id, n.addr.clone()))
+                    .collect();
+                return Cluster::new(members, status.shards.len() as u32);
+            }
+            Err(e) if started.elapsed() < Duration::from_millis(DISCOVERY_MS_MAX) => {
+                info!(error = %e, "waiting for a node to describe the cluster");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// A running frontend.
+pub struct FrontendHandle {
+    pub addr: std::net::SocketAddr,
+    pub inner: Arc<NodeInner>,
+    stop: watch::Sender<bool>,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
+    health: tonic_health::server::HealthReporter,
+    drain_timeout: Duration,
+}
+
+impl FrontendHandle {
+    pub async fn start(config: FrontendConfig, listener: TcpListener) -> Result<Self, Error> {
+        let addr = listener.local_addr()?;
+        let cluster = discover(&config.nodes).await?;
+        info!(%addr, nodes = cluster.nodes().len(), shards = cluster.shards(), "frontend starting");
+        let inner = Arc::new(NodeInner::stateless(
+            cluster,
+            config.settings,
+            &SystemClock::default(),
+        ));
+        let cache = Arc::new(FrontCache::new(
+            config.seat_map_cache,
+            config.event_list_cache,
+        ));
+        let (stop, stopped) = watch::channel(false);
+        tokio::spawn(refresh_leaders(inner.clone(), stopped.clone()));
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health.set_serving::<SeatsServer<SeatsService>>().await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(seatd_proto::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| Error::Config(format!("reflection: {e}")))?;
+        let seats = SeatsServer::new(SeatsService::with_cache(inner.clone(), cache))
+            .max_decoding_message_size(crate::node::REQUEST_BYTES_MAX)
+            .max_encoding_message_size(crate::route::REPLY_BYTES_MAX);
+        let mut shutdown = stopped;
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .add_service(seats)
+                .add_service(health_service)
+                .add_service(reflection)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                    let _ = shutdown.wait_for(|s| *s).await;
+                }),
+        );
+        Ok(Self {
+            addr,
+            inner,
+            stop,
+            server,
+            health,
+            drain_timeout: config.settings.drain_timeout,
+        })
+    }
+
+    /// Stops accepting calls and lets the calls in flight finish (bounded).
+    pub async fn shutdown(self) -> Result<(), Error> {
+        crate::node::stop_serving(&self.health, &self.stop, self.server, self.drain_timeout).await;
+        info!("frontend stopped");
+        Ok(())
+    }
+}
+
+/// Keeps the shard → leader map fresh.
+async fn refresh_leaders(inner: Arc<NodeInner>, mut stop: watch::Receiver<bool>) {
+    let nodes: Vec<String> = inner.cluster.nodes().values().cloned().collect();
+    let mut tick = tokio::time::interval(Duration::from_millis(LEADER_REFRESH_MS));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        if let Ok(status) = ask_status(&nodes, Duration::from_millis(900)).await {
+            inner.learn_leaders(&status);
+        }
+    }
+}
