@@ -1,4 +1,11 @@
-//! Fault-injection tests against real seatd processes and containers, and the
-//! checker that reads their recorded histories.
+//! seatd's fault-injection suite: a real cluster under injected faults, a recorded
+//! history of every client operation, and a checker that reads the history and the
+//! final state and says whether anything was oversold, lost or answered wrongly.
 //!
-//! Empty until a cluster exists to break (issue 6).
+//! - [`history`]: operations as invocations and completions (ok, fail, info), as
+//!   JSON lines.
+//! - [`checker`]: per-seat linearizability (made cheap by seat versions) and the
+//!   whole-system checks on the healed cluster.
+
+pub mod checker;
+pub mod history;
