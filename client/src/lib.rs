@@ -78,6 +78,19 @@ pub fn layout_to_pb(l: &raft_store::VenueLayout) -> pb::Layout {
     }
 }
 
+/// The stable name of a hold state (`seatctl --json`'s `state`): active,
+/// checking_out, committed, released, expired (or unknown).
+pub fn hold_state_name(state: i32) -> &'static str {
+    match pb::HoldState::try_from(state) {
+        Ok(pb::HoldState::Active) => "active",
+        Ok(pb::HoldState::CheckingOut) => "checking_out",
+        Ok(pb::HoldState::Committed) => "committed",
+        Ok(pb::HoldState::Released) => "released",
+        Ok(pb::HoldState::Expired) => "expired",
+        _ => "unknown",
+    }
+}
+
 /// Deadlines and retry policy.
 #[derive(Clone, Copy, Debug)]
 pub struct Options {

@@ -40,7 +40,9 @@ pub const DISCOVERY_MS_MAX: u64 = 60_000;
 const CACHE_ENTRIES_MAX: usize = 1_024;
 
 pub struct FrontendConfig {
-    /// Addresses of some (or all) nodes; the rest are learned from them.
+    /// Addresses of some (or all) nodes; the rest are learned from them. An entry
+    /// `ID=ADDR` also says how this frontend reaches node ID, whatever address the
+    /// nodes know it by (a frontend on another network than the nodes' own links).
     pub nodes: Vec<String>,
     pub seat_map_cache: Duration,
     pub event_list_cache: Duration,
@@ -154,17 +156,34 @@ async fn ask_status(nodes: &[String], timeout: Duration) -> Result<pb::ClusterSt
     Err(Error::Unavailable(last))
 }
 
-/// The cluster's shape, as a node describes it.
-async fn discover(nodes: &[String]) -> Result<Cluster, Error> {
+/// The cluster's shape, as a node describes it, with the addresses given as
+/// `ID=ADDR` taking precedence.
+async fn discover(given: &[String]) -> Result<Cluster, Error> {
+    let mut pinned = BTreeMap::new();
+    let mut nodes = Vec::new();
+    for g in given {
+        match g.split_once('=') {
+            Some((id, addr)) => {
+                let id: u64 = id
+                    .trim()
+                    .parse()
+                    .map_err(|_| Error::Config(format!("--nodes entry {g:?}: bad node id")))?;
+                pinned.insert(id, addr.trim().to_string());
+                nodes.push(addr.trim().to_string());
+            }
+            None => nodes.push(g.clone()),
+        }
+    }
     let started = Instant::now();
     loop {
-        match ask_status(nodes, Duration::from_secs(1)).await {
+        match ask_status(&nodes, Duration::from_secs(1)).await {
             Ok(status) => {
-                let members: BTreeMap<u64, String> = status
+                let mut members: BTreeMap<u64, String> = status
                     .nodes
                     .iter()
                     .map(|n| (n.id, n.addr.clone()))
                     .collect();
+                members.extend(pinned.clone());
                 return Cluster::new(members, status.shards.len() as u32);
             }
             Err(e) if started.elapsed() < Duration::from_millis(DISCOVERY_MS_MAX) => {

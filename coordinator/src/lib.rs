@@ -1,6 +1,7 @@
 //! seatd's coordinator: wires the replicated state machine (`raft-store`) to the
 //! network (`seatd-proto`).
 //!
+//! - [`cli`]: the `seatd` command line.
 //! - [`node`]: a replica process (`seatd node`): its shards, its server, bootstrap and
 //!   graceful shutdown.
 //! - [`shard`]: one hosted Raft group with its batching queue ([`proposer`]), expiry
@@ -17,6 +18,7 @@
 //! - [`convert`], [`error`]: wire conversions, and the one mapping to gRPC status codes.
 
 pub mod admission;
+pub mod cli;
 pub mod clock;
 pub mod convert;
 pub mod dev;

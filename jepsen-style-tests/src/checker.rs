@@ -141,6 +141,14 @@ pub fn check(records: &[Record], end: &FinalState) -> Report {
         *report.ops.entry(format!("{f}:{k}")).or_default() += 1;
     }
     let holds = granted_holds(&ops);
+    for name in [
+        "seat states",
+        "seat held twice",
+        "real-time order (stale reads)",
+        "multi-seat holds all or nothing",
+    ] {
+        report.check(name);
+    }
     per_seat(&ops, &holds, end, &mut report);
     all_or_nothing(&ops, &holds, end, &mut report);
     commits(&ops, &holds, end, &mut report);

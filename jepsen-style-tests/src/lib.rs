@@ -6,6 +6,13 @@
 //!   JSON lines.
 //! - [`checker`]: per-seat linearizability (made cheap by seat versions) and the
 //!   whole-system checks on the healed cluster.
+//! - [`proxy`], [`cluster`]: real `seatd node` processes whose every node-to-node
+//!   link runs through a proxy the harness can cut or slow; process faults.
+//! - [`workload`]: the buyers; [`run`]: one seeded scenario from start to verdict.
 
 pub mod checker;
+pub mod cluster;
 pub mod history;
+pub mod proxy;
+pub mod run;
+pub mod workload;

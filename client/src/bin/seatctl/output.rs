@@ -3,7 +3,7 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use seatd_client::{pb, Error};
+use seatd_client::{hold_state_name, pb, Error};
 use serde_json::{json, Value};
 
 pub fn rfc3339(ms: u64) -> String {
@@ -15,17 +15,6 @@ fn sale_name(s: i32) -> &'static str {
         Ok(pb::SaleState::OnSale) => "on_sale",
         Ok(pb::SaleState::Stopped) => "stopped",
         Ok(pb::SaleState::Cancelled) => "cancelled",
-        _ => "unknown",
-    }
-}
-
-fn hold_state_name(s: i32) -> &'static str {
-    match pb::HoldState::try_from(s) {
-        Ok(pb::HoldState::Active) => "active",
-        Ok(pb::HoldState::CheckingOut) => "checking_out",
-        Ok(pb::HoldState::Committed) => "committed",
-        Ok(pb::HoldState::Released) => "released",
-        Ok(pb::HoldState::Expired) => "expired",
         _ => "unknown",
     }
 }

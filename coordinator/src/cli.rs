@@ -1,0 +1,319 @@
+//! The `seatd` command line, as a library function so that other binaries can be the
+//! very same program (the fault-injection suite builds its own copy, since a test of
+//! one package cannot ask cargo to build another package's binaries).
+//!
+//! `seatd node` runs a replica, `seatd frontend` a stateless gateway, `seatd dev` a
+//! whole local cluster in one process; `seatd layout ...` generates and checks venue
+//! files. Every subcommand exits non-zero with a one-line reason on stderr when it
+//! cannot do its job; the servers exit 0 after a clean shutdown on SIGTERM or Ctrl-C.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use raft_store::layout::{generate, preset};
+use raft_store::raft::{LogPolicy, RaftTiming};
+use raft_store::VenueLayout;
+
+#[derive(Parser)]
+#[command(
+    name = "seatd",
+    version,
+    about = "Raft-replicated seat coordinator for event ticketing"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Venue layout files: generate and check them.
+    #[command(subcommand)]
+    Layout(LayoutCommand),
+    /// Runs a replica: one Raft group per shard placed on this node.
+    Node(NodeArgs),
+    /// Runs a stateless gateway that forwards calls to shard leaders.
+    Frontend(FrontendArgs),
+    /// Runs a whole local cluster (3 replicas and a frontend) in one process.
+    Dev(DevArgs),
+}
+
+#[derive(Args)]
+struct FrontendArgs {
+    /// Address to serve the client API on.
+    #[arg(long)]
+    listen: std::net::SocketAddr,
+    /// Some or all node addresses, comma-separated; the rest are learned from them.
+    /// `ID=ADDR` pins how this frontend reaches node ID.
+    #[arg(long, value_delimiter = ',', required = true)]
+    nodes: Vec<String>,
+    /// How long a seat map asked for with stale_ok may be served from the cache.
+    #[arg(long, default_value_t = 1_000)]
+    seat_map_cache_ms: u64,
+    /// How long an event list may be served from the cache.
+    #[arg(long, default_value_t = 30_000)]
+    event_list_cache_ms: u64,
+    /// How long a call waits for a shard leader before failing with UNAVAILABLE.
+    #[arg(long, default_value_t = 5_000)]
+    route_wait_ms: u64,
+    /// Holds one user may ask for per second through this frontend (0: no limit).
+    #[arg(long, default_value_t = 20)]
+    holds_per_user_per_s: u32,
+}
+
+#[derive(Args)]
+struct DevArgs {
+    /// Where the three replicas keep their data.
+    #[arg(long, default_value = "./seatd-data")]
+    data_dir: PathBuf,
+    /// The endpoint clients use (seatctl's default).
+    #[arg(long, default_value = "127.0.0.1:7400")]
+    listen: std::net::SocketAddr,
+    /// Holds one user may ask for per second (0: no limit).
+    #[arg(long, default_value_t = 20)]
+    holds_per_user_per_s: u32,
+}
+
+#[derive(Args)]
+struct NodeArgs {
+    /// This node's id (a key of --peers).
+    #[arg(long)]
+    id: u64,
+    /// Address for the client API, the Raft transport, health and reflection.
+    #[arg(long)]
+    listen: std::net::SocketAddr,
+    /// Where this node keeps its data (created if missing).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Every node of the cluster, this one included: 1=HOST:PORT,2=HOST:PORT,...
+    #[arg(long)]
+    peers: String,
+    /// Shards of the cluster; fixed when the cluster is created.
+    #[arg(long, default_value_t = 8)]
+    shards: u32,
+    /// Snapshot a shard after this many entries.
+    #[arg(long, default_value_t = LogPolicy::default().logs_since_snapshot)]
+    snapshot_logs: u64,
+    /// Log entries kept behind a snapshot for slightly lagging followers.
+    #[arg(long, default_value_t = LogPolicy::default().logs_kept_after_snapshot)]
+    keep_logs: u64,
+    /// How long a call waits for a shard leader before failing with UNAVAILABLE.
+    #[arg(long, default_value_t = 5_000)]
+    route_wait_ms: u64,
+    /// How long a charge may take before its outcome counts as unknown.
+    #[arg(long, default_value_t = 3_000)]
+    payment_timeout_ms: u64,
+    /// Holds one user may ask for per second through this node (0: no limit).
+    #[arg(long, default_value_t = 20)]
+    holds_per_user_per_s: u32,
+    /// For fault tests: stamp entries as if this node's clock were off by this much.
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true, hide = true)]
+    clock_skew_ms: i64,
+}
+
+#[derive(Subcommand)]
+enum LayoutCommand {
+    /// Prints a layout as JSON: a named preset or a rectangular venue.
+    Generate(GenerateArgs),
+    /// Validates a layout file and prints its size.
+    Check {
+        /// The layout file (JSON, see README.md).
+        file: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    /// small (100 seats), arena (20,000) or stadium (100,000).
+    #[arg(long, conflicts_with_all = ["sections", "rows", "seats_per_row"])]
+    preset: Option<String>,
+    /// Number of sections of a rectangular venue.
+    #[arg(long, default_value_t = 1)]
+    sections: u32,
+    /// Rows per section.
+    #[arg(long, default_value_t = 10)]
+    rows: u32,
+    /// Seats per row.
+    #[arg(long, default_value_t = 50)]
+    seats_per_row: u32,
+    /// The venue's name.
+    #[arg(long, default_value = "Venue")]
+    venue: String,
+}
+
+/// Our own notable events at info; openraft's internals only when asked for
+/// (`RUST_LOG=info,openraft=warn`): it logs errors on every retry while a peer is
+/// down, where `peer unreachable` says it once. A group that stops is still logged,
+/// by the shard's watcher.
+const DEFAULT_LOG_FILTER: &str = "info,openraft=off";
+
+fn init_logs(default_filter: &str) {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default_filter.into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn run_frontend(args: FrontendArgs) -> anyhow::Result<()> {
+    use crate::frontend::{FrontendConfig, FrontendHandle};
+    init_logs(DEFAULT_LOG_FILTER);
+    let config = FrontendConfig {
+        nodes: args.nodes,
+        seat_map_cache: Duration::from_millis(args.seat_map_cache_ms),
+        event_list_cache: Duration::from_millis(args.event_list_cache_ms),
+        settings: crate::node::Settings {
+            route_wait: Duration::from_millis(args.route_wait_ms),
+            holds_per_user_per_s: args.holds_per_user_per_s,
+            ..Default::default()
+        },
+    };
+    runtime()?.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let frontend = FrontendHandle::start(config, listener).await?;
+        tracing::info!(addr = %frontend.addr, "serving");
+        shutdown_signal().await?;
+        frontend.shutdown().await?;
+        anyhow::Ok(())
+    })
+}
+
+fn run_dev(args: DevArgs) -> anyhow::Result<()> {
+    use crate::dev::{DevCluster, DevConfig, DEMO_EVENT};
+    init_logs("warn,openraft=off,crate::dev=info");
+    runtime()?.block_on(async move {
+        let dev = DevCluster::start(DevConfig {
+            data_dir: args.data_dir.clone(),
+            listen: args.listen,
+            create_demo: true,
+            holds_per_user_per_s: args.holds_per_user_per_s,
+        })
+        .await?;
+        let endpoint = dev.endpoint();
+        println!("seatd dev: 3 replicas and a frontend, data in {}", args.data_dir.display());
+        println!("endpoint: {endpoint}");
+        println!("try:      cargo run -p seatd-client --bin seatctl -- seatmap {DEMO_EVENT}");
+        println!("          cargo run -p seatd-client --bin seatctl -- hold {DEMO_EVENT} --user me --seats A-1,A-2");
+        println!("Ctrl-C stops it; the next start keeps the data.");
+        shutdown_signal().await?;
+        dev.shutdown().await?;
+        println!("seatd dev: stopped");
+        anyhow::Ok(())
+    })
+}
+
+fn run_node(args: NodeArgs) -> anyhow::Result<()> {
+    use crate::node::{NodeConfig, NodeHandle, Settings};
+    use crate::placement::Cluster;
+    init_logs(DEFAULT_LOG_FILTER);
+    let cluster = Cluster::new(Cluster::parse_peers(&args.peers)?, args.shards)?;
+    let config = NodeConfig {
+        id: args.id,
+        data_dir: args.data_dir,
+        cluster,
+        log_policy: LogPolicy {
+            logs_since_snapshot: args.snapshot_logs,
+            logs_kept_after_snapshot: args.keep_logs,
+        },
+        timing: RaftTiming::default(),
+        settings: Settings {
+            route_wait: Duration::from_millis(args.route_wait_ms),
+            payment_timeout: Duration::from_millis(args.payment_timeout_ms),
+            holds_per_user_per_s: args.holds_per_user_per_s,
+            ..Settings::default()
+        },
+        clock: Arc::new(crate::clock::SystemClock::with_skew(args.clock_skew_ms)),
+        gateway: Arc::new(crate::payment::TestGateway::default()),
+    };
+    runtime()?.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let node = NodeHandle::start(config, listener).await?;
+        tracing::info!(addr = %node.addr, "serving");
+        shutdown_signal().await?;
+        node.shutdown().await?;
+        anyhow::Ok(())
+    })
+}
+
+/// Resolves on SIGTERM or Ctrl-C (SIGINT).
+async fn shutdown_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        r = tokio::signal::ctrl_c() => {
+            r.context("cannot watch Ctrl-C")?;
+            tracing::info!("Ctrl-C received");
+        }
+    }
+    Ok(())
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Node(args) => run_node(args)?,
+        Command::Frontend(args) => run_frontend(args)?,
+        Command::Dev(args) => run_dev(args)?,
+        Command::Layout(LayoutCommand::Generate(args)) => {
+            let layout = match &args.preset {
+                Some(name) => match preset(name) {
+                    Some(layout) => layout,
+                    None => bail!("unknown preset {name:?}: use small, arena or stadium"),
+                },
+                None => generate(&args.venue, args.sections, args.rows, args.seats_per_row),
+            };
+            // Refuse to print a layout the state machine would refuse.
+            layout
+                .plan()
+                .map_err(anyhow::Error::msg)
+                .context("generated layout is invalid")?;
+            println!("{}", layout.to_json_pretty());
+        }
+        Command::Layout(LayoutCommand::Check { file }) => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let layout = VenueLayout::from_json(&text)
+                .and_then(|l| l.plan().map(|p| (l, p)))
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("{} is not a valid layout", file.display()));
+            let (layout, plan) = layout?;
+            println!(
+                "{}: venue {:?}, {} sections, {} rows, {} seats",
+                file.display(),
+                layout.venue,
+                layout.sections.len(),
+                plan.rows.len(),
+                plan.seats.len()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Parses the process's arguments and runs the command.
+pub fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("seatd: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

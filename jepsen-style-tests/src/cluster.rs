@@ -1,0 +1,396 @@
+//! A real seatd cluster under the harness's control: `seatd node` processes on
+//! loopback whose every node-to-node connection runs through a [`Proxy`] owned by the
+//! harness, plus frontends that reach the nodes directly.
+//!
+//! Node i lists node j at the address of proxy (i→j) in its `--peers`, so cutting
+//! that proxy cuts exactly the link from i to j (Raft messages and forwarded client
+//! calls alike). Clients and frontends are not behind proxies: a partition separates
+//! nodes, and clients still reach every side, as in a real deployment where the
+//! client network differs from the replication links.
+//!
+//! Process faults: SIGKILL and restart, SIGSTOP / SIGCONT, restart with an empty data
+//! dir, restart with a skewed clock. Every process is killed when the cluster drops.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use seatd_proto::v1 as pb;
+use seatd_proto::v1::seats_client::SeatsClient;
+use tonic::transport::Channel;
+
+use crate::proxy::Proxy;
+
+/// The seatd binary the harness runs: `$SEATD_BIN`, else this crate's own copy of the
+/// seatd command line (`seatd-under-test`, built with these tests).
+pub fn seatd_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("SEATD_BIN") {
+        return p.into();
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir.join("seatd-under-test")
+}
+
+pub struct Node {
+    pub id: u64,
+    pub addr: SocketAddr,
+    pub dir: PathBuf,
+    pub log: PathBuf,
+    child: Mutex<Option<Child>>,
+    /// Extra flags for the next start (a skewed clock).
+    extra: Mutex<Vec<String>>,
+}
+
+pub struct Cluster {
+    pub root: tempfile::TempDir,
+    pub nodes: BTreeMap<u64, Node>,
+    /// (from, to) → the proxy carrying that link.
+    pub links: BTreeMap<(u64, u64), Proxy>,
+    pub frontends: Vec<(SocketAddr, Mutex<Option<Child>>)>,
+    pub shards: u32,
+}
+
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+}
+
+impl Cluster {
+    /// Starts `n` nodes (and `frontends` frontends) with every link proxied.
+    pub async fn start(n: u64, shards: u32, frontends: usize) -> std::io::Result<Self> {
+        let root = tempfile::tempdir()?;
+        let mut nodes = BTreeMap::new();
+        for id in 1..=n {
+            nodes.insert(
+                id,
+                Node {
+                    id,
+                    addr: free_addr(),
+                    dir: root.path().join(format!("node{id}")),
+                    log: root.path().join(format!("node{id}.log")),
+                    child: Mutex::new(None),
+                    extra: Mutex::default(),
+                },
+            );
+        }
+        let mut links = BTreeMap::new();
+        for from in 1..=n {
+            for to in (1..=n).filter(|&t| t != from) {
+                links.insert((from, to), Proxy::start(nodes[&to].addr).await?);
+            }
+        }
+        let mut c = Self {
+            root,
+            nodes,
+            links,
+            frontends: Vec::new(),
+            shards,
+        };
+        for id in 1..=n {
+            c.spawn(id);
+        }
+        for _ in 0..frontends {
+            let addr = free_addr();
+            let list: Vec<String> = c
+                .nodes
+                .values()
+                .map(|n| format!("{}={}", n.id, n.addr))
+                .collect();
+            let log =
+                std::fs::File::create(c.root.path().join(format!("frontend-{}.log", addr.port())))?;
+            let child = Command::new(seatd_bin())
+                .args(["frontend", "--listen", &addr.to_string()])
+                .args(["--nodes", &list.join(",")])
+                .args(["--holds-per-user-per-s", "0"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()?;
+            c.frontends.push((addr, Mutex::new(Some(child))));
+        }
+        Ok(c)
+    }
+
+    /// Node `id`'s `--peers`: itself directly, every other node through its proxy.
+    fn peers_of(&self, id: u64) -> String {
+        self.nodes
+            .values()
+            .map(|n| {
+                let addr = if n.id == id {
+                    n.addr
+                } else {
+                    self.links[&(id, n.id)].addr
+                };
+                format!("{}={addr}", n.id)
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn spawn(&self, id: u64) {
+        let node = &self.nodes[&id];
+        let mut slot = node.child.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_some() {
+            return;
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log)
+            .expect("node log");
+        let extra = node.extra.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let child = Command::new(seatd_bin())
+            .args([
+                "node",
+                "--id",
+                &id.to_string(),
+                "--listen",
+                &node.addr.to_string(),
+            ])
+            .arg("--data-dir")
+            .arg(&node.dir)
+            .args([
+                "--peers",
+                &self.peers_of(id),
+                "--shards",
+                &self.shards.to_string(),
+            ])
+            .args(["--holds-per-user-per-s", "0", "--route-wait-ms", "3000"])
+            .args(["--snapshot-logs", "500", "--keep-logs", "50"])
+            .args(&extra)
+            .env("RUST_LOG", "info,openraft=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", seatd_bin().display()));
+        *slot = Some(child);
+    }
+
+    pub fn is_running(&self, id: u64) -> bool {
+        self.nodes[&id]
+            .child
+            .lock()
+            .map(|c| c.is_some())
+            .unwrap_or(false)
+    }
+
+    pub fn kill(&self, id: u64) {
+        let taken = self.nodes[&id].child.lock().ok().and_then(|mut c| c.take());
+        if let Some(mut c) = taken {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn signal(&self, id: u64, sig: &str) {
+        let pid = self.nodes[&id]
+            .child
+            .lock()
+            .ok()
+            .and_then(|c| c.as_ref().map(|c| c.id()));
+        if let Some(pid) = pid {
+            let _ = Command::new("kill").args([sig, &pid.to_string()]).status();
+        }
+    }
+
+    pub fn pause(&self, id: u64) {
+        self.signal(id, "-STOP");
+    }
+
+    pub fn resume(&self, id: u64) {
+        self.signal(id, "-CONT");
+    }
+
+    /// Kills a node and deletes its data: the next start is an empty replica.
+    pub fn wipe(&self, id: u64) {
+        self.kill(id);
+        let _ = std::fs::remove_dir_all(&self.nodes[&id].dir);
+    }
+
+    /// The next start of `id` stamps entries as if its clock were off by `skew_ms`.
+    pub fn set_clock_skew(&self, id: u64, skew_ms: i64) {
+        let mut extra = self.nodes[&id]
+            .extra
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        *extra = if skew_ms == 0 {
+            Vec::new()
+        } else {
+            vec![format!("--clock-skew-ms={skew_ms}")]
+        };
+    }
+
+    /// Cuts every link between a node of `a` and a node of `b`, both ways.
+    pub fn cut_between(&self, a: &BTreeSet<u64>, b: &BTreeSet<u64>) {
+        for ((from, to), p) in &self.links {
+            if (a.contains(from) && b.contains(to)) || (b.contains(from) && a.contains(to)) {
+                p.cut();
+            }
+        }
+    }
+
+    pub fn cut(&self, from: u64, to: u64) {
+        self.links[&(from, to)].cut();
+    }
+
+    pub fn slow_all(&self, delay: Duration) {
+        for p in self.links.values() {
+            p.slow(delay);
+        }
+    }
+
+    pub fn heal(&self) {
+        for p in self.links.values() {
+            p.heal();
+        }
+    }
+
+    /// Every endpoint a client may use: the frontends, then the nodes.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.frontends
+            .iter()
+            .map(|(a, _)| format!("http://{a}"))
+            .chain(self.nodes.values().map(|n| format!("http://{}", n.addr)))
+            .collect()
+    }
+
+    pub fn client(&self, id: u64) -> SeatsClient<Channel> {
+        let channel =
+            tonic::transport::Endpoint::from_shared(format!("http://{}", self.nodes[&id].addr))
+                .expect("valid url")
+                .connect_timeout(Duration::from_secs(1))
+                .timeout(Duration::from_secs(5))
+                .connect_lazy();
+        SeatsClient::new(channel).max_decoding_message_size(64 << 20)
+    }
+
+    pub async fn local_status(&self, id: u64) -> Option<pb::ClusterStatus> {
+        let mut c = self.client(id);
+        let r = c
+            .cluster_status(pb::ClusterStatusRequest { local: true })
+            .await;
+        r.ok().map(|r| r.into_inner())
+    }
+
+    /// The leader of each shard, as the running members agree on it.
+    pub async fn leaders(&self) -> BTreeMap<u32, u64> {
+        let mut votes: BTreeMap<u32, BTreeSet<Option<u64>>> = BTreeMap::new();
+        let mut leading: BTreeMap<u32, u64> = BTreeMap::new();
+        for id in self.nodes.keys().copied().filter(|&i| self.is_running(i)) {
+            let Some(s) = self.local_status(id).await else {
+                continue;
+            };
+            for sh in s
+                .shards
+                .iter()
+                .filter(|s| s.members.contains(&s.reported_by))
+            {
+                votes.entry(sh.shard).or_default().insert(sh.leader);
+                if sh.role == "leader" {
+                    leading.insert(sh.shard, id);
+                }
+            }
+        }
+        leading
+            .into_iter()
+            .filter(|(shard, l)| {
+                votes
+                    .get(shard)
+                    .is_some_and(|v| v.len() == 1 && v.contains(&Some(*l)))
+            })
+            .collect()
+    }
+
+    pub async fn wait_ready(&self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if self.leaders().await.len() == self.shards as usize {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    }
+
+    /// Waits until every shard's replicas agree (same applied index, same digest);
+    /// returns the shards that still differ.
+    pub async fn wait_converged(&self, within: Duration) -> Vec<String> {
+        let deadline = Instant::now() + within;
+        loop {
+            let mut views: BTreeMap<u32, BTreeSet<(u64, Vec<u8>)>> = BTreeMap::new();
+            let mut missing = Vec::new();
+            for id in self.nodes.keys().copied() {
+                match self.local_status(id).await {
+                    Some(s) => {
+                        for sh in s
+                            .shards
+                            .into_iter()
+                            .filter(|s| s.members.contains(&s.reported_by))
+                        {
+                            views
+                                .entry(sh.shard)
+                                .or_default()
+                                .insert((sh.applied_index, sh.digest));
+                        }
+                    }
+                    None => missing.push(id),
+                }
+            }
+            let differing: Vec<String> = views
+                .iter()
+                .filter(|(_, v)| v.len() > 1)
+                .map(|(shard, v)| {
+                    format!(
+                        "shard {shard}: replicas at {:?}",
+                        v.iter().map(|x| x.0).collect::<Vec<_>>()
+                    )
+                })
+                .chain(missing.iter().map(|id| format!("node {id} did not answer")))
+                .collect();
+            if differing.is_empty() || Instant::now() > deadline {
+                return differing;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// The last lines of every node's log, for a failure report.
+    pub fn log_tails(&self, lines: usize) -> String {
+        let mut out = String::new();
+        for n in self.nodes.values() {
+            let text = std::fs::read_to_string(&n.log).unwrap_or_default();
+            let all: Vec<&str> = text.lines().collect();
+            out.push_str(&format!("----- node {} -----\n", n.id));
+            for l in &all[all.len().saturating_sub(lines)..] {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for n in self.nodes.values() {
+            // A paused process must be resumed to die promptly.
+            self.signal(n.id, "-CONT");
+            self.kill(n.id);
+        }
+        for (_, f) in &self.frontends {
+            if let Some(mut c) = f.lock().ok().and_then(|mut c| c.take()) {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}

@@ -1,0 +1,409 @@
+//! One seeded run: start a cluster, create the events, let the buyers loose, inject
+//! one kind of fault on a schedule fixed by the seed, heal everything, read the final
+//! state from every replica, and check the history.
+//!
+//! The seed fixes the fault schedule (when, for how long, which node when there is a
+//! choice) and every buyer's choices; the cluster's own timing is not reproducible, so
+//! a replay runs the same schedule and workload, not the same interleaving. A failed
+//! run keeps its history (JSON lines) and prints the command that replays it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use seatd_client::{pb, Client, Options};
+
+use crate::checker::{check, FinalHold, FinalState, Report};
+use crate::cluster::Cluster;
+use crate::history::{write_jsonl, Recorder};
+use crate::workload::{map_value, Buyer, ROWS, SEATS_PER_ROW};
+
+/// The faults a scenario can inject.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Cut every link of the leader of a busy shard.
+    IsolateLeader,
+    /// Split the nodes into a majority and a minority.
+    Halves,
+    /// Two halves that only one node (the bridge) sees both of.
+    Bridge,
+    /// Each node sees only its two neighbours.
+    Ring,
+    /// 150 ms added to every link.
+    SlowLinks,
+    /// SIGKILL the leader, restart it a few seconds later.
+    KillLeader,
+    /// SIGSTOP the leader for a few seconds.
+    Pause,
+    /// Kill a node, delete its data, restart it empty.
+    Wipe,
+    /// Restart the leader with its clock a minute ahead or behind.
+    ClockSkew,
+}
+
+impl Fault {
+    pub const ALL: [Fault; 9] = [
+        Fault::IsolateLeader,
+        Fault::Halves,
+        Fault::Bridge,
+        Fault::Ring,
+        Fault::SlowLinks,
+        Fault::KillLeader,
+        Fault::Pause,
+        Fault::Wipe,
+        Fault::ClockSkew,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::IsolateLeader => "isolate-leader",
+            Fault::Halves => "halves",
+            Fault::Bridge => "bridge",
+            Fault::Ring => "ring",
+            Fault::SlowLinks => "slow-links",
+            Fault::KillLeader => "kill-leader",
+            Fault::Pause => "pause",
+            Fault::Wipe => "wipe",
+            Fault::ClockSkew => "clock-skew",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.name() == s)
+    }
+
+    /// Nodes the fault needs at least.
+    pub fn nodes_min(self) -> u64 {
+        match self {
+            Fault::Bridge | Fault::Ring => 5,
+            _ => 3,
+        }
+    }
+}
+
+pub struct Scenario {
+    pub fault: Fault,
+    pub seed: u64,
+    pub nodes: u64,
+    pub clients: u32,
+    pub duration: Duration,
+    /// Where a failed run's history is kept.
+    pub keep_dir: PathBuf,
+}
+
+pub struct Outcome {
+    pub report: Report,
+    pub faults: Vec<String>,
+    pub history: Option<PathBuf>,
+}
+
+impl Outcome {
+    pub fn summary(&self, s: &Scenario) -> String {
+        let mut out = format!(
+            "scenario {} (seed {}, {} nodes, {} clients, {:?})\nfaults injected:\n",
+            s.fault.name(),
+            s.seed,
+            s.nodes,
+            s.clients,
+            s.duration
+        );
+        for f in &self.faults {
+            out.push_str(&format!("  {f}\n"));
+        }
+        out.push_str(&self.report.summary());
+        if let Some(h) = &self.history {
+            out.push_str(&format!(
+                "history kept in {}\nreplay: SEATD_JEPSEN_SEED={} cargo run -p seatd-jepsen --bin seatd-jepsen -- \
+                 --fault {} --nodes {} --secs {}\n",
+                h.display(),
+                s.seed,
+                s.fault.name(),
+                s.nodes,
+                s.duration.as_secs()
+            ));
+        }
+        out
+    }
+}
+
+const SHARDS: u32 = 4;
+/// Quiet time after the workload, longer than any hold TTL (4 s) and payment window
+/// (3 s), so every hold has ended and replicas stop changing before the final read.
+pub const QUIESCE_MS: u64 = 5_000;
+const EVENTS: usize = 2;
+
+fn layout() -> pb::Layout {
+    pb::Layout {
+        venue: "Jepsen Hall".into(),
+        sections: vec![pb::Section {
+            id: "S".into(),
+            rows: ROWS
+                .iter()
+                .map(|r| pb::Row {
+                    id: r.to_string(),
+                    seats: SEATS_PER_ROW,
+                    first: None,
+                    seat_ids: vec![],
+                })
+                .collect(),
+        }],
+    }
+}
+
+pub async fn run(s: &Scenario) -> Result<Outcome, String> {
+    if s.nodes < s.fault.nodes_min() {
+        return Err(format!(
+            "{} needs {} nodes",
+            s.fault.name(),
+            s.fault.nodes_min()
+        ));
+    }
+    let cluster = Cluster::start(s.nodes, SHARDS, 2)
+        .await
+        .map_err(|e| format!("cannot start the cluster: {e}"))?;
+    if !cluster.wait_ready(Duration::from_secs(30)).await {
+        return Err(format!("cluster not ready\n{}", cluster.log_tails(20)));
+    }
+    let options = Options {
+        attempt_timeout: Duration::from_secs(2),
+        retry_budget: Duration::from_secs(6),
+        backoff_min: Duration::from_millis(20),
+        backoff_max: Duration::from_millis(500),
+    };
+    let client =
+        Arc::new(Client::with_options(cluster.endpoints(), options).map_err(|e| e.to_string())?);
+    let events: Vec<String> = (0..EVENTS).map(|i| format!("ev{i}")).collect();
+    let mut shards = BTreeSet::new();
+    for e in &events {
+        let created = client
+            .create_event(pb::CreateEventRequest {
+                event_id: e.clone(),
+                name: format!("Jepsen {e}"),
+                starts_at_ms: 1,
+                layout: Some(layout()),
+                limits: Some(pb::Limits {
+                    hold_ttl_ms_min: 500,
+                    checkout_ttl_ms: 3_000,
+                    ..Default::default()
+                }),
+            })
+            .await
+            .map_err(|e| format!("create event: {e}"))?;
+        shards.insert(created.shard);
+    }
+    let recorder = Arc::new(Recorder::default());
+    let until = Instant::now() + s.duration;
+    let mut buyers = tokio::task::JoinSet::new();
+    for b in 0..s.clients {
+        let buyer = Buyer::new(b, s.seed, events.clone(), client.clone(), recorder.clone());
+        buyers.spawn(buyer.run(until));
+    }
+    let busy_shard = *shards.iter().next().expect("an event");
+    let faults = inject(&cluster, s, busy_shard, until).await;
+    while buyers.join_next().await.is_some() {}
+
+    // Heal everything, then read the final state from every replica.
+    cluster.heal();
+    for id in cluster.nodes.keys().copied() {
+        cluster.resume(id);
+        cluster.set_clock_skew(id, 0);
+        cluster.spawn(id);
+    }
+    if !cluster.wait_ready(Duration::from_secs(30)).await {
+        return Err(format!(
+            "cluster did not recover\n{}",
+            cluster.log_tails(30)
+        ));
+    }
+    tokio::time::sleep(Duration::from_millis(QUIESCE_MS)).await;
+    let end = final_state(&cluster, &client, &events).await?;
+    let records = recorder.records();
+    let report = check(&records, &end);
+    let history = if report.is_valid() {
+        None
+    } else {
+        std::fs::create_dir_all(&s.keep_dir).map_err(|e| e.to_string())?;
+        let path = s
+            .keep_dir
+            .join(format!("{}-{}.jsonl", s.fault.name(), s.seed));
+        let file = std::fs::File::create(&path).map_err(|e| e.to_string())?;
+        write_jsonl(&records, std::io::BufWriter::new(file)).map_err(|e| e.to_string())?;
+        std::fs::write(path.with_extension("logs"), cluster.log_tails(200))
+            .map_err(|e| e.to_string())?;
+        Some(path)
+    };
+    Ok(Outcome {
+        report,
+        faults,
+        history,
+    })
+}
+
+/// Injects `s.fault` in rounds (fault on for 2–4 s, healed for 1–3 s) until `until`;
+/// returns what it did, with times.
+async fn inject(cluster: &Cluster, s: &Scenario, shard: u32, until: Instant) -> Vec<String> {
+    let mut rng = fastrand::Rng::with_seed(s.seed);
+    let started = Instant::now();
+    let mut log = Vec::new();
+    let ids: Vec<u64> = cluster.nodes.keys().copied().collect();
+    tokio::time::sleep(Duration::from_millis(rng.u64(500..1_500))).await;
+    while Instant::now() + Duration::from_secs(3) < until {
+        let leader = cluster
+            .leaders()
+            .await
+            .get(&shard)
+            .copied()
+            .unwrap_or(ids[rng.usize(0..ids.len())]);
+        let on = Duration::from_millis(rng.u64(2_000..4_000));
+        let at = started.elapsed().as_millis();
+        let what = match s.fault {
+            Fault::IsolateLeader => {
+                let rest: BTreeSet<u64> = ids.iter().copied().filter(|&i| i != leader).collect();
+                cluster.cut_between(&BTreeSet::from([leader]), &rest);
+                format!("isolated node {leader}")
+            }
+            Fault::Halves => {
+                let mut shuffled = ids.clone();
+                rng.shuffle(&mut shuffled);
+                let (minority, majority) = shuffled.split_at(ids.len() / 2);
+                let a: BTreeSet<u64> = minority.iter().copied().collect();
+                let b: BTreeSet<u64> = majority.iter().copied().collect();
+                cluster.cut_between(&a, &b);
+                format!("split {a:?} | {b:?}")
+            }
+            Fault::Bridge => {
+                let mut shuffled = ids.clone();
+                rng.shuffle(&mut shuffled);
+                let bridge = shuffled[0];
+                let half = (shuffled.len() - 1) / 2;
+                let a: BTreeSet<u64> = shuffled[1..=half].iter().copied().collect();
+                let b: BTreeSet<u64> = shuffled[half + 1..].iter().copied().collect();
+                cluster.cut_between(&a, &b);
+                format!("bridge {bridge} between {a:?} and {b:?}")
+            }
+            Fault::Ring => {
+                let mut ring = ids.clone();
+                rng.shuffle(&mut ring);
+                let n = ring.len();
+                for (i, &from) in ring.iter().enumerate() {
+                    let neighbours = [ring[(i + 1) % n], ring[(i + n - 1) % n]];
+                    for &to in ids
+                        .iter()
+                        .filter(|&&t| t != from && !neighbours.contains(&t))
+                    {
+                        cluster.cut(from, to);
+                    }
+                }
+                format!("ring {ring:?}")
+            }
+            Fault::SlowLinks => {
+                cluster.slow_all(Duration::from_millis(150));
+                "150 ms on every link".to_string()
+            }
+            Fault::KillLeader => {
+                cluster.kill(leader);
+                format!("killed node {leader}")
+            }
+            Fault::Pause => {
+                cluster.pause(leader);
+                format!("paused node {leader}")
+            }
+            Fault::Wipe => {
+                let victim = ids[rng.usize(0..ids.len())];
+                cluster.wipe(victim);
+                format!("wiped node {victim}")
+            }
+            Fault::ClockSkew => {
+                let skew: i64 = if rng.bool() { 60_000 } else { -60_000 };
+                cluster.kill(leader);
+                cluster.set_clock_skew(leader, skew);
+                cluster.spawn(leader);
+                format!("restarted node {leader} with its clock {skew} ms off")
+            }
+        };
+        log.push(format!("{at:>6} ms  {what} for {} ms", on.as_millis()));
+        tokio::time::sleep(on.min(until.saturating_duration_since(Instant::now()))).await;
+        cluster.heal();
+        for id in &ids {
+            cluster.resume(*id);
+            if !cluster.is_running(*id) {
+                cluster.spawn(*id);
+            }
+        }
+        log.push(format!("{:>6} ms  healed", started.elapsed().as_millis()));
+        let off = Duration::from_millis(rng.u64(1_000..3_000));
+        tokio::time::sleep(off.min(until.saturating_duration_since(Instant::now()))).await;
+    }
+    log
+}
+
+/// Every replica's seat maps, every hold, and whether replicas converged.
+async fn final_state(
+    cluster: &Cluster,
+    client: &Client,
+    events: &[String],
+) -> Result<FinalState, String> {
+    let mut end = FinalState {
+        divergent: cluster.wait_converged(Duration::from_secs(30)).await,
+        ..Default::default()
+    };
+    for event in events {
+        let consistent = client
+            .seat_map(event, false)
+            .await
+            .map_err(|e| format!("final read of {event}: {e}"))?;
+        end.counts.insert(
+            event.clone(),
+            consistent
+                .sections
+                .iter()
+                .map(|s| (s.capacity, s.available, s.held, s.sold))
+                .collect(),
+        );
+        let mut replicas = BTreeMap::new();
+        for id in cluster.nodes.keys().copied() {
+            let mut node = cluster.client(id);
+            let map = node
+                .get_seat_map(pb::GetSeatMapRequest {
+                    event_id: event.clone(),
+                    stale_ok: true,
+                })
+                .await
+                .map_err(|e| format!("final read of {event} on node {id}: {e}"))?
+                .into_inner();
+            if let crate::history::Value::Map { seats, .. } = map_value(&map) {
+                replicas.insert(id, seats);
+            }
+        }
+        end.maps.insert(event.clone(), replicas);
+        let mut misses = 0;
+        for n in 1u64.. {
+            if misses >= 3 || n > 1_000_000 {
+                break;
+            }
+            match client.hold_status(&format!("{event}.h{n}")).await {
+                Ok(h) => {
+                    misses = 0;
+                    let state = seatd_client::hold_state_name(h.state);
+                    end.holds.insert(
+                        h.hold_id.clone(),
+                        FinalHold {
+                            event: event.clone(),
+                            rid: h.client_reservation_id,
+                            state: state.into(),
+                            seats: h
+                                .seats
+                                .into_iter()
+                                .map(|s| (s.seat_id, s.version))
+                                .collect(),
+                        },
+                    );
+                }
+                Err(seatd_client::Error::NotFound(_)) => misses += 1,
+                Err(e) => return Err(format!("final read of {event}.h{n}: {e}")),
+            }
+        }
+    }
+    Ok(end)
+}
