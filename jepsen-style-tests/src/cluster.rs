@@ -68,12 +68,19 @@ impl Cluster {
     pub async fn start(n: u64, shards: u32, frontends: usize) -> std::io::Result<Self> {
         let root = tempfile::tempdir()?;
         let mut nodes = BTreeMap::new();
+        // The nodes' ports stay bound until every proxy has its own port, so the OS
+        // cannot hand a node's port to a proxy; they are released just before the
+        // nodes start.
+        let mut reserved = Vec::new();
         for id in 1..=n {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
+            let addr = probe.local_addr()?;
+            reserved.push(probe);
             nodes.insert(
                 id,
                 Node {
                     id,
-                    addr: free_addr(),
+                    addr,
                     dir: root.path().join(format!("node{id}")),
                     log: root.path().join(format!("node{id}.log")),
                     child: Mutex::new(None),
@@ -94,6 +101,7 @@ impl Cluster {
             frontends: Vec::new(),
             shards,
         };
+        drop(reserved);
         for id in 1..=n {
             c.spawn(id);
         }
