@@ -16,13 +16,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
-
-use seatd_proto::v1 as pb;
-use seatd_proto::v1::seats_client::SeatsClient;
-use tonic::transport::Channel;
+use std::time::Duration;
 
 use crate::proxy::Proxy;
+use crate::run::Fault;
+use crate::target::Target;
 
 /// The seatd binary the harness runs: `$SEATD_BIN`, else this crate's own copy of the
 /// seatd command line (`seatd-under-test`, built with these tests).
@@ -271,108 +269,7 @@ impl Cluster {
             .collect()
     }
 
-    pub fn client(&self, id: u64) -> SeatsClient<Channel> {
-        let channel =
-            tonic::transport::Endpoint::from_shared(format!("http://{}", self.nodes[&id].addr))
-                .expect("valid url")
-                .connect_timeout(Duration::from_secs(1))
-                .timeout(Duration::from_secs(5))
-                .connect_lazy();
-        SeatsClient::new(channel).max_decoding_message_size(64 << 20)
-    }
-
-    pub async fn local_status(&self, id: u64) -> Option<pb::ClusterStatus> {
-        let mut c = self.client(id);
-        let r = c
-            .cluster_status(pb::ClusterStatusRequest { local: true })
-            .await;
-        r.ok().map(|r| r.into_inner())
-    }
-
-    /// The leader of each shard, as the running members agree on it.
-    pub async fn leaders(&self) -> BTreeMap<u32, u64> {
-        let mut votes: BTreeMap<u32, BTreeSet<Option<u64>>> = BTreeMap::new();
-        let mut leading: BTreeMap<u32, u64> = BTreeMap::new();
-        for id in self.nodes.keys().copied().filter(|&i| self.is_running(i)) {
-            let Some(s) = self.local_status(id).await else {
-                continue;
-            };
-            for sh in s
-                .shards
-                .iter()
-                .filter(|s| s.members.contains(&s.reported_by))
-            {
-                votes.entry(sh.shard).or_default().insert(sh.leader);
-                if sh.role == "leader" {
-                    leading.insert(sh.shard, id);
-                }
-            }
-        }
-        leading
-            .into_iter()
-            .filter(|(shard, l)| {
-                votes
-                    .get(shard)
-                    .is_some_and(|v| v.len() == 1 && v.contains(&Some(*l)))
-            })
-            .collect()
-    }
-
-    pub async fn wait_ready(&self, within: Duration) -> bool {
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            if self.leaders().await.len() == self.shards as usize {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        false
-    }
-
-    /// Waits until every shard's replicas agree (same applied index, same digest);
-    /// returns the shards that still differ.
-    pub async fn wait_converged(&self, within: Duration) -> Vec<String> {
-        let deadline = Instant::now() + within;
-        loop {
-            let mut views: BTreeMap<u32, BTreeSet<(u64, Vec<u8>)>> = BTreeMap::new();
-            let mut missing = Vec::new();
-            for id in self.nodes.keys().copied() {
-                match self.local_status(id).await {
-                    Some(s) => {
-                        for sh in s
-                            .shards
-                            .into_iter()
-                            .filter(|s| s.members.contains(&s.reported_by))
-                        {
-                            views
-                                .entry(sh.shard)
-                                .or_default()
-                                .insert((sh.applied_index, sh.digest));
-                        }
-                    }
-                    None => missing.push(id),
-                }
-            }
-            let differing: Vec<String> = views
-                .iter()
-                .filter(|(_, v)| v.len() > 1)
-                .map(|(shard, v)| {
-                    format!(
-                        "shard {shard}: replicas at {:?}",
-                        v.iter().map(|x| x.0).collect::<Vec<_>>()
-                    )
-                })
-                .chain(missing.iter().map(|id| format!("node {id} did not answer")))
-                .collect();
-            if differing.is_empty() || Instant::now() > deadline {
-                return differing;
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-    }
-
-    /// The last lines of every node's log, for a failure report.
-    pub fn log_tails(&self, lines: usize) -> String {
+    fn tails(&self, lines: usize) -> String {
         let mut out = String::new();
         for n in self.nodes.values() {
             let text = std::fs::read_to_string(&n.log).unwrap_or_default();
@@ -400,5 +297,120 @@ impl Drop for Cluster {
                 let _ = c.wait();
             }
         }
+    }
+}
+
+impl Target for Cluster {
+    fn node_ids(&self) -> Vec<u64> {
+        self.nodes.keys().copied().collect()
+    }
+
+    fn endpoints(&self) -> Vec<String> {
+        self.endpoints()
+    }
+
+    fn node_endpoint(&self, id: u64) -> String {
+        format!("http://{}", self.nodes[&id].addr)
+    }
+
+    fn shards(&self) -> u32 {
+        self.shards
+    }
+
+    fn supports(&self, _fault: Fault) -> bool {
+        true // a disconnected node is an isolated one here
+    }
+
+    async fn inject(&self, fault: Fault, leader: u64, rng: &mut fastrand::Rng) -> String {
+        let ids = self.node_ids();
+        match fault {
+            Fault::IsolateLeader | Fault::Disconnect => {
+                let rest: BTreeSet<u64> = ids.iter().copied().filter(|&i| i != leader).collect();
+                self.cut_between(&BTreeSet::from([leader]), &rest);
+                format!("isolated node {leader}")
+            }
+            Fault::Halves => {
+                let mut shuffled = ids.clone();
+                rng.shuffle(&mut shuffled);
+                let (minority, majority) = shuffled.split_at(ids.len() / 2);
+                let a: BTreeSet<u64> = minority.iter().copied().collect();
+                let b: BTreeSet<u64> = majority.iter().copied().collect();
+                self.cut_between(&a, &b);
+                format!("split {a:?} | {b:?}")
+            }
+            Fault::Bridge => {
+                let mut shuffled = ids.clone();
+                rng.shuffle(&mut shuffled);
+                let bridge = shuffled[0];
+                let half = (shuffled.len() - 1) / 2;
+                let a: BTreeSet<u64> = shuffled[1..=half].iter().copied().collect();
+                let b: BTreeSet<u64> = shuffled[half + 1..].iter().copied().collect();
+                self.cut_between(&a, &b);
+                format!("bridge {bridge} between {a:?} and {b:?}")
+            }
+            Fault::Ring => {
+                let mut ring = ids.clone();
+                rng.shuffle(&mut ring);
+                let n = ring.len();
+                for (i, &from) in ring.iter().enumerate() {
+                    let neighbours = [ring[(i + 1) % n], ring[(i + n - 1) % n]];
+                    for &to in ids
+                        .iter()
+                        .filter(|&&t| t != from && !neighbours.contains(&t))
+                    {
+                        self.cut(from, to);
+                    }
+                }
+                format!("ring {ring:?}")
+            }
+            Fault::SlowLinks => {
+                self.slow_all(Duration::from_millis(150));
+                "150 ms on every link".to_string()
+            }
+            Fault::KillLeader => {
+                self.kill(leader);
+                format!("killed node {leader}")
+            }
+            Fault::Pause => {
+                self.pause(leader);
+                format!("paused node {leader}")
+            }
+            Fault::Wipe => {
+                let victim = ids[rng.usize(0..ids.len())];
+                self.wipe(victim);
+                format!("wiped node {victim}")
+            }
+            Fault::ClockSkew => {
+                let skew: i64 = if rng.bool() { 60_000 } else { -60_000 };
+                self.kill(leader);
+                self.set_clock_skew(leader, skew);
+                self.spawn(leader);
+                format!("restarted node {leader} with its clock {skew} ms off")
+            }
+            Fault::RestartAll => {
+                for id in &ids {
+                    self.kill(*id);
+                }
+                for id in &ids {
+                    self.spawn(*id);
+                }
+                "killed and restarted every node".to_string()
+            }
+        }
+    }
+
+    async fn heal(&self) {
+        Cluster::heal(self);
+        for id in self.node_ids() {
+            self.resume(id);
+            self.set_clock_skew(id, 0);
+            if !self.is_running(id) {
+                self.spawn(id);
+            }
+        }
+    }
+
+    fn log_tails(&self, lines: usize) -> String {
+        self.tails(lines)
     }
 }

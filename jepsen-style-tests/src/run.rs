@@ -17,6 +17,7 @@ use seatd_client::{pb, Client, Options};
 use crate::checker::{check, FinalHold, FinalState, Report};
 use crate::cluster::Cluster;
 use crate::history::{write_jsonl, Recorder};
+use crate::target::{leaders, node_client, wait_converged, wait_ready, Target};
 use crate::workload::{map_value, Buyer, ROWS, SEATS_PER_ROW};
 
 /// The faults a scenario can inject.
@@ -40,9 +41,23 @@ pub enum Fault {
     Wipe,
     /// Restart the leader with its clock a minute ahead or behind.
     ClockSkew,
+    /// Take the leader off the network (a container: `docker network disconnect`).
+    Disconnect,
+    /// Kill every node and start them all again.
+    RestartAll,
 }
 
 impl Fault {
+    /// Container faults (`docker` kill/start, pause/unpause, network disconnect and
+    /// connect, restart of every container).
+    pub const DOCKER: [Fault; 4] = [
+        Fault::KillLeader,
+        Fault::Pause,
+        Fault::Disconnect,
+        Fault::RestartAll,
+    ];
+
+    /// One of each fault the process harness injects.
     pub const ALL: [Fault; 9] = [
         Fault::IsolateLeader,
         Fault::Halves,
@@ -66,11 +81,16 @@ impl Fault {
             Fault::Pause => "pause",
             Fault::Wipe => "wipe",
             Fault::ClockSkew => "clock-skew",
+            Fault::Disconnect => "disconnect",
+            Fault::RestartAll => "restart-all",
         }
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|f| f.name() == s)
+        Self::ALL
+            .into_iter()
+            .chain(Self::DOCKER)
+            .find(|f| f.name() == s)
     }
 
     /// Nodes the fault needs at least.
@@ -151,6 +171,7 @@ fn layout() -> pb::Layout {
     }
 }
 
+/// One scenario on a fresh cluster of processes behind proxies.
 pub async fn run(s: &Scenario) -> Result<Outcome, String> {
     if s.nodes < s.fault.nodes_min() {
         return Err(format!(
@@ -162,7 +183,15 @@ pub async fn run(s: &Scenario) -> Result<Outcome, String> {
     let cluster = Cluster::start(s.nodes, SHARDS, 2)
         .await
         .map_err(|e| format!("cannot start the cluster: {e}"))?;
-    if !cluster.wait_ready(Duration::from_secs(30)).await {
+    run_on(&cluster, s).await
+}
+
+/// One scenario on `cluster`: workload, faults, healing, final state, verdict.
+pub async fn run_on(cluster: &impl Target, s: &Scenario) -> Result<Outcome, String> {
+    if !cluster.supports(s.fault) {
+        return Err(format!("this cluster cannot inject {}", s.fault.name()));
+    }
+    if !wait_ready(cluster, Duration::from_secs(60)).await {
         return Err(format!("cluster not ready\n{}", cluster.log_tails(20)));
     }
     let options = Options {
@@ -200,24 +229,19 @@ pub async fn run(s: &Scenario) -> Result<Outcome, String> {
         buyers.spawn(buyer.run(until));
     }
     let busy_shard = *shards.iter().next().expect("an event");
-    let faults = inject(&cluster, s, busy_shard, until).await;
+    let faults = inject(cluster, s, busy_shard, until).await;
     while buyers.join_next().await.is_some() {}
 
     // Heal everything, then read the final state from every replica.
-    cluster.heal();
-    for id in cluster.nodes.keys().copied() {
-        cluster.resume(id);
-        cluster.set_clock_skew(id, 0);
-        cluster.spawn(id);
-    }
-    if !cluster.wait_ready(Duration::from_secs(30)).await {
+    cluster.heal().await;
+    if !wait_ready(cluster, Duration::from_secs(60)).await {
         return Err(format!(
             "cluster did not recover\n{}",
             cluster.log_tails(30)
         ));
     }
     tokio::time::sleep(Duration::from_millis(QUIESCE_MS)).await;
-    let end = final_state(&cluster, &client, &events).await?;
+    let end = final_state(cluster, &client, &events).await?;
     let records = recorder.records();
     let report = check(&records, &end);
     let history = if report.is_valid() {
@@ -242,95 +266,24 @@ pub async fn run(s: &Scenario) -> Result<Outcome, String> {
 
 /// Injects `s.fault` in rounds (fault on for 2–4 s, healed for 1–3 s) until `until`;
 /// returns what it did, with times.
-async fn inject(cluster: &Cluster, s: &Scenario, shard: u32, until: Instant) -> Vec<String> {
+async fn inject(cluster: &impl Target, s: &Scenario, shard: u32, until: Instant) -> Vec<String> {
     let mut rng = fastrand::Rng::with_seed(s.seed);
     let started = Instant::now();
     let mut log = Vec::new();
-    let ids: Vec<u64> = cluster.nodes.keys().copied().collect();
+    let ids = cluster.node_ids();
     tokio::time::sleep(Duration::from_millis(rng.u64(500..1_500))).await;
     while Instant::now() + Duration::from_secs(3) < until {
-        let leader = cluster
-            .leaders()
+        let leader = leaders(cluster)
             .await
             .get(&shard)
             .copied()
             .unwrap_or(ids[rng.usize(0..ids.len())]);
         let on = Duration::from_millis(rng.u64(2_000..4_000));
         let at = started.elapsed().as_millis();
-        let what = match s.fault {
-            Fault::IsolateLeader => {
-                let rest: BTreeSet<u64> = ids.iter().copied().filter(|&i| i != leader).collect();
-                cluster.cut_between(&BTreeSet::from([leader]), &rest);
-                format!("isolated node {leader}")
-            }
-            Fault::Halves => {
-                let mut shuffled = ids.clone();
-                rng.shuffle(&mut shuffled);
-                let (minority, majority) = shuffled.split_at(ids.len() / 2);
-                let a: BTreeSet<u64> = minority.iter().copied().collect();
-                let b: BTreeSet<u64> = majority.iter().copied().collect();
-                cluster.cut_between(&a, &b);
-                format!("split {a:?} | {b:?}")
-            }
-            Fault::Bridge => {
-                let mut shuffled = ids.clone();
-                rng.shuffle(&mut shuffled);
-                let bridge = shuffled[0];
-                let half = (shuffled.len() - 1) / 2;
-                let a: BTreeSet<u64> = shuffled[1..=half].iter().copied().collect();
-                let b: BTreeSet<u64> = shuffled[half + 1..].iter().copied().collect();
-                cluster.cut_between(&a, &b);
-                format!("bridge {bridge} between {a:?} and {b:?}")
-            }
-            Fault::Ring => {
-                let mut ring = ids.clone();
-                rng.shuffle(&mut ring);
-                let n = ring.len();
-                for (i, &from) in ring.iter().enumerate() {
-                    let neighbours = [ring[(i + 1) % n], ring[(i + n - 1) % n]];
-                    for &to in ids
-                        .iter()
-                        .filter(|&&t| t != from && !neighbours.contains(&t))
-                    {
-                        cluster.cut(from, to);
-                    }
-                }
-                format!("ring {ring:?}")
-            }
-            Fault::SlowLinks => {
-                cluster.slow_all(Duration::from_millis(150));
-                "150 ms on every link".to_string()
-            }
-            Fault::KillLeader => {
-                cluster.kill(leader);
-                format!("killed node {leader}")
-            }
-            Fault::Pause => {
-                cluster.pause(leader);
-                format!("paused node {leader}")
-            }
-            Fault::Wipe => {
-                let victim = ids[rng.usize(0..ids.len())];
-                cluster.wipe(victim);
-                format!("wiped node {victim}")
-            }
-            Fault::ClockSkew => {
-                let skew: i64 = if rng.bool() { 60_000 } else { -60_000 };
-                cluster.kill(leader);
-                cluster.set_clock_skew(leader, skew);
-                cluster.spawn(leader);
-                format!("restarted node {leader} with its clock {skew} ms off")
-            }
-        };
+        let what = cluster.inject(s.fault, leader, &mut rng).await;
         log.push(format!("{at:>6} ms  {what} for {} ms", on.as_millis()));
         tokio::time::sleep(on.min(until.saturating_duration_since(Instant::now()))).await;
-        cluster.heal();
-        for id in &ids {
-            cluster.resume(*id);
-            if !cluster.is_running(*id) {
-                cluster.spawn(*id);
-            }
-        }
+        cluster.heal().await;
         log.push(format!("{:>6} ms  healed", started.elapsed().as_millis()));
         let off = Duration::from_millis(rng.u64(1_000..3_000));
         tokio::time::sleep(off.min(until.saturating_duration_since(Instant::now()))).await;
@@ -340,12 +293,12 @@ async fn inject(cluster: &Cluster, s: &Scenario, shard: u32, until: Instant) -> 
 
 /// Every replica's seat maps, every hold, and whether replicas converged.
 async fn final_state(
-    cluster: &Cluster,
+    cluster: &impl Target,
     client: &Client,
     events: &[String],
 ) -> Result<FinalState, String> {
     let mut end = FinalState {
-        divergent: cluster.wait_converged(Duration::from_secs(30)).await,
+        divergent: wait_converged(cluster, Duration::from_secs(30)).await,
         ..Default::default()
     };
     for event in events {
@@ -362,8 +315,8 @@ async fn final_state(
                 .collect(),
         );
         let mut replicas = BTreeMap::new();
-        for id in cluster.nodes.keys().copied() {
-            let mut node = cluster.client(id);
+        for id in cluster.node_ids() {
+            let mut node = node_client(cluster, id);
             let map = node
                 .get_seat_map(pb::GetSeatMapRequest {
                     event_id: event.clone(),
