@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use seatd_client::{pb, Client, Options};
@@ -202,35 +202,26 @@ pub async fn run_on(cluster: &impl Target, s: &Scenario) -> Result<Outcome, Stri
     };
     let client =
         Arc::new(Client::with_options(cluster.endpoints(), options).map_err(|e| e.to_string())?);
-    let events: Vec<String> = (0..EVENTS).map(|i| format!("ev{i}")).collect();
     let mut shards = BTreeSet::new();
-    for e in &events {
-        let created = client
-            .create_event(pb::CreateEventRequest {
-                event_id: e.clone(),
-                name: format!("Jepsen {e}"),
-                starts_at_ms: 1,
-                layout: Some(layout()),
-                limits: Some(pb::Limits {
-                    hold_ttl_ms_min: 500,
-                    checkout_ttl_ms: 3_000,
-                    ..Default::default()
-                }),
-            })
-            .await
-            .map_err(|e| format!("create event: {e}"))?;
-        shards.insert(created.shard);
+    for i in 0..EVENTS {
+        shards.insert(create_event(&client, i).await?);
     }
+    let on_sale = Arc::new(RwLock::new((0..EVENTS).map(event_name).collect::<Vec<_>>()));
     let recorder = Arc::new(Recorder::default());
     let until = Instant::now() + s.duration;
     let mut buyers = tokio::task::JoinSet::new();
     for b in 0..s.clients {
-        let buyer = Buyer::new(b, s.seed, events.clone(), client.clone(), recorder.clone());
+        let buyer = Buyer::new(b, s.seed, on_sale.clone(), client.clone(), recorder.clone());
         buyers.spawn(buyer.run(until));
     }
+    // Long runs would sell out and leave only conflicts: a new event goes on sale
+    // every `EVENT_ROTATION_MS`, replacing the oldest one on sale.
+    let rotation = tokio::spawn(rotate_events(client.clone(), on_sale.clone(), until));
     let busy_shard = *shards.iter().next().expect("an event");
     let faults = inject(cluster, s, busy_shard, until).await;
     while buyers.join_next().await.is_some() {}
+    let created = rotation.await.map_err(|e| e.to_string())?;
+    let events: Vec<String> = (0..created).map(event_name).collect();
 
     // Heal everything, then read the final state from every replica.
     cluster.heal().await;
@@ -262,6 +253,61 @@ pub async fn run_on(cluster: &impl Target, s: &Scenario) -> Result<Outcome, Stri
         faults,
         history,
     })
+}
+
+fn event_name(i: usize) -> String {
+    format!("ev{i}")
+}
+
+async fn create_event(client: &Client, i: usize) -> Result<u32, String> {
+    let e = event_name(i);
+    let created = client
+        .create_event(pb::CreateEventRequest {
+            event_id: e.clone(),
+            name: format!("Jepsen {e}"),
+            starts_at_ms: 1 + i as u64,
+            layout: Some(layout()),
+            limits: Some(pb::Limits {
+                hold_ttl_ms_min: 500,
+                checkout_ttl_ms: 3_000,
+                ..Default::default()
+            }),
+        })
+        .await
+        .map_err(|err| format!("create event {e}: {err}"))?;
+    Ok(created.shard)
+}
+
+/// How often a fresh event replaces the oldest on sale.
+pub const EVENT_ROTATION_MS: u64 = 20_000;
+
+/// Puts a new event on sale every `EVENT_ROTATION_MS` until `until`; returns how many
+/// events the run created in all. A creation that fails (the cluster is faulted) is
+/// tried again at the next turn with the same id.
+async fn rotate_events(
+    client: Arc<Client>,
+    on_sale: Arc<RwLock<Vec<String>>>,
+    until: Instant,
+) -> usize {
+    let mut next = EVENTS;
+    let mut created = EVENTS;
+    loop {
+        let turn = Instant::now() + Duration::from_millis(EVENT_ROTATION_MS);
+        if turn + Duration::from_secs(5) > until {
+            return created;
+        }
+        tokio::time::sleep_until(turn.into()).await;
+        // The id counts as created (and is read in the end) once asked for: an
+        // unknown outcome may still have created it.
+        created = created.max(next + 1);
+        if create_event(&client, next).await.is_ok() {
+            if let Ok(mut list) = on_sale.write() {
+                list.remove(0);
+                list.push(event_name(next));
+            }
+            next += 1;
+        }
+    }
 }
 
 /// Injects `s.fault` in rounds (fault on for 2–4 s, healed for 1–3 s) until `until`;
@@ -302,10 +348,12 @@ async fn final_state(
         ..Default::default()
     };
     for event in events {
-        let consistent = client
-            .seat_map(event, false)
-            .await
-            .map_err(|e| format!("final read of {event}: {e}"))?;
+        let consistent = match client.seat_map(event, false).await {
+            Ok(m) => m,
+            // An event whose creation was asked for under a fault but never happened.
+            Err(seatd_client::Error::NotFound(_)) => continue,
+            Err(e) => return Err(format!("final read of {event}: {e}")),
+        };
         end.counts.insert(
             event.clone(),
             consistent

@@ -8,7 +8,7 @@
 //! Every operation is recorded before it is sent and when it completes: `ok`, `fail`
 //! (the cluster refused it) or `info` (unknown).
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use seatd_client::{pb, Client, Error};
@@ -21,7 +21,8 @@ pub const SEATS_PER_ROW: u32 = 25;
 
 pub struct Buyer {
     pub id: u32,
-    pub events: Vec<String>,
+    /// The events on sale now (the run replaces them over time).
+    pub events: Arc<RwLock<Vec<String>>>,
     pub client: Arc<Client>,
     pub recorder: Arc<Recorder>,
     rng: fastrand::Rng,
@@ -44,7 +45,7 @@ impl Buyer {
     pub fn new(
         id: u32,
         seed: u64,
-        events: Vec<String>,
+        events: Arc<RwLock<Vec<String>>>,
         client: Arc<Client>,
         recorder: Arc<Recorder>,
     ) -> Self {
@@ -94,7 +95,10 @@ impl Buyer {
             let (hold, user) = self.held.swap_remove(self.rng.usize(0..self.held.len()));
             return Op::Release { hold, user };
         }
-        let event = self.events[self.rng.usize(0..self.events.len())].clone();
+        let event = {
+            let on_sale = self.events.read().unwrap_or_else(|p| p.into_inner());
+            on_sale[self.rng.usize(0..on_sale.len())].clone()
+        };
         if roll < 40 {
             return Op::Read { event };
         }
