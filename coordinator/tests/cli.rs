@@ -359,6 +359,54 @@ async fn seatctl_contract_against_seatd_dev() {
         (7, Some("unavailable"))
     );
 
+    // The bench: a short flash sale with commits and releases, checked for oversell.
+    let out = Command::new(seatctl_path())
+        .args([
+            "--endpoint",
+            &e[0],
+            "bench",
+            "--seats",
+            "2000",
+            "--clients",
+            "8",
+        ])
+        .args([
+            "--secs",
+            "3",
+            "--commit-ratio",
+            "0.3",
+            "--release-ratio",
+            "0.2",
+            "--events",
+            "2",
+        ])
+        .output()
+        .unwrap();
+    let line = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "bench failed: {line} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let kv: BTreeMap<&str, &str> = line
+        .split_whitespace()
+        .filter_map(|p| p.split_once('='))
+        .collect();
+    for key in [
+        "decisions_per_s",
+        "holds_per_s",
+        "conflicts",
+        "commits_per_s",
+        "p50_ms",
+        "p99_ms",
+        "p999_ms",
+        "oversell",
+    ] {
+        assert!(kv.contains_key(key), "bench line lacks {key}: {line}");
+    }
+    assert_eq!(kv["oversell"], "0", "{line}");
+    assert!(kv["holds"].parse::<u64>().unwrap() > 0, "{line}");
+
     // Ctrl-C (SIGTERM) stops it cleanly; the next start keeps the data.
     assert_eq!(terminate(&mut dev), Some(0));
     let (mut dev, endpoint) = start_dev(dir.path(), port);

@@ -5,6 +5,7 @@
 //! 7 unavailable. With `--json`, stdout carries exactly one JSON document, an answer
 //! or `{"error": {"code", "message"}}`.
 
+mod bench;
 mod output;
 
 use std::path::PathBuf;
@@ -67,6 +68,23 @@ enum Command {
     Order { order: String },
     /// Show the cluster: nodes, and each shard's leader, members and applied index.
     Status,
+    /// A flash-sale load test that checks for oversell (prints key=value pairs).
+    Bench {
+        #[arg(long, default_value_t = 100_000)]
+        seats: u32,
+        #[arg(long, default_value_t = 64)]
+        clients: u32,
+        #[arg(long, default_value_t = 10)]
+        secs: u64,
+        /// Share of granted holds that are committed (paid with tok_visa).
+        #[arg(long, default_value_t = 0.0)]
+        commit_ratio: f64,
+        /// Share of granted holds that are released.
+        #[arg(long, default_value_t = 0.0)]
+        release_ratio: f64,
+        #[arg(long, default_value_t = 1)]
+        events: u32,
+    },
 }
 
 #[derive(Subcommand)]
@@ -239,7 +257,42 @@ async fn run(cli: &Cli, client: &Client) -> Result<(Value, String), Error> {
             let s = client.status().await?;
             (status_json(&s), status_text(&s))
         }
+        Command::Bench { .. } => unreachable!("bench runs on its own runtime"),
     })
+}
+
+/// The bench needs every core for its buyers: a multi-threaded runtime.
+fn run_bench(endpoints: &[String], args: bench::BenchArgs) -> ExitCode {
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("seatctl: cannot start the async runtime: {e}");
+            return ExitCode::from(7);
+        }
+    };
+    let outcome = rt.block_on(async {
+        let options = Options {
+            attempt_timeout: Duration::from_secs(5),
+            retry_budget: Duration::from_secs(10),
+            ..Options::default()
+        };
+        let client = std::sync::Arc::new(Client::with_options(endpoints, options)?);
+        bench::run(client, args).await
+    });
+    match outcome {
+        Ok((line, ok)) => {
+            println!("{line}");
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("seatctl bench: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -254,6 +307,25 @@ fn main() -> ExitCode {
         retry_budget: cli.timeout,
         ..Options::default()
     };
+    if let Command::Bench {
+        seats,
+        clients,
+        secs,
+        commit_ratio,
+        release_ratio,
+        events,
+    } = cli.command
+    {
+        let args = bench::BenchArgs {
+            seats,
+            clients,
+            secs,
+            commit_ratio,
+            release_ratio,
+            events,
+        };
+        return run_bench(&endpoints, args);
+    }
     let outcome = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
