@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Runs `seatctl bench` against a fresh local cluster: 3 `seatd node` processes
+# (fsync on) and one `seatd frontend`, all on this machine with the load generator.
+# Prints the bench line, each node's resident memory, and the CPU-seconds all seatd
+# processes spent per 10,000 holds. Everything it starts is stopped at the end.
+#
+#   bash client/bench/cluster-bench.sh --seats 1000000 --clients 64 --secs 10 [--commit-ratio 1]
+#   BENCH_VIA=nodes bash client/bench/cluster-bench.sh ...   # straight to the nodes
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/seatd/target}"
+cargo build -q --workspace --bins
+bin="$CARGO_TARGET_DIR/debug"
+
+dir="$(mktemp -d)"
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$dir"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+p1=$(free_port); p2=$(free_port); p3=$(free_port); pf=$(free_port)
+peers="1=127.0.0.1:$p1,2=127.0.0.1:$p2,3=127.0.0.1:$p3"
+for i in 1 2 3; do
+    port_var="p$i"
+    "$bin/seatd" node --id "$i" --listen "127.0.0.1:${!port_var}" --data-dir "$dir/node$i" \
+        --peers "$peers" --holds-per-user-per-s 0 2>"$dir/node$i.log" &
+    pids+=($!)
+done
+"$bin/seatd" frontend --listen "127.0.0.1:$pf" --nodes "127.0.0.1:$p1,127.0.0.1:$p2,127.0.0.1:$p3" \
+    --holds-per-user-per-s 0 2>"$dir/frontend.log" &
+pids+=($!)
+endpoint="http://127.0.0.1:$pf"
+# BENCH_VIA=nodes sends the load to the nodes themselves (no frontend hop).
+bench_endpoints=(--endpoint "$endpoint")
+if [ "${BENCH_VIA:-frontend}" = nodes ]; then
+    bench_endpoints=(--endpoint "http://127.0.0.1:$p1" --endpoint "http://127.0.0.1:$p2" --endpoint "http://127.0.0.1:$p3")
+fi
+for _ in $(seq 1 100); do
+    "$bin/seatctl" --endpoint "$endpoint" --timeout 1s status >/dev/null 2>&1 && break
+    sleep 0.3
+done
+
+cpu_ticks() {
+    local total=0
+    for p in "${pids[@]}"; do
+        read -r -a f < "/proc/$p/stat"
+        total=$((total + f[13] + f[14]))
+    done
+    echo "$total"
+}
+before=$(cpu_ticks)
+status=0
+line=$("$bin/seatctl" "${bench_endpoints[@]}" bench "$@") || status=$?
+after=$(cpu_ticks)
+echo "$line"
+hz=$(getconf CLK_TCK)
+holds=$(sed -n 's/.* holds=\([0-9]*\).*/\1/p' <<<"$line")
+rss=""
+for i in 0 1 2; do
+    rss+="node$((i + 1))_rss_mib=$(( $(awk '/VmRSS/ {print $2}' "/proc/${pids[$i]}/status") / 1024 )) "
+done
+python3 - "$before" "$after" "$hz" "${holds:-0}" <<'PY'
+import sys
+b, a, hz, holds = map(int, sys.argv[1:])
+cpu = (a - b) / hz
+per = cpu / holds * 10000 if holds else float("nan")
+print(f"seatd_cpu_s={cpu:.1f} cpu_s_per_10k_holds={per:.2f}")
+PY
+echo "$rss"
+exit $status
