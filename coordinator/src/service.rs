@@ -51,6 +51,137 @@ macro_rules! forward {
     };
 }
 
+/// Most holds one `HoldMany` call may carry.
+pub const HOLDS_PER_CALL_MAX: usize = 1024;
+
+/// Validates a hold request (filling in its retry key) and makes its command.
+fn hold_command(
+    node: &NodeInner,
+    req: &mut pb::HoldRequest,
+    hops: u32,
+) -> Result<(u32, Command), Error> {
+    let event = convert::event_id(&req.event_id)?;
+    if hops == 0 && !node.hold_limiter.admit(&req.user_id) {
+        return Err(Error::Overloaded(format!(
+            "user {:?} asked for more than {} holds per second",
+            req.user_id, node.settings.holds_per_user_per_s
+        )));
+    }
+    if req.client_reservation_id.is_empty() {
+        req.client_reservation_id = node.fresh_id("r");
+    }
+    if !req.expected_versions.is_empty() && req.expected_versions.len() != req.seat_ids.len() {
+        return Err(Error::Invalid(format!(
+            "{} expected versions for {} seats",
+            req.expected_versions.len(),
+            req.seat_ids.len()
+        )));
+    }
+    let shard = node.cluster.shard_of(&event);
+    let command = Command::Hold(HoldRequest {
+        event_id: event,
+        user: req.user_id.clone(),
+        seats: req.seat_ids.clone(),
+        client_reservation_id: req.client_reservation_id.clone(),
+        ttl_ms: req.ttl_ms,
+        expected_versions: (!req.expected_versions.is_empty())
+            .then(|| req.expected_versions.clone()),
+    });
+    Ok((shard, command))
+}
+
+/// A failed item of a `HoldMany` answer.
+fn failure(status: Status) -> pb::HoldResult {
+    pb::HoldResult {
+        result: Some(pb::hold_result::Result::Failure(pb::Failure {
+            code: status.code() as i32,
+            message: status.message().to_string(),
+            seat_ids: crate::error::conflict_seats(&status).unwrap_or_default(),
+        })),
+    }
+}
+
+/// The holds of one shard from a `HoldMany` call, decided on the shard's leader:
+/// proposed together (so they share log entries), each answered on its own. If
+/// leadership moves while they are in flight the whole group is tried again at the
+/// new leader, which is safe: every hold carries its reservation id.
+async fn hold_group(
+    node: Arc<NodeInner>,
+    shard: u32,
+    hops: u32,
+    items: Vec<(usize, pb::HoldRequest, Command)>,
+) -> Vec<(usize, pb::HoldResult)> {
+    let indices: Vec<usize> = items.iter().map(|x| x.0).collect();
+    let forward = pb::HoldManyRequest {
+        holds: items.iter().map(|x| x.1.clone()).collect(),
+    };
+    let commands: Vec<Command> = items.into_iter().map(|x| x.2).collect();
+    let answered = node
+        .routed(
+            shard,
+            Mode::Leader,
+            hops,
+            |s| {
+                let commands = commands.clone();
+                async move {
+                    let mut proposals = tokio::task::JoinSet::new();
+                    for (i, c) in commands.into_iter().enumerate() {
+                        let s = s.clone();
+                        proposals.spawn(async move { (i, s.propose(c).await) });
+                    }
+                    let mut results = vec![None; proposals.len()];
+                    while let Some(done) = proposals.join_next().await {
+                        let (i, outcome) =
+                            done.map_err(|e| Error::Unavailable(format!("proposal: {e}")))?;
+                        results[i] = Some(match outcome {
+                            Ok(Ok(Reply::Held(h))) => pb::HoldResult {
+                                result: Some(pb::hold_result::Result::Hold(convert::hold_to_pb(
+                                    &h,
+                                ))),
+                            },
+                            Ok(Ok(other)) => failure(unexpected(other).into()),
+                            Ok(Err(refusal)) => failure(Error::from(refusal).into()),
+                            Err(e @ crate::proposer::ProposeError::Overloaded(_)) => {
+                                failure(Error::from(e).into())
+                            }
+                            // Not applied here, or unknown: the group goes again.
+                            Err(e) => return Err(Error::from(e)),
+                        });
+                    }
+                    Ok(pb::HoldManyResponse {
+                        results: results
+                            .into_iter()
+                            .map(|r| r.unwrap_or_else(|| failure(Status::internal("no result"))))
+                            .collect(),
+                    })
+                }
+            },
+            forward!(forward, hold_many),
+        )
+        .await;
+    match answered {
+        Ok(r) if r.results.len() == indices.len() => indices.into_iter().zip(r.results).collect(),
+        Ok(r) => {
+            let e = Status::internal(format!(
+                "{} answers for {} holds",
+                r.results.len(),
+                indices.len()
+            ));
+            indices
+                .into_iter()
+                .map(|i| (i, failure(e.clone())))
+                .collect()
+        }
+        Err(e) => {
+            let status = Status::from(e);
+            indices
+                .into_iter()
+                .map(|i| (i, failure(status.clone())))
+                .collect()
+        }
+    }
+}
+
 pub struct SeatsService {
     node: Arc<NodeInner>,
     /// A frontend's cache of answers that callers accept old (see `frontend`).
@@ -506,41 +637,52 @@ impl Seats for SeatsService {
     async fn hold(&self, request: Request<pb::HoldRequest>) -> Result<Response<pb::Hold>, Status> {
         let hops = hops(&request);
         let mut req = request.into_inner();
-        let event = convert::event_id(&req.event_id)?;
-        if hops == 0 && !self.node.hold_limiter.admit(&req.user_id) {
-            return Err(Error::Overloaded(format!(
-                "user {:?} asked for more than {} holds per second",
-                req.user_id, self.node.settings.holds_per_user_per_s
-            ))
-            .into());
-        }
-        if req.client_reservation_id.is_empty() {
-            req.client_reservation_id = self.node.fresh_id("r");
-        }
-        if !req.expected_versions.is_empty() && req.expected_versions.len() != req.seat_ids.len() {
-            return Err(Error::Invalid(format!(
-                "{} expected versions for {} seats",
-                req.expected_versions.len(),
-                req.seat_ids.len()
-            ))
-            .into());
-        }
-        let command = Command::Hold(HoldRequest {
-            event_id: event.clone(),
-            user: req.user_id.clone(),
-            seats: req.seat_ids.clone(),
-            client_reservation_id: req.client_reservation_id.clone(),
-            ttl_ms: req.ttl_ms,
-            expected_versions: (!req.expected_versions.is_empty())
-                .then(|| req.expected_versions.clone()),
-        });
-        let shard = self.node.cluster.shard_of(&event);
+        let (shard, command) = hold_command(&self.node, &mut req, hops)?;
         let answer = |_: &Shard, reply| match reply {
             Reply::Held(h) => Ok(convert::hold_to_pb(&h)),
             other => Err(unexpected(other)),
         };
         self.write(shard, hops, command, answer, forward!(req, hold))
             .await
+    }
+
+    async fn hold_many(
+        &self,
+        request: Request<pb::HoldManyRequest>,
+    ) -> Result<Response<pb::HoldManyResponse>, Status> {
+        let hops = hops(&request);
+        let req = request.into_inner();
+        if req.holds.len() > HOLDS_PER_CALL_MAX {
+            return Err(Error::Invalid(format!(
+                "at most {HOLDS_PER_CALL_MAX} holds per call, not {}",
+                req.holds.len()
+            ))
+            .into());
+        }
+        let mut results: Vec<Option<pb::HoldResult>> = vec![None; req.holds.len()];
+        let mut groups: BTreeMap<u32, Vec<(usize, pb::HoldRequest, Command)>> = BTreeMap::new();
+        for (i, mut h) in req.holds.into_iter().enumerate() {
+            match hold_command(&self.node, &mut h, hops) {
+                Ok((shard, command)) => groups.entry(shard).or_default().push((i, h, command)),
+                Err(e) => results[i] = Some(failure(e.into())),
+            }
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        for (shard, items) in groups {
+            tasks.spawn(hold_group(self.node.clone(), shard, hops, items));
+        }
+        while let Some(done) = tasks.join_next().await {
+            let done = done.map_err(|e| Status::internal(format!("hold task: {e}")))?;
+            for (i, r) in done {
+                results[i] = Some(r);
+            }
+        }
+        Ok(Response::new(pb::HoldManyResponse {
+            results: results
+                .into_iter()
+                .map(|r| r.unwrap_or_else(|| failure(Status::internal("no result"))))
+                .collect(),
+        }))
     }
 
     async fn commit(

@@ -768,6 +768,53 @@ async fn bad_input_gets_the_right_error_and_changes_nothing() {
         .hold(hold(event, "u", &["A-1"], "fine"))
         .await
         .unwrap();
+
+    // HoldMany: each item decided and answered on its own, in request order, across
+    // shards; a retried item gets its first answer.
+    client
+        .create_event(create("other", layout(1, 1, 5), None))
+        .await
+        .unwrap();
+    let items = vec![
+        hold(event, "v", &["A-2", "A-3"], "m1"),
+        hold(event, "w", &["A-3"], "m2"),
+        hold(event, "x", &["Z-9"], "m3"),
+        hold("nope", "y", &["A-1"], "m4"),
+        hold("other", "z", &["A-1"], "m5"),
+        hold(event, "v", &["A-2", "A-3"], "m1"),
+    ];
+    let answers = client
+        .hold_many(pb::HoldManyRequest { holds: items })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    use pb::hold_result::Result as R;
+    let kinds: Vec<String> = answers
+        .iter()
+        .map(|r| match &r.result {
+            Some(R::Hold(h)) => format!("hold {}", h.seats.len()),
+            Some(R::Failure(f)) => format!("{:?} {:?}", Code::from_i32(f.code), f.seat_ids),
+            None => "none".into(),
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "hold 2",
+            "Aborted [\"A-3\"]",
+            "InvalidArgument []",
+            "NotFound []",
+            "hold 1",
+            "hold 2"
+        ],
+        "{answers:?}"
+    );
+    let (Some(R::Hold(first)), Some(R::Hold(again))) = (&answers[0].result, &answers[5].result)
+    else {
+        unreachable!()
+    };
+    assert_eq!(first.hold_id, again.hold_id);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

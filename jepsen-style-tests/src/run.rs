@@ -199,6 +199,7 @@ pub async fn run_on(cluster: &impl Target, s: &Scenario) -> Result<Outcome, Stri
         retry_budget: Duration::from_secs(6),
         backoff_min: Duration::from_millis(20),
         backoff_max: Duration::from_millis(500),
+        batch_holds: true,
     };
     let client =
         Arc::new(Client::with_options(cluster.endpoints(), options).map_err(|e| e.to_string())?);

@@ -84,6 +84,10 @@ enum Command {
         release_ratio: f64,
         #[arg(long, default_value_t = 1)]
         events: u32,
+        /// Gather concurrent holds into HoldMany calls (the client library's
+        /// `batch_holds`).
+        #[arg(long)]
+        batch: bool,
     },
 }
 
@@ -262,7 +266,7 @@ async fn run(cli: &Cli, client: &Client) -> Result<(Value, String), Error> {
 }
 
 /// The bench needs every core for its buyers: a multi-threaded runtime.
-fn run_bench(endpoints: &[String], args: bench::BenchArgs) -> ExitCode {
+fn run_bench(endpoints: &[String], args: bench::BenchArgs, batch_holds: bool) -> ExitCode {
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -274,6 +278,7 @@ fn run_bench(endpoints: &[String], args: bench::BenchArgs) -> ExitCode {
         let options = Options {
             attempt_timeout: Duration::from_secs(5),
             retry_budget: Duration::from_secs(10),
+            batch_holds,
             ..Options::default()
         };
         let client = std::sync::Arc::new(Client::with_options(endpoints, options)?);
@@ -314,6 +319,7 @@ fn main() -> ExitCode {
         commit_ratio,
         release_ratio,
         events,
+        batch,
     } = cli.command
     {
         let args = bench::BenchArgs {
@@ -324,7 +330,7 @@ fn main() -> ExitCode {
             release_ratio,
             events,
         };
-        return run_bench(&endpoints, args);
+        return run_bench(&endpoints, args, batch);
     }
     let outcome = tokio::runtime::Builder::new_current_thread()
         .enable_all()
