@@ -23,7 +23,6 @@ use seatd_proto::v1::seats_server::SeatsServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tracing::info;
 
 use crate::clock::SystemClock;
@@ -237,7 +236,7 @@ impl FrontendHandle {
                 .add_service(seats)
                 .add_service(health_service)
                 .add_service(reflection)
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                .serve_with_incoming_shutdown(crate::node::incoming(listener), async move {
                     let _ = shutdown.wait_for(|s| *s).await;
                 }),
         );

@@ -30,7 +30,6 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tracing::{info, warn};
 
 use crate::clock::{Clock, Stamper};
@@ -313,7 +312,7 @@ impl NodeHandle {
                 .add_service(raft_service.into_server())
                 .add_service(health_service)
                 .add_service(reflection)
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                .serve_with_incoming_shutdown(incoming(listener), async move {
                     let _ = shutdown.wait_for(|s| *s).await;
                 }),
         );
@@ -368,6 +367,13 @@ impl NodeHandle {
             .map(|&s| (s, self.inner.cluster.members(s)))
             .collect()
     }
+}
+
+/// Accepted connections with Nagle's algorithm off. The server's own `tcp_nodelay`
+/// only applies to listeners it binds itself; without this, small replies waited
+/// for the peer's delayed ACK (about 40 ms) whenever a connection was not busy.
+pub(crate) fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
 /// Reports NOT_SERVING, stops accepting calls and waits (at most `drain_timeout`)

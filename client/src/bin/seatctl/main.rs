@@ -84,10 +84,10 @@ enum Command {
         release_ratio: f64,
         #[arg(long, default_value_t = 1)]
         events: u32,
-        /// Gather concurrent holds into HoldMany calls (the client library's
-        /// `batch_holds`).
+        /// Send every hold in its own call instead of gathering concurrent holds
+        /// into HoldMany calls (the client library's `batch_holds`).
         #[arg(long)]
-        batch: bool,
+        no_batch: bool,
     },
 }
 
@@ -319,7 +319,7 @@ fn main() -> ExitCode {
         commit_ratio,
         release_ratio,
         events,
-        batch,
+        no_batch,
     } = cli.command
     {
         let args = bench::BenchArgs {
@@ -330,7 +330,7 @@ fn main() -> ExitCode {
             release_ratio,
             events,
         };
-        return run_bench(&endpoints, args, batch);
+        return run_bench(&endpoints, args, !no_batch);
     }
     let outcome = tokio::runtime::Builder::new_current_thread()
         .enable_all()
