@@ -10,6 +10,10 @@
 //! commit an idempotency key, generated here when the caller gives none, and the
 //! retry sends the very same ones, so the cluster answers it with the first decision.
 //!
+//! Concurrent holds are gathered into `HoldMany` calls (each hold still decided and
+//! answered on its own; no timer, so a lone hold goes at once): under a flash sale
+//! that is far fewer calls for the same decisions ([`Options::batch_holds`]).
+//!
 //! ```
 //! # // A whole local cluster (3 replicas and a frontend) for the example to talk to.
 //! # let rt = tokio::runtime::Runtime::new().unwrap();
