@@ -19,10 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use seatd_proto::v1 as pb;
-use seatd_proto::v1::seats_server::SeatsServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 use tracing::info;
 
 use crate::clock::SystemClock;
@@ -199,7 +197,7 @@ pub struct FrontendHandle {
     pub addr: std::net::SocketAddr,
     pub inner: Arc<NodeInner>,
     stop: watch::Sender<bool>,
-    server: JoinHandle<Result<(), tonic::transport::Error>>,
+    server: crate::node::ServerTask,
     health: tonic_health::server::HealthReporter,
     drain_timeout: Duration,
 }
@@ -220,26 +218,13 @@ impl FrontendHandle {
         ));
         let (stop, stopped) = watch::channel(false);
         tokio::spawn(refresh_leaders(inner.clone(), stopped.clone()));
-        let (health, health_service) = tonic_health::server::health_reporter();
-        health.set_serving::<SeatsServer<SeatsService>>().await;
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(seatd_proto::FILE_DESCRIPTOR_SET)
-            .build_v1()
-            .map_err(|e| Error::Config(format!("reflection: {e}")))?;
-        let seats = SeatsServer::new(SeatsService::with_cache(inner.clone(), cache))
-            .max_decoding_message_size(crate::node::REQUEST_BYTES_MAX)
-            .max_encoding_message_size(crate::route::REPLY_BYTES_MAX);
-        let mut shutdown = stopped;
-        let server = tokio::spawn(
-            tonic::transport::Server::builder()
-                .tcp_nodelay(true)
-                .add_service(seats)
-                .add_service(health_service)
-                .add_service(reflection)
-                .serve_with_incoming_shutdown(crate::node::incoming(listener), async move {
-                    let _ = shutdown.wait_for(|s| *s).await;
-                }),
-        );
+        let (health, server) = crate::node::serve(
+            SeatsService::with_cache(inner.clone(), cache),
+            None,
+            listener,
+            stopped,
+        )
+        .await?;
         Ok(Self {
             addr,
             inner,
@@ -260,7 +245,7 @@ impl FrontendHandle {
 
 /// Keeps the shard → leader map fresh.
 async fn refresh_leaders(inner: Arc<NodeInner>, mut stop: watch::Receiver<bool>) {
-    let nodes: Vec<String> = inner.cluster.nodes().values().cloned().collect();
+    let nodes: Vec<u64> = inner.cluster.nodes().keys().copied().collect();
     let mut tick = tokio::time::interval(Duration::from_millis(LEADER_REFRESH_MS));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -268,8 +253,11 @@ async fn refresh_leaders(inner: Arc<NodeInner>, mut stop: watch::Receiver<bool>)
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
-        if let Ok(status) = ask_status(&nodes, Duration::from_millis(900)).await {
-            inner.learn_leaders(&status);
+        // Each node's own view, over the long-lived channels calls use too.
+        if let Ok(views) =
+            crate::service::peer_views(&inner, &nodes, Duration::from_millis(900)).await
+        {
+            inner.learn_leaders(&crate::service::merge_views(&inner, views));
         }
     }
 }

@@ -153,7 +153,7 @@ pub struct NodeHandle {
     pub inner: Arc<NodeInner>,
     pub addr: std::net::SocketAddr,
     stop: watch::Sender<bool>,
-    server: JoinHandle<Result<(), tonic::transport::Error>>,
+    server: ServerTask,
     store: Store,
     health: tonic_health::server::HealthReporter,
     drain_timeout: Duration,
@@ -295,27 +295,13 @@ impl NodeHandle {
                 .map(|(s, sh)| (*s, (sh.raft.clone(), gates[s].clone())))
                 .collect(),
         );
-        let (health, health_service) = tonic_health::server::health_reporter();
-        health.set_serving::<SeatsServer<SeatsService>>().await;
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(seatd_proto::FILE_DESCRIPTOR_SET)
-            .build_v1()
-            .map_err(|e| Error::Config(format!("reflection: {e}")))?;
-        let seats = SeatsServer::new(SeatsService::new(inner.clone()))
-            .max_decoding_message_size(REQUEST_BYTES_MAX)
-            .max_encoding_message_size(crate::route::REPLY_BYTES_MAX);
-        let mut shutdown = stopped.clone();
-        let server = tokio::spawn(
-            tonic::transport::Server::builder()
-                .tcp_nodelay(true)
-                .add_service(seats)
-                .add_service(raft_service.into_server())
-                .add_service(health_service)
-                .add_service(reflection)
-                .serve_with_incoming_shutdown(incoming(listener), async move {
-                    let _ = shutdown.wait_for(|s| *s).await;
-                }),
-        );
+        let (health, server) = serve(
+            SeatsService::new(inner.clone()),
+            Some(raft_service),
+            listener,
+            stopped.clone(),
+        )
+        .await?;
         for shard in inner.shards.keys().copied() {
             if inner.cluster.members(shard).first() == Some(&id) {
                 tokio::spawn(bootstrap(inner.clone(), shard, stopped.clone()));
@@ -369,6 +355,39 @@ impl NodeHandle {
     }
 }
 
+pub(crate) type ServerTask = JoinHandle<Result<(), tonic::transport::Error>>;
+
+/// Serves the client API (and on a node the Raft transport), gRPC health and server
+/// reflection on `listener` until `stopped` turns true. Nodes and frontends differ
+/// only in what they pass here.
+pub(crate) async fn serve(
+    seats: SeatsService,
+    raft: Option<RaftService>,
+    listener: TcpListener,
+    mut stopped: watch::Receiver<bool>,
+) -> Result<(tonic_health::server::HealthReporter, ServerTask), Error> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<SeatsServer<SeatsService>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(seatd_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| Error::Config(format!("reflection: {e}")))?;
+    let seats = SeatsServer::new(seats)
+        .max_decoding_message_size(REQUEST_BYTES_MAX)
+        .max_encoding_message_size(crate::route::REPLY_BYTES_MAX);
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(seats)
+            .add_optional_service(raft.map(RaftService::into_server))
+            .add_service(health_service)
+            .add_service(reflection)
+            .serve_with_incoming_shutdown(incoming(listener), async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            }),
+    );
+    Ok((health, server))
+}
+
 /// Accepted connections with Nagle's algorithm off. The server's own `tcp_nodelay`
 /// only applies to listeners it binds itself; without this, small replies waited
 /// for the peer's delayed ACK (about 40 ms) whenever a connection was not busy.
@@ -381,7 +400,7 @@ pub(crate) fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIn
 pub(crate) async fn stop_serving(
     health: &tonic_health::server::HealthReporter,
     stop: &watch::Sender<bool>,
-    mut server: JoinHandle<Result<(), tonic::transport::Error>>,
+    mut server: ServerTask,
     drain_timeout: Duration,
 ) {
     health.set_not_serving::<SeatsServer<SeatsService>>().await;

@@ -320,7 +320,7 @@ fn local_status(node: &NodeInner, with_digest: bool) -> pb::ClusterStatus {
 
 /// The best view of each shard among the answers: a leader's (highest term first),
 /// else the most advanced replica's.
-fn merge_views(
+pub(crate) fn merge_views(
     node: &NodeInner,
     views: Vec<(NodeId, Option<pb::ClusterStatus>)>,
 ) -> pb::ClusterStatus {
