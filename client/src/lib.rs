@@ -146,8 +146,10 @@ type QueuedHold = (pb::HoldRequest, oneshot::Sender<Result<pb::Hold, Error>>);
 const QUEUED_HOLDS_MAX: usize = 8192;
 /// Most holds in one `HoldMany` call.
 const HOLDS_PER_CALL_MAX: usize = 256;
-/// `HoldMany` calls in flight at once; while they are, the next batch fills up.
-const HOLD_CALLS_IN_FLIGHT_MAX: usize = 4;
+/// `HoldMany` calls in flight at once; while they are, the next batch fills up. Two,
+/// not one, so a batch stuck behind a shard without a leader does not stop the next;
+/// more only made calls smaller (each call costs a round of RPCs on every hop).
+const HOLD_CALLS_IN_FLIGHT_MAX: usize = 2;
 
 /// Retry keys unique to this client: a random prefix and a counter.
 struct IdSource {
@@ -454,8 +456,11 @@ impl Client {
     /// Nodes, and each shard's leader, members and applied index.
     pub async fn status(&self) -> Result<pb::ClusterStatus, Error> {
         self.call(|mut c| async move {
-            c.cluster_status(pb::ClusterStatusRequest { local: false })
-                .await
+            c.cluster_status(pb::ClusterStatusRequest {
+                local: false,
+                digest: false,
+            })
+            .await
         })
         .await
     }

@@ -63,6 +63,17 @@ struct FrontendArgs {
     /// Holds one user may ask for per second through this frontend (0: no limit).
     #[arg(long, default_value_t = 20)]
     holds_per_user_per_s: u32,
+    #[command(flatten)]
+    threads: Threads,
+}
+
+/// How many threads run a server's async work.
+#[derive(Args)]
+struct Threads {
+    /// Threads for this server's work (default: one per core). Several servers sharing
+    /// a small machine waste less time switching between threads with 1 each.
+    #[arg(long)]
+    worker_threads: Option<usize>,
 }
 
 #[derive(Args)]
@@ -113,6 +124,8 @@ struct NodeArgs {
     /// For fault tests: stamp entries as if this node's clock were off by this much.
     #[arg(long, default_value_t = 0, allow_hyphen_values = true, hide = true)]
     clock_skew_ms: i64,
+    #[command(flatten)]
+    threads: Threads,
 }
 
 #[derive(Subcommand)]
@@ -161,8 +174,15 @@ fn init_logs(default_filter: &str) {
         .init();
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
+fn runtime(threads: Option<&Threads>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = threads.and_then(|t| t.worker_threads) {
+        if n == 0 {
+            bail!("--worker-threads must be at least 1");
+        }
+        builder.worker_threads(n);
+    }
+    builder
         .enable_all()
         .build()
         .context("cannot start the async runtime")
@@ -181,7 +201,7 @@ fn run_frontend(args: FrontendArgs) -> anyhow::Result<()> {
             ..Default::default()
         },
     };
-    runtime()?.block_on(async move {
+    runtime(Some(&args.threads))?.block_on(async move {
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -196,7 +216,7 @@ fn run_frontend(args: FrontendArgs) -> anyhow::Result<()> {
 fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     use crate::dev::{DevCluster, DevConfig, DEMO_EVENT};
     init_logs("warn,openraft=off,crate::dev=info");
-    runtime()?.block_on(async move {
+    runtime(None)?.block_on(async move {
         let dev = DevCluster::start(DevConfig {
             data_dir: args.data_dir.clone(),
             listen: args.listen,
@@ -240,7 +260,7 @@ fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         clock: Arc::new(crate::clock::SystemClock::with_skew(args.clock_skew_ms)),
         gateway: Arc::new(crate::payment::TestGateway::default()),
     };
-    runtime()?.block_on(async move {
+    runtime(Some(&args.threads))?.block_on(async move {
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;

@@ -139,7 +139,10 @@ async fn ask_status(nodes: &[String], timeout: Duration) -> Result<pb::ClusterSt
         let answer = async {
             let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
             pb::seats_client::SeatsClient::new(channel)
-                .cluster_status(pb::ClusterStatusRequest { local: false })
+                .cluster_status(pb::ClusterStatusRequest {
+                    local: false,
+                    digest: false,
+                })
                 .await
                 .map(|r| r.into_inner())
                 .map_err(|s| s.message().to_string())

@@ -294,6 +294,7 @@ impl NodeHandle {
                 .iter()
                 .map(|(s, sh)| (*s, (sh.raft.clone(), gates[s].clone())))
                 .collect(),
+            stopped.clone(),
         );
         let (health, server) = serve(
             SeatsService::new(inner.clone()),

@@ -15,6 +15,15 @@
 //! group (log ending at the initial membership entry, index 0) still get its vote, so
 //! a new cluster of empty nodes can elect its first leaders.
 //!
+//! AppendEntries, which replication sends several times per committed entry (the
+//! entries, then the new commit index, then heartbeats), travels over a pipe: one
+//! long-lived bidirectional stream per (shard, follower), opened on first use. openraft
+//! replicates to a follower one message at a time, so the pipe carries strictly one
+//! request, then its reply; any error or missed deadline drops the pipe (a late reply
+//! can never be taken for the next one) and the next message opens a new one. Votes and
+//! snapshots stay unary calls. The server ends its side of every pipe when the node
+//! stops serving, so open pipes never hold up a shutdown.
+//!
 //! Errors: a peer that cannot be reached is `Unreachable` (openraft backs off); a reply
 //! that does not decode, or a peer refusing the message, is a `Network` error; a Raft
 //! error raised by the peer comes back as `RemoteError`. Every call is bounded by the
@@ -38,7 +47,13 @@ use seatd_proto::raft::raft_client::RaftClient;
 use seatd_proto::raft::raft_server;
 use seatd_proto::raft::{RaftReply, RaftRequest};
 use serde::{de::DeserializeOwned, Serialize};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
+
+/// Messages a pipe buffers in each direction. The sender waits for each reply, so one
+/// is enough; two lets the next request be queued while the reply is being read.
+const PIPE_DEPTH: usize = 2;
 
 /// Channels to peers, by address, shared by every shard of a node.
 #[derive(Clone, Default)]
@@ -110,6 +125,7 @@ impl RaftNetworkFactory<TypeConfig> for ShardNetwork {
                 .get(&target)
                 .cloned()
                 .unwrap_or_else(|| node.addr.clone()),
+            pipe: None,
         }
     }
 }
@@ -119,12 +135,20 @@ pub struct PeerClient {
     net: ShardNetwork,
     target: NodeId,
     addr: String,
+    /// The open AppendEntries pipe to the peer, if any (see the module doc).
+    pipe: Option<Pipe>,
+}
+
+/// One open AppendEntries pipe: requests go in `tx`, replies come out of `replies` in
+/// the same order.
+struct Pipe {
+    tx: mpsc::Sender<RaftRequest>,
+    replies: tonic::Streaming<RaftReply>,
 }
 
 #[derive(Clone, Copy)]
 enum Rpc {
     Vote,
-    Append,
     Snapshot,
 }
 
@@ -140,27 +164,93 @@ impl PeerClient {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let channel = self
-            .net
-            .peers
-            .channel(&self.addr)
+        let mut client = self
+            .client()
             .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
-        let mut client = RaftClient::new(channel)
-            .max_decoding_message_size(MESSAGE_BYTES_MAX)
-            .max_encoding_message_size(MESSAGE_BYTES_MAX);
-        let req = RaftRequest {
-            shard: self.net.shard,
-            from: self.net.from,
-            payload: encode_message(request),
-        };
+        let req = self.request(request);
         let call = async {
             match rpc {
                 Rpc::Vote => client.vote(req).await,
-                Rpc::Append => client.append_entries(req).await,
                 Rpc::Snapshot => client.install_snapshot(req).await,
             }
+            .map(tonic::Response::into_inner)
         };
         let answer = tokio::time::timeout(option.hard_ttl(), call).await;
+        self.finish(answer)
+    }
+
+    /// Sends `request` down the AppendEntries pipe (opening it if needed) and reads its
+    /// reply. Any failure drops the pipe, so the next message starts a fresh one.
+    async fn piped(
+        &mut self,
+        request: &AppendEntriesRequest<TypeConfig>,
+        option: &RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        let req = self.request(request);
+        let answer = tokio::time::timeout(option.hard_ttl(), self.pipe_round_trip(req)).await;
+        if !matches!(answer, Ok(Ok(_))) {
+            self.pipe = None;
+        }
+        self.finish(answer)
+    }
+
+    async fn pipe_round_trip(&mut self, req: RaftRequest) -> Result<RaftReply, tonic::Status> {
+        let pipe = match &mut self.pipe {
+            Some(pipe) => {
+                pipe.tx
+                    .send(req)
+                    .await
+                    .map_err(|_| tonic::Status::unavailable("the append pipe closed"))?;
+                pipe
+            }
+            None => {
+                let mut client = self
+                    .client()
+                    .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+                let (tx, rx) = mpsc::channel(PIPE_DEPTH);
+                // Queued before the call, so the peer has work the moment it answers.
+                tx.send(req)
+                    .await
+                    .map_err(|_| tonic::Status::unavailable("the append pipe closed"))?;
+                let replies = client
+                    .append_stream(ReceiverStream::new(rx))
+                    .await?
+                    .into_inner();
+                self.pipe.insert(Pipe { tx, replies })
+            }
+        };
+        pipe.replies
+            .message()
+            .await?
+            .ok_or_else(|| tonic::Status::unavailable("the peer ended the append pipe"))
+    }
+
+    fn client(&self) -> Result<RaftClient<Channel>, tonic::transport::Error> {
+        let channel = self.net.peers.channel(&self.addr)?;
+        Ok(RaftClient::new(channel)
+            .max_decoding_message_size(MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(MESSAGE_BYTES_MAX))
+    }
+
+    fn request<Req: Serialize>(&self, request: &Req) -> RaftRequest {
+        RaftRequest {
+            shard: self.net.shard,
+            from: self.net.from,
+            payload: encode_message(request),
+        }
+    }
+
+    /// Turns a transport outcome into openraft's result (see the module doc's errors).
+    /// The error type is openraft's, as its `RaftNetwork` trait requires.
+    #[allow(clippy::result_large_err)]
+    fn finish<Resp, E>(
+        &self,
+        answer: Result<Result<RaftReply, tonic::Status>, tokio::time::error::Elapsed>,
+    ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
+    where
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
         let peers = &self.net.peers;
         let reply = match answer {
             Err(_) => {
@@ -173,7 +263,7 @@ impl PeerClient {
                 return Err(RPCError::Unreachable(Unreachable::new(&status)));
             }
             Ok(Err(status)) => return Err(RPCError::Network(NetworkError::new(&status))),
-            Ok(Ok(reply)) => reply.into_inner(),
+            Ok(Ok(reply)) => reply,
         };
         peers.observe(&self.addr, self.target, true);
         if !reply.error.is_empty() {
@@ -195,7 +285,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.call(Rpc::Append, &rpc, &option).await
+        self.piped(&rpc, &option).await
     }
 
     async fn install_snapshot(
@@ -250,12 +340,19 @@ impl VoteGate {
 #[derive(Clone)]
 pub struct RaftService {
     shards: Arc<HashMap<u32, (Raft<TypeConfig>, VoteGate)>>,
+    /// Turns true when the node stops serving; open pipes end then.
+    stopped: watch::Receiver<bool>,
 }
 
 impl RaftService {
-    pub fn new(shards: HashMap<u32, (Raft<TypeConfig>, VoteGate)>) -> Self {
+    /// Serves `shards`; every open append pipe ends once `stopped` turns true.
+    pub fn new(
+        shards: HashMap<u32, (Raft<TypeConfig>, VoteGate)>,
+        stopped: watch::Receiver<bool>,
+    ) -> Self {
         Self {
             shards: Arc::new(shards),
+            stopped,
         }
     }
 
@@ -280,11 +377,11 @@ fn undecodable(e: raft_store::Error) -> RaftReply {
     }
 }
 
-fn reply<T: Serialize>(result: &T) -> Result<tonic::Response<RaftReply>, tonic::Status> {
-    Ok(tonic::Response::new(RaftReply {
+fn reply<T: Serialize>(result: &T) -> RaftReply {
+    RaftReply {
         payload: encode_message(result),
         error: String::new(),
-    }))
+    }
 }
 
 impl RaftService {
@@ -301,17 +398,67 @@ impl RaftService {
         F: FnOnce(Raft<TypeConfig>, VoteGate, Req) -> Fut,
         Fut: std::future::Future<Output = Result<Resp, RaftReply>>,
     {
-        let req = request.into_inner();
+        Ok(tonic::Response::new(
+            self.handle(request.into_inner(), call).await,
+        ))
+    }
+
+    async fn handle<Req, Resp, F, Fut>(&self, req: RaftRequest, call: F) -> RaftReply
+    where
+        Req: DeserializeOwned,
+        Resp: Serialize,
+        F: FnOnce(Raft<TypeConfig>, VoteGate, Req) -> Fut,
+        Fut: std::future::Future<Output = Result<Resp, RaftReply>>,
+    {
         let (raft, gate) = match self.shard(&req) {
             Ok(r) => r.clone(),
-            Err(refusal) => return Ok(tonic::Response::new(refusal)),
+            Err(refusal) => return refusal,
         };
         match decode_message::<Req>(&req.payload) {
             Ok(rpc) => match call(raft, gate, rpc).await {
                 Ok(answer) => reply(&answer),
-                Err(refusal) => Ok(tonic::Response::new(refusal)),
+                Err(refusal) => refusal,
             },
-            Err(e) => Ok(tonic::Response::new(undecodable(e))),
+            Err(e) => undecodable(e),
+        }
+    }
+
+    async fn append(&self, req: RaftRequest) -> RaftReply {
+        self.handle(
+            req,
+            |raft, _, rpc: AppendEntriesRequest<TypeConfig>| async move {
+                Ok(raft.append_entries(rpc).await)
+            },
+        )
+        .await
+    }
+
+    /// One pipe's loop: each request is answered before the next is read, so replies
+    /// keep the requests' order. Ends when the sender closes, the stream fails, the
+    /// reply side is gone, or the node stops serving.
+    async fn run_pipe(
+        self,
+        mut incoming: tonic::Streaming<RaftRequest>,
+        replies: mpsc::Sender<Result<RaftReply, tonic::Status>>,
+    ) {
+        let mut stopped = self.stopped.clone();
+        loop {
+            let next = tokio::select! {
+                next = incoming.message() => next,
+                _ = stopped.wait_for(|s| *s) => return,
+            };
+            let req = match next {
+                Ok(Some(req)) => req,
+                Ok(None) => return,
+                Err(status) => {
+                    let _ = replies.send(Err(status)).await;
+                    return;
+                }
+            };
+            let reply = self.append(req).await;
+            if replies.send(Ok(reply)).await.is_err() {
+                return;
+            }
         }
     }
 }
@@ -340,13 +487,20 @@ impl raft_server::Raft for RaftService {
         &self,
         request: tonic::Request<RaftRequest>,
     ) -> Result<tonic::Response<RaftReply>, tonic::Status> {
-        self.serve(
-            request,
-            |raft, _, rpc: AppendEntriesRequest<TypeConfig>| async move {
-                Ok(raft.append_entries(rpc).await)
-            },
-        )
-        .await
+        Ok(tonic::Response::new(
+            self.append(request.into_inner()).await,
+        ))
+    }
+
+    type AppendStreamStream = ReceiverStream<Result<RaftReply, tonic::Status>>;
+
+    async fn append_stream(
+        &self,
+        request: tonic::Request<tonic::Streaming<RaftRequest>>,
+    ) -> Result<tonic::Response<Self::AppendStreamStream>, tonic::Status> {
+        let (tx, rx) = mpsc::channel(PIPE_DEPTH);
+        tokio::spawn(self.clone().run_pipe(request.into_inner(), tx));
+        Ok(tonic::Response::new(ReceiverStream::new(rx)))
     }
 
     async fn install_snapshot(

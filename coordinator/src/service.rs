@@ -275,7 +275,7 @@ pub async fn peer_views(
         let node = node.clone();
         tasks.spawn(async move {
             if peer == node.id {
-                return (peer, Some(local_status(&node, true)));
+                return (peer, Some(local_status(&node, false)));
             }
             let Some(addr) = node.cluster.addr(peer) else {
                 return (peer, None);
@@ -284,7 +284,14 @@ pub async fn peer_views(
                 return (peer, None);
             };
             let mut client = pb::seats_client::SeatsClient::new(channel);
-            let req = forwarded(pb::ClusterStatusRequest { local: true }, 0, timeout);
+            let req = forwarded(
+                pb::ClusterStatusRequest {
+                    local: true,
+                    digest: false,
+                },
+                0,
+                timeout,
+            );
             let answer = tokio::time::timeout(timeout, client.cluster_status(req)).await;
             (
                 peer,
@@ -773,8 +780,9 @@ impl Seats for SeatsService {
         &self,
         request: Request<pb::ClusterStatusRequest>,
     ) -> Result<Response<pb::ClusterStatus>, Status> {
-        if request.get_ref().local {
-            return Ok(Response::new(local_status(&self.node, true)));
+        let req = request.get_ref();
+        if req.local {
+            return Ok(Response::new(local_status(&self.node, req.digest)));
         }
         let nodes: Vec<NodeId> = self.node.cluster.nodes().keys().copied().collect();
         let views = peer_views(&self.node, &nodes, Duration::from_millis(1_000)).await?;

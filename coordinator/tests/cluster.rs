@@ -248,7 +248,10 @@ async fn holds_commits_releases_and_expiry_work_through_every_node() {
     let status = c
         .client(2)
         .await
-        .cluster_status(pb::ClusterStatusRequest { local: false })
+        .cluster_status(pb::ClusterStatusRequest {
+            local: false,
+            digest: false,
+        })
         .await
         .unwrap()
         .into_inner();

@@ -12,7 +12,7 @@ use raft_store::raft::{raft_config, LogPolicy, NodeId, RaftTiming, TypeConfig};
 use raft_store::storage::{MachineReader, Store};
 use raft_store::{Batch, Command, CreateEvent, EventId, HoldRequest, Limits, Refusal, Reply};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 
 const T0: u64 = 1_700_000_000_000;
@@ -20,7 +20,7 @@ const T0: u64 = 1_700_000_000_000;
 struct Node {
     raft: Raft<TypeConfig>,
     reader: MachineReader,
-    stop: Option<oneshot::Sender<()>>,
+    stop: Option<watch::Sender<bool>>,
     server: tokio::task::JoinHandle<()>,
     _store: Store,
 }
@@ -47,13 +47,16 @@ async fn start(id: NodeId, listener: TcpListener, dir: &std::path::Path) -> Node
         peers: Peers::default(),
     };
     let raft = Raft::new(id, config, net, log, sm).await.unwrap();
-    let service = RaftService::new(HashMap::from([(0, (raft.clone(), VoteGate::default()))]));
-    let (stop, stopped) = oneshot::channel::<()>();
+    let (stop, mut stopped) = watch::channel(false);
+    let service = RaftService::new(
+        HashMap::from([(0, (raft.clone(), VoteGate::default()))]),
+        stopped.clone(),
+    );
     let server = tokio::spawn(async move {
         tonic::transport::Server::builder()
             .add_service(service.into_server())
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
-                let _ = stopped.await;
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                let _ = stopped.wait_for(|s| *s).await;
             })
             .await
             .unwrap();
@@ -174,7 +177,7 @@ async fn three_replicas_over_grpc_survive_losing_the_leader() {
     // The leader dies: its Raft stops and its port closes.
     let mut dead = nodes.remove(&leader).unwrap();
     dead.raft.shutdown().await.unwrap();
-    let _ = dead.stop.take().unwrap().send(());
+    let _ = dead.stop.take().unwrap().send(true);
     let _ = dead.server.await;
 
     let new_leader = leader_of(&nodes).await;
@@ -199,6 +202,6 @@ async fn three_replicas_over_grpc_survive_losing_the_leader() {
 
     for n in nodes.values_mut() {
         n.raft.shutdown().await.unwrap();
-        let _ = n.stop.take().unwrap().send(());
+        let _ = n.stop.take().unwrap().send(true);
     }
 }

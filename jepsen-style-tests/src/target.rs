@@ -46,10 +46,13 @@ pub fn node_client(t: &impl Target, id: u64) -> SeatsClient<Channel> {
 
 pub async fn local_status(t: &impl Target, id: u64) -> Option<pb::ClusterStatus> {
     let mut c = node_client(t, id);
-    c.cluster_status(pb::ClusterStatusRequest { local: true })
-        .await
-        .ok()
-        .map(|r| r.into_inner())
+    c.cluster_status(pb::ClusterStatusRequest {
+        local: true,
+        digest: true,
+    })
+    .await
+    .ok()
+    .map(|r| r.into_inner())
 }
 
 /// The leader of each shard, where every member that answers agrees on it.

@@ -193,7 +193,10 @@ impl TestCluster {
         let mut c = self.client(id).await;
         let r = tokio::time::timeout(
             Duration::from_secs(2),
-            c.cluster_status(pb::ClusterStatusRequest { local: true }),
+            c.cluster_status(pb::ClusterStatusRequest {
+                local: true,
+                digest: true,
+            }),
         )
         .await;
         r.ok()?.ok().map(|r| r.into_inner())
@@ -298,7 +301,10 @@ impl TestCluster {
         let s = self
             .client(via)
             .await
-            .cluster_status(pb::ClusterStatusRequest { local: false })
+            .cluster_status(pb::ClusterStatusRequest {
+                local: false,
+                digest: false,
+            })
             .await
             .unwrap()
             .into_inner();

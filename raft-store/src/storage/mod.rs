@@ -131,6 +131,17 @@ impl Store {
         let cfs = [CF_LOG, CF_META, CF_SM].map(|name| {
             let mut cf = Options::default();
             cf.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            if name == CF_SM {
+                // Applying a hold first asks whether its request was decided before;
+                // almost always it was not. Bloom filters (in the memtable and in
+                // each table file) answer such misses without searching.
+                cf.set_memtable_whole_key_filtering(true);
+                cf.set_memtable_prefix_bloom_ratio(0.05);
+                let mut table = rocksdb::BlockBasedOptions::default();
+                table.set_bloom_filter(10.0, false);
+                table.set_whole_key_filtering(true);
+                cf.set_block_based_table_factory(&table);
+            }
             ColumnFamilyDescriptor::new(name, cf)
         });
         let db =
