@@ -761,6 +761,40 @@ async fn bad_input_gets_the_right_error_and_changes_nothing() {
             .into_inner();
         assert!(!reply.error.is_empty());
     }
+    // The same nonsense down an append pipe: each message gets its own refusal, in
+    // order, and the pipe stays open for the next.
+    {
+        let nonsense = |shard: u32, payload: Vec<u8>| seatd_proto::raft::RaftRequest {
+            shard,
+            from: 1,
+            payload,
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.send(nonsense(0, vec![0xde, 0xad])).await.unwrap();
+        let mut replies = raft
+            .append_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        let first = replies.message().await.unwrap().unwrap();
+        assert!(
+            first.error.contains("undecodable"),
+            "pipe: {:?}",
+            first.error
+        );
+        tx.send(nonsense(99, vec![])).await.unwrap();
+        let second = replies.message().await.unwrap().unwrap();
+        assert!(
+            second.error.contains("shard 99"),
+            "pipe: {:?}",
+            second.error
+        );
+        drop(tx);
+        assert!(
+            replies.message().await.unwrap().is_none(),
+            "pipe not closed"
+        );
+    }
 
     // Nothing changed: the seats are as they were, every replica agrees, and the
     // cluster still works.
