@@ -38,7 +38,10 @@ fn descriptor_set_names_both_services_and_their_methods() {
         .iter()
         .find(|(n, _)| n == "seatd.raft.v1.Raft")
         .expect("raft service");
-    assert_eq!(raft.1, ["Vote", "AppendEntries", "InstallSnapshot"]);
+    assert_eq!(
+        raft.1,
+        ["Vote", "AppendEntries", "InstallSnapshot", "AppendStream"]
+    );
 }
 
 #[test]

@@ -11,7 +11,9 @@
 //! Keys (the storage layer prefixes them with the Raft group):
 //! `[0]` the machine (applied index, clock); then per event, with
 //! `E = [len][event id bytes]`: `[1]E` definition (written once), `[2]E` counters
-//! (sale state, sequence numbers), `[3]E[idx u32 BE]` a seat, `[4]E[seq u64 BE]` a
+//! (sale state, sequence numbers), `[3]E[idx u32 BE]` a seat that is available again
+//! after a hold on it ended (a held or sold seat is derived from its live or committed
+//! hold when loading, so a hold writes no seat records), `[4]E[seq u64 BE]` a
 //! hold, `[5]E[seq u64 BE]` an order, `[6]E[key]` a hold request's first decision,
 //! `[7]E[key]` an idempotency key's checkout. Big-endian numbers keep RocksDB's key
 //! order equal to numeric order. A seat without a record is available at version 0,
@@ -162,9 +164,13 @@ impl EventState {
         if dirty.meta || with_def {
             out.push((key(KIND_COUNTERS, id, &[]), value(&self.counters())));
         }
+        // Held and sold seats are derived from their holds when loading; only a seat
+        // that is available again (its hold ended) needs a record of its own.
+        let mut seats = dirty.seats;
+        seats.retain(|&i| self.seats[i as usize].status == SeatStatus::Available);
         emit(
             &mut out_kind(out, KIND_SEAT, id),
-            dirty.seats,
+            seats,
             |i| i.to_be_bytes().to_vec(),
             |i| &self.seats[*i as usize],
         );
@@ -211,6 +217,43 @@ impl EventState {
         d.requests = self.requests.keys().cloned().collect();
         d.checkouts = self.checkouts.keys().cloned().collect();
     }
+}
+
+/// Sets every seat a live or committed hold owns from the hold itself: held at the
+/// version it was granted, or sold one version later. These seats have no records of
+/// their own (`take_changes`), and a record left from before the seat was taken again
+/// is older than the hold, so the hold wins.
+fn derive_owned_seats(img: &mut EventImage) -> Result<(), Error> {
+    let id = img.def.event_id.clone();
+    for (seq, hold) in &img.holds {
+        if hold.seats.len() != hold.granted_versions.len() {
+            return Err(corrupt(format!(
+                "event {id}: hold {seq} has {} seats but {} versions",
+                hold.seats.len(),
+                hold.granted_versions.len()
+            )));
+        }
+        for (&idx, &granted) in hold.seats.iter().zip(&hold.granted_versions) {
+            let seat = match &hold.state {
+                HoldState::Active | HoldState::CheckingOut { .. } => Seat {
+                    status: SeatStatus::Held(*seq),
+                    version: granted,
+                },
+                HoldState::Committed { order } => Seat {
+                    status: SeatStatus::Sold(*order),
+                    version: granted + 1,
+                },
+                // Cold holds are not loaded.
+                HoldState::Released | HoldState::Expired => continue,
+            };
+            *img.seats.get_mut(idx as usize).ok_or_else(|| {
+                corrupt(format!(
+                    "event {id}: hold {seq} names seat {idx}, out of range"
+                ))
+            })? = seat;
+        }
+    }
+    Ok(())
 }
 
 fn is_cold_hold(h: &Hold) -> bool {
@@ -585,7 +628,8 @@ impl SeatMachine {
             }
         }
         for (_, s) in staged {
-            let img = s.image.expect("every staged event got an image");
+            let mut img = s.image.expect("every staged event got an image");
+            derive_owned_seats(&mut img)?;
             let id = img.def.event_id.clone();
             let event = restore_event(img).map_err(|e| corrupt(format!("event {id}: {e}")))?;
             machine.events.insert(id, event);
