@@ -371,6 +371,26 @@ impl Client {
         };
         // Batched: an item the cluster could not decide (UNAVAILABLE) goes again in a
         // later batch, with the same reservation id, until the retry budget is spent.
+        // The whole wait is bounded too (queueing behind other batches included): a
+        // caller that gives up takes its hold out of any batch not yet sent, and one
+        // already sent may or may not have been decided, which UNAVAILABLE says.
+        let options = self.transport.options;
+        let bound = options.retry_budget + options.attempt_timeout;
+        tokio::time::timeout(bound, self.hold_batched(queue, request))
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::Unavailable(format!(
+                    "no answer within {} ms; retry with the same reservation id",
+                    bound.as_millis()
+                )))
+            })
+    }
+
+    async fn hold_batched(
+        &self,
+        queue: &mpsc::Sender<QueuedHold>,
+        request: pb::HoldRequest,
+    ) -> Result<pb::Hold, Error> {
         let options = self.transport.options;
         let started = Instant::now();
         let mut backoff = options.backoff_min;
@@ -482,6 +502,12 @@ async fn batch_holds(transport: Arc<Transport>, mut rx: mpsc::Receiver<QueuedHol
                 Ok(q) => batch.push(q),
                 Err(_) => break,
             }
+        }
+        // A caller that gave up while its hold waited must not get seats it will never
+        // hear about (they would stay held until the hold expires).
+        batch.retain(|(_, reply)| !reply.is_closed());
+        if batch.is_empty() {
+            continue;
         }
         let transport = transport.clone();
         tokio::spawn(async move {

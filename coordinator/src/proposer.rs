@@ -75,6 +75,12 @@ impl Proposer {
 
     /// Proposes `command` and waits for its outcome.
     pub async fn propose(&self, command: Command) -> Result<Outcome, ProposeError> {
+        self.submit(command)?.outcome().await
+    }
+
+    /// Queues `command` without waiting: many commands can be queued this way (they
+    /// share entries) and their outcomes awaited afterwards, in any order.
+    pub fn submit(&self, command: Command) -> Result<Pending, ProposeError> {
         let (reply, answer) = oneshot::channel();
         self.queue
             .try_send(Proposal { command, reply })
@@ -84,7 +90,17 @@ impl Proposer {
                     ProposeError::Unavailable("shard is shutting down".into())
                 }
             })?;
-        answer
+        Ok(Pending(answer))
+    }
+}
+
+/// A queued command's outcome, to come. Dropping it before the command is proposed
+/// withdraws the command (see the module doc).
+pub struct Pending(oneshot::Receiver<Result<Outcome, ProposeError>>);
+
+impl Pending {
+    pub async fn outcome(self) -> Result<Outcome, ProposeError> {
+        self.0
             .await
             .unwrap_or_else(|_| Err(ProposeError::Unavailable("shard stopped".into())))
     }

@@ -111,29 +111,32 @@ async fn hold_group(
     hops: u32,
     items: Vec<(usize, pb::HoldRequest, Command)>,
 ) -> Vec<(usize, pb::HoldResult)> {
-    let indices: Vec<usize> = items.iter().map(|x| x.0).collect();
-    let forward = pb::HoldManyRequest {
-        holds: items.iter().map(|x| x.1.clone()).collect(),
-    };
-    let commands: Vec<Command> = items.into_iter().map(|x| x.2).collect();
+    let mut indices = Vec::with_capacity(items.len());
+    let mut holds = Vec::with_capacity(items.len());
+    let mut commands = Vec::with_capacity(items.len());
+    for (i, h, c) in items {
+        indices.push(i);
+        holds.push(h);
+        commands.push(c);
+    }
+    let forward = pb::HoldManyRequest { holds };
     let answered = node
         .routed(
             shard,
             Mode::Leader,
             hops,
             |s| {
-                let commands = commands.clone();
+                // Every command is queued before any answer is awaited, so they share
+                // entries; no task per hold.
+                let pending: Vec<_> = commands.iter().map(|c| s.submit(c.clone())).collect();
                 async move {
-                    let mut proposals = tokio::task::JoinSet::new();
-                    for (i, c) in commands.into_iter().enumerate() {
-                        let s = s.clone();
-                        proposals.spawn(async move { (i, s.propose(c).await) });
-                    }
-                    let mut results = vec![None; proposals.len()];
-                    while let Some(done) = proposals.join_next().await {
-                        let (i, outcome) =
-                            done.map_err(|e| Error::Unavailable(format!("proposal: {e}")))?;
-                        results[i] = Some(match outcome {
+                    let mut results = Vec::with_capacity(pending.len());
+                    for p in pending {
+                        let outcome = match p {
+                            Ok(p) => p.outcome().await,
+                            Err(e) => Err(e),
+                        };
+                        results.push(match outcome {
                             Ok(Ok(Reply::Held(h))) => pb::HoldResult {
                                 result: Some(pb::hold_result::Result::Hold(convert::hold_to_pb(
                                     &h,
@@ -148,12 +151,7 @@ async fn hold_group(
                             Err(e) => return Err(Error::from(e)),
                         });
                     }
-                    Ok(pb::HoldManyResponse {
-                        results: results
-                            .into_iter()
-                            .map(|r| r.unwrap_or_else(|| failure(Status::internal("no result"))))
-                            .collect(),
-                    })
+                    Ok(pb::HoldManyResponse { results })
                 }
             },
             forward!(forward, hold_many),

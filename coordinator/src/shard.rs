@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::clock::Stamper;
-use crate::proposer::{ProposeError, Proposer};
+use crate::proposer::{Pending, ProposeError, Proposer};
 
 /// How often the leader checks for holds past their deadline.
 pub const EXPIRE_INTERVAL_MS: u64 = 1_000;
@@ -86,6 +86,11 @@ impl Shard {
 
     pub async fn propose(&self, command: Command) -> Result<Outcome, ProposeError> {
         self.proposer.propose(command).await
+    }
+
+    /// Queues `command` for the shard's next entry; see [`Proposer::submit`].
+    pub fn submit(&self, command: Command) -> Result<Pending, ProposeError> {
+        self.proposer.submit(command)
     }
 
     /// Runs `f` on the state machine after a linearizable read point was reached.
