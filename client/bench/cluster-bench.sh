@@ -43,10 +43,16 @@ bench_endpoints=(--endpoint "$endpoint")
 if [ "${BENCH_VIA:-frontend}" = nodes ]; then
     bench_endpoints=(--endpoint "http://127.0.0.1:$p1" --endpoint "http://127.0.0.1:$p2" --endpoint "http://127.0.0.1:$p3")
 fi
+ready=""
 for _ in $(seq 1 100); do
-    "$bin/seatctl" --endpoint "$endpoint" --timeout 1s status >/dev/null 2>&1 && break
+    "$bin/seatctl" --endpoint "$endpoint" --timeout 1s status >/dev/null 2>&1 && { ready=1; break; }
     sleep 0.3
 done
+if [ -z "$ready" ]; then
+    echo "the cluster did not come up; its logs:" >&2
+    tail -n 20 "$dir"/*.log >&2
+    exit 1
+fi
 
 cpu_ticks() {
     local total=0

@@ -150,7 +150,8 @@ impl ComposeCluster {
     pub fn stop_all(&self) -> Result<Vec<(String, i64)>, String> {
         self.compose(&["stop"])?;
         let mut codes = Vec::new();
-        let out = self.compose(&["ps", "-q"])?;
+        // `-a`: stopped containers too (compose v2 lists only running ones by default).
+        let out = self.compose(&["ps", "-a", "-q"])?;
         for cid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
             let code = self.docker(&["inspect", "-f", "{{.Name}} {{.State.ExitCode}}", cid])?;
             let text = String::from_utf8_lossy(&code.stdout).trim().to_string();

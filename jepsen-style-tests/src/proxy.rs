@@ -76,6 +76,8 @@ impl Drop for Proxy {
 async fn accept(listener: TcpListener, target: SocketAddr, state: Arc<LinkState>) {
     loop {
         let Ok((inbound, _)) = listener.accept().await else {
+            // Out of file descriptors and the like: pause instead of spinning.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             continue;
         };
         if state.cut.load(Ordering::SeqCst) || state.open.load(Ordering::SeqCst) >= CONNECTIONS_MAX
@@ -94,6 +96,11 @@ async fn accept(listener: TcpListener, target: SocketAddr, state: Arc<LinkState>
             let (ri, wi) = inbound.into_split();
             let (ro, wo) = outbound.into_split();
             let cut = state.cutting.notified();
+            // Cut while this connection was being made: it must not outlive the cut.
+            if state.cut.load(Ordering::SeqCst) {
+                state.open.fetch_sub(1, Ordering::SeqCst);
+                return;
+            }
             tokio::select! {
                 _ = pump(ri, wo, &state) => {}
                 _ = pump(ro, wi, &state) => {}

@@ -118,7 +118,44 @@ pub struct Outcome {
     pub history: Option<PathBuf>,
 }
 
+/// The seed from `SEATD_JEPSEN_SEED`, or a random one (printed with every run).
+pub fn seed_from_env() -> u64 {
+    std::env::var("SEATD_JEPSEN_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| fastrand::u64(..))
+}
+
 impl Outcome {
+    /// Panics unless the run is one a test may pass on: no violation, at least one
+    /// fault actually injected (none refused), and a workload that really ran.
+    pub fn assert_clean(&self, s: &Scenario) {
+        let summary = self.summary(s);
+        eprintln!("{summary}");
+        let seed = s.seed;
+        assert!(
+            self.report.is_valid(),
+            "violations found (seed {seed}):\n{summary}"
+        );
+        assert!(!self.faults.is_empty(), "no fault was injected:\n{summary}");
+        assert!(
+            !self.faults.iter().any(|f| f.contains("could not inject")),
+            "a fault could not be injected:\n{summary}"
+        );
+        let ok_ops: usize = self
+            .report
+            .ops
+            .iter()
+            .filter(|(k, _)| k.ends_with(":ok"))
+            .map(|(_, n)| n)
+            .sum();
+        assert!(
+            ok_ops > 50,
+            "the workload barely ran: {:?}",
+            self.report.ops
+        );
+    }
+
     pub fn summary(&self, s: &Scenario) -> String {
         let mut out = format!(
             "scenario {} (seed {}, {} nodes, {} clients, {:?})\nfaults injected:\n",

@@ -5,17 +5,14 @@
 
 use std::time::Duration;
 
-use seatd_jepsen::run::{run, Fault, Scenario};
+use seatd_jepsen::run::{run, seed_from_env, Fault, Scenario};
 
 /// Runs serially: several clusters at once on 2 cores would measure the machine.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn scenario(fault: Fault) {
     let _serial = SERIAL.lock().await;
-    let seed = std::env::var("SEATD_JEPSEN_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| fastrand::u64(..));
+    let seed = seed_from_env();
     let s = Scenario {
         fault,
         seed,
@@ -27,25 +24,7 @@ async fn scenario(fault: Fault) {
     let outcome = run(&s)
         .await
         .unwrap_or_else(|e| panic!("scenario {} (seed {seed}) could not run: {e}", fault.name()));
-    let summary = outcome.summary(&s);
-    eprintln!("{summary}");
-    assert!(
-        outcome.report.is_valid(),
-        "violations found (seed {seed}):\n{summary}"
-    );
-    assert!(!outcome.faults.is_empty(), "no fault was injected");
-    let ok_ops: usize = outcome
-        .report
-        .ops
-        .iter()
-        .filter(|(k, _)| k.ends_with(":ok"))
-        .map(|(_, n)| n)
-        .sum();
-    assert!(
-        ok_ops > 50,
-        "the workload barely ran: {:?}",
-        outcome.report.ops
-    );
+    outcome.assert_clean(&s);
 }
 
 macro_rules! scenarios {
