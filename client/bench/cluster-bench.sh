@@ -9,8 +9,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/seatd/target}"
-cargo build -q --workspace --bins
-bin="$CARGO_TARGET_DIR/debug"
+# SEATD_BIN_DIR runs binaries built elsewhere (to compare two builds side by side).
+if [ -n "${SEATD_BIN_DIR:-}" ]; then
+    bin="$SEATD_BIN_DIR"
+else
+    cargo build -q --workspace --bins
+    bin="$CARGO_TARGET_DIR/debug"
+fi
 
 dir="$(mktemp -d)"
 pids=()
@@ -54,31 +59,48 @@ if [ -z "$ready" ]; then
     exit 1
 fi
 
+# CPU ticks (user + system) of each seatd process, in `pids` order.
 cpu_ticks() {
-    local total=0
+    local out=()
     for p in "${pids[@]}"; do
         read -r -a f < "/proc/$p/stat"
-        total=$((total + f[13] + f[14]))
+        out+=($((f[13] + f[14])))
     done
-    echo "$total"
+    echo "${out[*]}"
 }
 before=$(cpu_ticks)
 status=0
-line=$("$bin/seatctl" "${bench_endpoints[@]}" bench "$@") || status=$?
+# The load generator runs under a small wrapper that reports its CPU-seconds too.
+line=$(python3 - "$dir/seatctl.cpu" "$bin/seatctl" "${bench_endpoints[@]}" bench "$@" <<'PY'
+import resource, subprocess, sys
+rc = subprocess.call(sys.argv[2:])
+r = resource.getrusage(resource.RUSAGE_CHILDREN)
+open(sys.argv[1], "w").write(f"{r.ru_utime + r.ru_stime:.2f}")
+sys.exit(rc)
+PY
+) || status=$?
 after=$(cpu_ticks)
 echo "$line"
 hz=$(getconf CLK_TCK)
 holds=$(sed -n 's/.* holds=\([0-9]*\).*/\1/p' <<<"$line")
+conflicts=$(sed -n 's/.* conflicts=\([0-9]*\).*/\1/p' <<<"$line")
+decisions=$(( ${holds:-0} + ${conflicts:-0} ))
 rss=""
 for i in 0 1 2; do
     rss+="node$((i + 1))_rss_mib=$(( $(awk '/VmRSS/ {print $2}' "/proc/${pids[$i]}/status") / 1024 )) "
 done
-python3 - "$before" "$after" "$hz" "${holds:-0}" <<'PY'
+python3 - "$before" "$after" "$hz" "${holds:-0}" "${decisions:-0}" "$(cat "$dir/seatctl.cpu" 2>/dev/null || echo 0)" <<'PY'
 import sys
-b, a, hz, holds = map(int, sys.argv[1:])
-cpu = (a - b) / hz
-per = cpu / holds * 10000 if holds else float("nan")
-print(f"seatd_cpu_s={cpu:.1f} cpu_s_per_10k_holds={per:.2f}")
+before, after = [list(map(int, a.split())) for a in sys.argv[1:3]]
+hz, holds, decisions = map(int, sys.argv[3:6])
+bench_cpu = float(sys.argv[6])
+each = [(a - b) / hz for a, b in zip(after, before)]
+cpu = sum(each)
+per = lambda c, n: c / n * 10000 if n else float("nan")
+names = ["node1", "node2", "node3", "frontend"]
+print(f"seatd_cpu_s={cpu:.1f} cpu_s_per_10k_holds={per(cpu, holds):.2f} "
+      f"with_bench_cpu_s_per_10k_decisions={per(cpu + bench_cpu, decisions):.2f}")
+print(" ".join(f"{n}_cpu_s={c:.1f}" for n, c in zip(names, each)) + f" seatctl_cpu_s={bench_cpu:.1f}")
 PY
 echo "$rss"
 exit $status

@@ -12,7 +12,9 @@
 //!
 //! Concurrent holds are gathered into `HoldMany` calls (each hold still decided and
 //! answered on its own; no timer, so a lone hold goes at once): under a flash sale
-//! that is far fewer calls for the same decisions ([`Options::batch_holds`]).
+//! that is far fewer calls for the same decisions ([`Options::batch_holds`]). Given
+//! several node endpoints, the client sends each batch straight to the node that leads
+//! its event's shard, learnt from the cluster status ([`Options::route_to_leaders`]).
 //!
 //! ```
 //! # // A whole local cluster (3 replicas and a frontend) for the example to talk to.
@@ -42,6 +44,7 @@
 //! ```
 
 mod error;
+mod route;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -111,6 +114,10 @@ pub struct Options {
     /// answered on its own (on by default): far fewer calls under load, no added
     /// delay for a lone hold.
     pub batch_holds: bool,
+    /// Send batched holds straight to their shard's leader when it is one of the
+    /// endpoints (on by default; see the `route` module). Any endpoint serves any
+    /// call, so this only saves the hop a node would make to forward the batch.
+    pub route_to_leaders: bool,
 }
 
 impl Default for Options {
@@ -121,6 +128,7 @@ impl Default for Options {
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_secs(2),
             batch_holds: true,
+            route_to_leaders: true,
         }
     }
 }
@@ -138,6 +146,7 @@ struct Transport {
     endpoints: Vec<(String, SeatsClient<Channel>)>,
     options: Options,
     next: AtomicUsize,
+    routes: route::Routes,
 }
 
 type QueuedHold = (pb::HoldRequest, oneshot::Sender<Result<pb::Hold, Error>>);
@@ -206,10 +215,12 @@ impl Client {
             return Err(Error::Invalid("no endpoints given".into()));
         }
         let start = fastrand::usize(..list.len());
+        let route = options.batch_holds && options.route_to_leaders && list.len() > 1;
         let transport = Arc::new(Transport {
             endpoints: list,
             options,
             next: AtomicUsize::new(start),
+            routes: route::Routes::new(route),
         });
         let holds = options.batch_holds.then(|| {
             let (tx, rx) = mpsc::channel(QUEUED_HOLDS_MAX);
@@ -243,10 +254,23 @@ impl Transport {
         F: Fn(SeatsClient<Channel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
+        self.call_at(None, call).await
+    }
+
+    /// [`Transport::call`] whose first attempt goes to endpoint `first` when given (a
+    /// shard leader); later attempts go round-robin.
+    async fn call_at<T, F, Fut>(&self, mut first: Option<usize>, call: F) -> Result<T, Error>
+    where
+        F: Fn(SeatsClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
         let started = Instant::now();
         let mut backoff = self.options.backoff_min;
         loop {
-            let i = self.next.load(Ordering::Relaxed) % self.endpoints.len();
+            let i = first
+                .take()
+                .unwrap_or_else(|| self.next.load(Ordering::Relaxed))
+                % self.endpoints.len();
             let (url, client) = &self.endpoints[i];
             let attempt = tokio::time::timeout(self.options.attempt_timeout, call(client.clone()));
             let failure = match attempt.await {
@@ -260,7 +284,9 @@ impl Transport {
                     self.options.attempt_timeout.as_millis()
                 ),
             };
-            // The next attempt goes to the next endpoint.
+            // The next attempt goes to the next endpoint, and batches stop going here
+            // until the routes are refreshed.
+            self.routes.forget(i);
             let _ = self
                 .next
                 .compare_exchange(i, i + 1, Ordering::Relaxed, Ordering::Relaxed);
@@ -489,7 +515,8 @@ impl Client {
 /// Gathers queued holds into `HoldMany` calls: takes the first, waits for a free
 /// call slot, then takes whatever else is queued (up to `HOLDS_PER_CALL_MAX`). No
 /// timer: a lone hold goes at once, and under load batches grow while calls are in
-/// flight. Ends when the client is dropped.
+/// flight. A batch is split by the endpoint that leads each hold's shard, when the
+/// routes know it (see the `route` module). Ends when the client is dropped.
 async fn batch_holds(transport: Arc<Transport>, mut rx: mpsc::Receiver<QueuedHold>) {
     let slots = Arc::new(Semaphore::new(HOLD_CALLS_IN_FLIGHT_MAX));
     while let Some(first) = rx.recv().await {
@@ -509,40 +536,80 @@ async fn batch_holds(transport: Arc<Transport>, mut rx: mpsc::Receiver<QueuedHol
         if batch.is_empty() {
             continue;
         }
-        let transport = transport.clone();
-        tokio::spawn(async move {
-            let (requests, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-            let request = pb::HoldManyRequest { holds: requests };
-            let answer = transport
-                .call(|mut c| {
-                    let r = request.clone();
-                    async move { c.hold_many(r).await }
-                })
-                .await;
-            match answer {
-                Ok(r) if r.results.len() == replies.len() => {
-                    for (reply, result) in replies.into_iter().zip(r.results) {
-                        let _ = reply.send(item_result(result));
-                    }
-                }
-                Ok(r) => {
-                    let e = Error::Unavailable(format!(
-                        "{} answers for {} holds",
-                        r.results.len(),
-                        replies.len()
-                    ));
-                    for reply in replies {
-                        let _ = reply.send(Err(e.clone()));
-                    }
-                }
-                Err(e) => {
-                    for reply in replies {
-                        let _ = reply.send(Err(e.clone()));
-                    }
-                }
+        if transport.routes.begin_refresh(Instant::now()) {
+            tokio::spawn(refresh_routes(transport.clone()));
+        }
+        // Usually one group: a flash sale is one event, so one shard.
+        let mut groups: Vec<(Option<usize>, Vec<QueuedHold>)> = Vec::new();
+        for q in batch {
+            let at = transport.routes.endpoint_for(&q.0.event_id);
+            match groups.iter_mut().find(|(g, _)| *g == at) {
+                Some((_, group)) => group.push(q),
+                None => groups.push((at, vec![q])),
             }
-            drop(slot);
-        });
+        }
+        let slot = Arc::new(slot);
+        for (at, group) in groups {
+            tokio::spawn(send_holds(transport.clone(), at, group, slot.clone()));
+        }
+    }
+}
+
+/// Asks the cluster who leads each shard, for [`batch_holds`].
+async fn refresh_routes(transport: Arc<Transport>) {
+    let status = transport
+        .call(|mut c| async move {
+            c.cluster_status(pb::ClusterStatusRequest {
+                local: false,
+                digest: false,
+            })
+            .await
+        })
+        .await;
+    let urls: Vec<String> = transport.endpoints.iter().map(|(u, _)| u.clone()).collect();
+    match status {
+        Ok(s) => transport.routes.update(&s, &urls, Instant::now()),
+        Err(_) => transport.routes.failed(Instant::now()),
+    }
+}
+
+/// Sends one `HoldMany` call (first to endpoint `at`, when given) and answers each
+/// hold's caller. `_slot` is the batch's call slot, freed when its last call ends.
+async fn send_holds(
+    transport: Arc<Transport>,
+    at: Option<usize>,
+    batch: Vec<QueuedHold>,
+    _slot: Arc<tokio::sync::OwnedSemaphorePermit>,
+) {
+    let (requests, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+    let request = pb::HoldManyRequest { holds: requests };
+    let answer = transport
+        .call_at(at, |mut c| {
+            let r = request.clone();
+            async move { c.hold_many(r).await }
+        })
+        .await;
+    match answer {
+        Ok(r) if r.results.len() == replies.len() => {
+            for (reply, result) in replies.into_iter().zip(r.results) {
+                let _ = reply.send(item_result(result));
+            }
+        }
+        Ok(r) => {
+            let e = Error::Unavailable(format!(
+                "{} answers for {} holds",
+                r.results.len(),
+                replies.len()
+            ));
+            for reply in replies {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
+        Err(e) => {
+            for reply in replies {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
     }
 }
 

@@ -237,6 +237,7 @@ pub async fn run_on(cluster: &impl Target, s: &Scenario) -> Result<Outcome, Stri
         backoff_min: Duration::from_millis(20),
         backoff_max: Duration::from_millis(500),
         batch_holds: true,
+        route_to_leaders: true,
     };
     let client =
         Arc::new(Client::with_options(cluster.endpoints(), options).map_err(|e| e.to_string())?);

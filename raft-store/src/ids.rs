@@ -55,6 +55,30 @@ impl EventId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The shard this event lives in, of `shards` (at least 1): FNV-1a (64 bit) of the
+    /// id's bytes, modulo the shard count. Nodes, frontends and clients that route to
+    /// shard leaders all compute it; it is part of the on-disk contract (changing it
+    /// would strand events in the wrong group), so a test pins its values.
+    pub fn shard(&self, shards: u32) -> u32 {
+        shard_of(&self.0, shards)
+    }
+}
+
+/// [`EventId::shard`] of an id given as text (a client routing a request it has not
+/// validated; an invalid id gets a shard too, and the cluster refuses it).
+pub fn shard_of(event_id: &str, shards: u32) -> u32 {
+    assert!(shards > 0, "a cluster has at least one shard");
+    (fnv1a64(event_id.as_bytes()) % u64::from(shards)) as u32
+}
+
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
 }
 
 impl fmt::Display for EventId {

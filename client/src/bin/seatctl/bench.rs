@@ -15,13 +15,30 @@ use std::time::{Duration, Instant};
 
 use seatd_client::{pb, Client, Error};
 
+#[derive(clap::Args, Clone)]
 pub struct BenchArgs {
+    #[arg(long, default_value_t = 100_000)]
     pub seats: u32,
+    #[arg(long, default_value_t = 64)]
     pub clients: u32,
+    #[arg(long, default_value_t = 10)]
     pub secs: u64,
+    /// Share of granted holds that are committed (paid with tok_visa).
+    #[arg(long, default_value_t = 0.0)]
     pub commit_ratio: f64,
+    /// Share of granted holds that are released.
+    #[arg(long, default_value_t = 0.0)]
     pub release_ratio: f64,
+    #[arg(long, default_value_t = 1)]
     pub events: u32,
+    /// Send every hold in its own call instead of gathering concurrent holds
+    /// into HoldMany calls (the client library's `batch_holds`).
+    #[arg(long)]
+    pub no_batch: bool,
+    /// Send batches to any endpoint instead of the one that leads their shard (the
+    /// client library's `route_to_leaders`).
+    #[arg(long)]
+    pub no_route: bool,
 }
 
 const SEATS_PER_ROW: u32 = 50;

@@ -74,26 +74,7 @@ enum Command {
     /// Show the cluster: nodes, and each shard's leader, members and applied index.
     Status,
     /// A flash-sale load test that checks for oversell (prints key=value pairs).
-    Bench {
-        #[arg(long, default_value_t = 100_000)]
-        seats: u32,
-        #[arg(long, default_value_t = 64)]
-        clients: u32,
-        #[arg(long, default_value_t = 10)]
-        secs: u64,
-        /// Share of granted holds that are committed (paid with tok_visa).
-        #[arg(long, default_value_t = 0.0)]
-        commit_ratio: f64,
-        /// Share of granted holds that are released.
-        #[arg(long, default_value_t = 0.0)]
-        release_ratio: f64,
-        #[arg(long, default_value_t = 1)]
-        events: u32,
-        /// Send every hold in its own call instead of gathering concurrent holds
-        /// into HoldMany calls (the client library's `batch_holds`).
-        #[arg(long)]
-        no_batch: bool,
-    },
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Subcommand)]
@@ -266,12 +247,12 @@ async fn run(cli: &Cli, client: &Client) -> Result<(Value, String), Error> {
             let s = client.status().await?;
             (status_json(&s), status_text(&s))
         }
-        Command::Bench { .. } => unreachable!("bench runs on its own runtime"),
+        Command::Bench(_) => unreachable!("bench runs on its own runtime"),
     })
 }
 
 /// The bench needs every core for its buyers: a multi-threaded runtime.
-fn run_bench(endpoints: &[String], args: bench::BenchArgs, batch_holds: bool) -> ExitCode {
+fn run_bench(endpoints: &[String], args: bench::BenchArgs, options: Options) -> ExitCode {
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -279,13 +260,12 @@ fn run_bench(endpoints: &[String], args: bench::BenchArgs, batch_holds: bool) ->
             return ExitCode::from(7);
         }
     };
+    let options = Options {
+        batch_holds: !args.no_batch,
+        route_to_leaders: !args.no_route,
+        ..options
+    };
     let outcome = rt.block_on(async {
-        let options = Options {
-            attempt_timeout: Duration::from_secs(5),
-            retry_budget: Duration::from_secs(10),
-            batch_holds,
-            ..Options::default()
-        };
         let client = std::sync::Arc::new(Client::with_options(endpoints, options)?);
         bench::run(client, args).await
     });
@@ -317,25 +297,8 @@ fn main() -> ExitCode {
         retry_budget: cli.timeout,
         ..Options::default()
     };
-    if let Command::Bench {
-        seats,
-        clients,
-        secs,
-        commit_ratio,
-        release_ratio,
-        events,
-        no_batch,
-    } = cli.command
-    {
-        let args = bench::BenchArgs {
-            seats,
-            clients,
-            secs,
-            commit_ratio,
-            release_ratio,
-            events,
-        };
-        return run_bench(&endpoints, args, !no_batch);
+    if let Command::Bench(args) = &cli.command {
+        return run_bench(&endpoints, args.clone(), options);
     }
     let outcome = tokio::runtime::Builder::new_current_thread()
         .enable_all()
