@@ -319,6 +319,14 @@ impl EventState {
             .expect("holder has a seat count");
         *owned -= hold.seats.len() as u32;
         hold.state = end;
+        // The request's record can no longer be derived from a hot hold: write it.
+        request_key(&mut self.scratch, &hold.user, &hold.client_reservation_id);
+        let (key, rec) = self
+            .requests
+            .get_key_value(self.scratch.as_str())
+            .expect("a live hold's request is in memory");
+        assert_eq!(*rec, RequestRecord::Granted(seq), "hold {seq}'s request");
+        self.dirty.requests.push(key.clone());
     }
 
     /// Expires holds and aborts checkouts whose deadline is ≤ `now_ms`.
@@ -418,15 +426,19 @@ impl EventState {
             )));
         }
 
-        // From here on the decision depends on state, so it is remembered.
+        // From here on the decision depends on state, so it is remembered. A grant's
+        // record is derived from its hold while the hold is live or committed, so it
+        // is written only when the hold ends (`end_live_hold`); a refusal's now.
         let decision = self.decide_hold(req, idxs, ttl_ms, now_ms);
+        let key: Arc<str> = self.scratch.as_str().into();
         let record = match &decision {
             Ok(Reply::Held(view)) => RequestRecord::Granted(view.hold_id.seq),
             Ok(other) => unreachable!("hold decided {other:?}"),
-            Err(r) => RequestRecord::Refused(r.clone()),
+            Err(r) => {
+                self.dirty.requests.push(key.clone());
+                RequestRecord::Refused(r.clone())
+            }
         };
-        let key: Arc<str> = self.scratch.as_str().into();
-        self.dirty.requests.push(key.clone());
         self.requests.insert(key, record);
         decision
     }
