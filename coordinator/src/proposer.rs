@@ -143,7 +143,7 @@ async fn write(shard: u32, raft: Raft<TypeConfig>, ts_ms: u64, batch: Vec<Propos
     let (commands, replies): (Vec<Command>, Vec<_>) =
         batch.into_iter().map(|p| (p.command, p.reply)).unzip();
     let n = commands.len();
-    match raft.client_write(Batch { ts_ms, commands }).await {
+    match raft.client_write(Batch { ts_ms, commands }.into()).await {
         Ok(written) => {
             assert_eq!(written.data.len(), n, "one outcome per command of an entry");
             for (reply, outcome) in replies.into_iter().zip(written.data) {

@@ -144,10 +144,13 @@ async fn three_replicas_over_grpc_survive_losing_the_leader() {
     });
     nodes[&leader]
         .raft
-        .client_write(Batch {
-            ts_ms: T0,
-            commands: vec![create],
-        })
+        .client_write(
+            Batch {
+                ts_ms: T0,
+                commands: vec![create],
+            }
+            .into(),
+        )
         .await
         .unwrap();
     let mut last = 0;
@@ -155,10 +158,13 @@ async fn three_replicas_over_grpc_survive_losing_the_leader() {
         let seat = format!("A-{}", i % 10 + 1);
         let out = nodes[&leader]
             .raft
-            .client_write(Batch {
-                ts_ms: T0 + i,
-                commands: vec![hold(&format!("u{i}"), &seat)],
-            })
+            .client_write(
+                Batch {
+                    ts_ms: T0 + i,
+                    commands: vec![hold(&format!("u{i}"), &seat)],
+                }
+                .into(),
+            )
             .await
             .unwrap();
         let expect_held = i < 10;
@@ -185,10 +191,13 @@ async fn three_replicas_over_grpc_survive_losing_the_leader() {
     // Every decision survived: A-1 is still held, B-1 is free.
     let out = nodes[&new_leader]
         .raft
-        .client_write(Batch {
-            ts_ms: T0 + 100,
-            commands: vec![hold("late", "A-1"), hold("later", "B-1")],
-        })
+        .client_write(
+            Batch {
+                ts_ms: T0 + 100,
+                commands: vec![hold("late", "A-1"), hold("later", "B-1")],
+            }
+            .into(),
+        )
         .await
         .unwrap();
     assert!(matches!(&out.data[0], Err(Refusal::Conflict { seats }) if seats.len() == 1));

@@ -38,10 +38,13 @@ fn hold(i: u64) -> Command {
 fn entry(index: u64, commands: Vec<Command>) -> Entry<TypeConfig> {
     Entry {
         log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-        payload: EntryPayload::Normal(Batch {
-            ts_ms: T0,
-            commands,
-        }),
+        payload: EntryPayload::Normal(
+            Batch {
+                ts_ms: T0,
+                commands,
+            }
+            .into(),
+        ),
     }
 }
 

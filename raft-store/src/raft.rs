@@ -1,7 +1,9 @@
 //! seatd's openraft type configuration.
 //!
 //! A log entry's application data is a [`Batch`] of client commands stamped by the
-//! leader; applying it answers one [`Outcome`] per command. Nodes are numbered and
+//! leader, shared (`Arc`) so that the log store's cache of recent entries hands them
+//! to replication and to the state machine without copying or decoding them again;
+//! applying it answers one [`Outcome`] per command. Nodes are numbered and
 //! reached at a plain address (`BasicNode`). Snapshots travel as in-memory buffers:
 //! openraft sends them in chunks (`Config::snapshot_max_chunk_size`), and even a
 //! 100,000-seat event encodes to a few MB.
@@ -10,7 +12,7 @@ use crate::command::{Batch, Outcome};
 
 openraft::declare_raft_types!(
     pub TypeConfig:
-        D = Batch,
+        D = std::sync::Arc<Batch>,
         R = Vec<Outcome>,
         NodeId = u64,
         Node = openraft::BasicNode,

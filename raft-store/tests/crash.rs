@@ -87,10 +87,13 @@ fn entry_for(index: u64, seed: u64) -> Entry<TypeConfig> {
     };
     Entry {
         log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-        payload: EntryPayload::Normal(Batch {
-            ts_ms: T0 + index * 50,
-            commands,
-        }),
+        payload: EntryPayload::Normal(
+            Batch {
+                ts_ms: T0 + index * 50,
+                commands,
+            }
+            .into(),
+        ),
     }
 }
 

@@ -100,10 +100,13 @@ async fn a_node_applies_snapshots_purges_and_resumes() {
         .unwrap();
 
     let created = raft
-        .client_write(Batch {
-            ts_ms: T0,
-            commands: vec![create("show", 1, 10, 10, Limits::default())],
-        })
+        .client_write(
+            Batch {
+                ts_ms: T0,
+                commands: vec![create("show", 1, 10, 10, Limits::default())],
+            }
+            .into(),
+        )
         .await
         .unwrap();
     assert!(matches!(created.data[0], Ok(Reply::EventCreated { .. })));
@@ -114,15 +117,18 @@ async fn a_node_applies_snapshots_purges_and_resumes() {
             i % 10 + 1
         );
         let out = raft
-            .client_write(Batch {
-                ts_ms: T0 + i,
-                commands: vec![Command::Hold(hold_req(
-                    "show",
-                    &format!("u{i}"),
-                    "r",
-                    &[&seat],
-                ))],
-            })
+            .client_write(
+                Batch {
+                    ts_ms: T0 + i,
+                    commands: vec![Command::Hold(hold_req(
+                        "show",
+                        &format!("u{i}"),
+                        "r",
+                        &[&seat],
+                    ))],
+                }
+                .into(),
+            )
             .await
             .unwrap();
         assert!(matches!(out.data[0], Ok(Reply::Held(_))), "{:?}", out.data);
@@ -171,10 +177,13 @@ async fn a_node_applies_snapshots_purges_and_resumes() {
         .await
         .unwrap();
     let out = raft
-        .client_write(Batch {
-            ts_ms: T0 + 1_000,
-            commands: vec![Command::Hold(hold_req("show", "late", "r", &["A-1"]))],
-        })
+        .client_write(
+            Batch {
+                ts_ms: T0 + 1_000,
+                commands: vec![Command::Hold(hold_req("show", "late", "r", &["A-1"]))],
+            }
+            .into(),
+        )
         .await
         .unwrap();
     assert!(

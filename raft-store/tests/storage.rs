@@ -15,10 +15,13 @@ use raft_store::{Batch, Command, Limits, SeatMachine};
 fn entry(index: u64, commands: Vec<Command>) -> Entry<TypeConfig> {
     Entry {
         log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-        payload: EntryPayload::Normal(Batch {
-            ts_ms: T0 + index,
-            commands,
-        }),
+        payload: EntryPayload::Normal(
+            Batch {
+                ts_ms: T0 + index,
+                commands,
+            }
+            .into(),
+        ),
     }
 }
 

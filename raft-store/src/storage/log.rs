@@ -4,10 +4,20 @@
 //! log id; an append is acknowledged (its callback fired) only after a WAL sync that
 //! covers it; `save_vote` and `truncate` return only once synced; `purge` records the
 //! new last purged id in the same atomic batch that deletes the entries.
+//!
+//! Recent entries are also kept in memory ([`EntryCache`]): openraft reads each entry
+//! back once per follower it replicates to and once more to apply it, and answering
+//! those reads from memory (the payload is shared, not copied) saves a RocksDB
+//! iterator, a checksum and a decode each time. The cache always equals a contiguous
+//! run of the stored log: it is changed only after the write it mirrors succeeded, it
+//! is cleared when a write fails or an append does not extend it, and a read it cannot
+//! answer whole goes to RocksDB. It is per `LogStore` and its clones, so a group must
+//! have one log store at a time (as openraft uses it).
 
+use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, StorageIOError};
@@ -20,11 +30,93 @@ use super::{
 use crate::raft::{Entry, LogId, StorageError, TypeConfig, Vote};
 use crate::Error;
 
-/// One group's Raft log. Cheap to clone; clones share the database.
+/// One group's Raft log. Cheap to clone; clones share the database and the cache.
 #[derive(Clone)]
 pub struct LogStore {
     inner: Arc<Inner>,
     group: GroupId,
+    cache: Arc<Mutex<EntryCache>>,
+}
+
+/// Most entries the cache keeps, and most bytes (as encoded on disk) they may take.
+const CACHED_ENTRIES_MAX: usize = 1024;
+const CACHED_BYTES_MAX: usize = 32 << 20;
+
+/// The newest entries of the log, contiguous, oldest first, with their encoded sizes.
+#[derive(Default)]
+struct EntryCache {
+    entries: VecDeque<(Entry, usize)>,
+    bytes: usize,
+}
+
+impl EntryCache {
+    fn first_index(&self) -> Option<u64> {
+        self.entries.front().map(|(e, _)| e.log_id.index)
+    }
+
+    fn last_index(&self) -> Option<u64> {
+        self.entries.back().map(|(e, _)| e.log_id.index)
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.bytes = 0;
+    }
+
+    /// Adds an entry just written; one that does not extend the cached run starts a
+    /// new run (the old one may no longer match the log).
+    fn push(&mut self, entry: Entry, encoded_bytes: usize) {
+        if self
+            .last_index()
+            .is_some_and(|last| last.checked_add(1) != Some(entry.log_id.index))
+        {
+            self.clear();
+        }
+        self.bytes += encoded_bytes;
+        self.entries.push_back((entry, encoded_bytes));
+        while self.entries.len() > CACHED_ENTRIES_MAX || self.bytes > CACHED_BYTES_MAX {
+            self.pop_front();
+        }
+    }
+
+    fn pop_front(&mut self) {
+        if let Some((_, n)) = self.entries.pop_front() {
+            self.bytes -= n;
+        }
+    }
+
+    /// Entries `start..end` if all of them are cached.
+    fn get(&self, start: u64, end_exclusive: u64) -> Option<Vec<Entry>> {
+        let first = self.first_index()?;
+        let last = self.last_index()?;
+        if start < first || end_exclusive.checked_sub(1)? > last {
+            return None;
+        }
+        let from = (start - first) as usize;
+        let to = (end_exclusive - first) as usize;
+        Some(
+            self.entries
+                .range(from..to)
+                .map(|(e, _)| e.clone())
+                .collect(),
+        )
+    }
+
+    /// Forgets entries at `index` and after (truncated).
+    fn truncate_from(&mut self, index: u64) {
+        while self.last_index().is_some_and(|last| last >= index) {
+            if let Some((_, n)) = self.entries.pop_back() {
+                self.bytes -= n;
+            }
+        }
+    }
+
+    /// Forgets entries up to and including `index` (purged).
+    fn purge_to(&mut self, index: u64) {
+        while self.first_index().is_some_and(|first| first <= index) {
+            self.pop_front();
+        }
+    }
 }
 
 fn io(subject: ErrorSubject<u64>, verb: ErrorVerb, e: Error) -> StorageError {
@@ -33,7 +125,43 @@ fn io(subject: ErrorSubject<u64>, verb: ErrorVerb, e: Error) -> StorageError {
 
 impl LogStore {
     pub(crate) fn new(inner: Arc<Inner>, group: GroupId) -> Self {
-        Self { inner, group }
+        Self {
+            inner,
+            group,
+            cache: Arc::default(),
+        }
+    }
+
+    /// Writes `batch`, then makes the same change to the cache (`mirror`); the cache is
+    /// locked throughout, so no reader sees it differ from the log, and a failed write
+    /// clears it.
+    fn write_mirrored(
+        &self,
+        batch: WriteBatch,
+        sync: bool,
+        mirror: impl FnOnce(&mut EntryCache),
+    ) -> Result<(), Error> {
+        let mut cache = self.cache();
+        match self.inner.write(batch, sync) {
+            Ok(()) => {
+                mirror(&mut cache);
+                Ok(())
+            }
+            Err(e) => {
+                cache.clear();
+                Err(e)
+            }
+        }
+    }
+
+    fn cache(&self) -> MutexGuard<'_, EntryCache> {
+        // A panic while the lock was held may have left the cache half-changed: it is
+        // only a copy, so start it afresh.
+        self.cache.lock().unwrap_or_else(|p| {
+            let mut c = p.into_inner();
+            c.clear();
+            c
+        })
     }
 
     fn log_key(&self, index: u64) -> Vec<u8> {
@@ -63,6 +191,9 @@ impl LogStore {
     fn read_range(&self, start: u64, end_exclusive: u64) -> Result<Vec<Entry>, Error> {
         if start >= end_exclusive {
             return Ok(Vec::new());
+        }
+        if let Some(hit) = self.cache().get(start, end_exclusive) {
+            return Ok(hit);
         }
         let mut ro = ReadOptions::default();
         ro.set_iterate_upper_bound(self.log_key(end_exclusive));
@@ -171,12 +302,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let mut batch = WriteBatch::default();
         let cf = self.inner.cf(CF_LOG);
+        let mut written = Vec::new();
         for entry in entries {
-            batch.put_cf(cf, self.log_key(entry.log_id.index), encode_record(&entry));
+            let bytes = encode_record(&entry);
+            batch.put_cf(cf, self.log_key(entry.log_id.index), &bytes);
+            written.push((entry, bytes.len()));
         }
-        self.inner
-            .write(batch, false)
-            .map_err(|e| io(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+        self.write_mirrored(batch, false, |cache| {
+            for (entry, bytes) in written {
+                cache.push(entry, bytes);
+            }
+        })
+        .map_err(|e| io(ErrorSubject::Logs, ErrorVerb::Write, e))?;
         // Readable now; acknowledged once the syncer's next fsync covers it.
         self.inner.syncer.after_sync(callback);
         Ok(())
@@ -187,8 +324,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let (_, to) = group_range(self.group);
         batch.delete_range_cf(self.inner.cf(CF_LOG), self.log_key(log_id.index), to);
         // Entries that come back after a crash could contradict the new leader's log.
-        self.inner
-            .write(batch, true)
+        self.write_mirrored(batch, true, |cache| cache.truncate_from(log_id.index))
             .map_err(|e| io(ErrorSubject::Logs, ErrorVerb::Delete, e))
     }
 
@@ -201,8 +337,75 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         if log_id.index == u64::MAX {
             batch.delete_cf(self.inner.cf(CF_LOG), self.log_key(u64::MAX));
         }
-        self.inner
-            .write(batch, false)
+        self.write_mirrored(batch, false, |cache| cache.purge_to(log_id.index))
             .map_err(|e| io(ErrorSubject::Logs, ErrorVerb::Delete, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    fn entry(index: u64) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    fn indexes(v: Option<Vec<Entry>>) -> Option<Vec<u64>> {
+        v.map(|v| v.iter().map(|e| e.log_id.index).collect())
+    }
+
+    #[test]
+    fn the_cache_answers_only_whole_contiguous_ranges() {
+        let mut c = EntryCache::default();
+        assert_eq!(indexes(c.get(1, 2)), None);
+        for i in 5..=9 {
+            c.push(entry(i), 10);
+        }
+        assert_eq!(indexes(c.get(5, 10)), Some(vec![5, 6, 7, 8, 9]));
+        assert_eq!(indexes(c.get(7, 9)), Some(vec![7, 8]));
+        assert_eq!(indexes(c.get(4, 6)), None, "4 is not cached");
+        assert_eq!(indexes(c.get(9, 11)), None, "10 is not cached");
+        assert_eq!(indexes(c.get(9, u64::MAX)), None);
+        // An append that does not extend the run replaces it.
+        c.push(entry(20), 10);
+        assert_eq!(indexes(c.get(5, 6)), None);
+        assert_eq!(indexes(c.get(20, 21)), Some(vec![20]));
+        assert_eq!(c.bytes, 10);
+    }
+
+    #[test]
+    fn truncate_and_purge_drop_what_the_log_dropped() {
+        let mut c = EntryCache::default();
+        for i in 1..=10 {
+            c.push(entry(i), 100);
+        }
+        c.truncate_from(8);
+        assert_eq!(c.last_index(), Some(7));
+        assert_eq!(indexes(c.get(7, 9)), None);
+        c.purge_to(3);
+        assert_eq!(c.first_index(), Some(4));
+        assert_eq!(c.bytes, 400);
+        c.push(entry(8), 100);
+        assert_eq!(indexes(c.get(4, 9)), Some(vec![4, 5, 6, 7, 8]));
+        c.truncate_from(1);
+        assert_eq!((c.entries.len(), c.bytes), (0, 0));
+    }
+
+    #[test]
+    fn the_cache_is_bounded_by_count_and_bytes() {
+        let mut c = EntryCache::default();
+        for i in 1..=(CACHED_ENTRIES_MAX as u64 + 10) {
+            c.push(entry(i), 1);
+        }
+        assert_eq!(c.entries.len(), CACHED_ENTRIES_MAX);
+        assert_eq!(c.first_index(), Some(11));
+        c.push(entry(CACHED_ENTRIES_MAX as u64 + 11), CACHED_BYTES_MAX);
+        assert_eq!(c.entries.len(), 1, "one huge entry pushes out the rest");
+        c.push(entry(CACHED_ENTRIES_MAX as u64 + 12), 1);
+        assert_eq!(c.first_index(), Some(CACHED_ENTRIES_MAX as u64 + 12));
     }
 }

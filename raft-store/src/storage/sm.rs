@@ -161,14 +161,12 @@ impl StateMachineStore {
     /// Reads back the cold records applying `batch` may need.
     fn warm_for(&self, machine: &mut SeatMachine, batch: &Batch) -> Result<(), Error> {
         let mut tried = std::collections::BTreeSet::new();
-        // Each round can only reveal records the previous one named (a request's
-        // hold), so a few rounds always suffice.
+        // Each round can only reveal records the previous one found (a request's
+        // hold), so a few rounds always suffice, and a round that found nothing ends
+        // it (the usual case: new requests have no record).
         for _ in 0..4 {
-            let keys: Vec<Vec<u8>> = machine
-                .cold_keys(batch)
-                .into_iter()
-                .filter(|k| tried.insert(k.clone()))
-                .collect();
+            let mut keys = machine.cold_keys(batch);
+            keys.retain(|k| !tried.contains(k));
             if keys.is_empty() {
                 return Ok(());
             }
@@ -178,8 +176,12 @@ impl StateMachineStore {
             let mut found = Vec::new();
             for (k, v) in keys.into_iter().zip(values) {
                 if let Some(v) = v.map_err(|e| super::db_error(&self.inner.path, e))? {
-                    found.push((k, v));
+                    found.push((k.clone(), v));
                 }
+                tried.insert(k);
+            }
+            if found.is_empty() {
+                return Ok(());
             }
             machine.warm(found)?;
         }
