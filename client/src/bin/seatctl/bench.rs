@@ -35,10 +35,10 @@ pub struct BenchArgs {
     /// into HoldMany calls (the client library's `batch_holds`).
     #[arg(long)]
     pub no_batch: bool,
-    /// Send batches to any endpoint instead of the one that leads their shard (the
-    /// client library's `route_to_leaders`).
+    /// Send each batch to the endpoint that leads its shard instead of round-robin
+    /// (the client library's `route_to_leaders`).
     #[arg(long)]
-    pub no_route: bool,
+    pub route: bool,
 }
 
 const SEATS_PER_ROW: u32 = 50;

@@ -262,7 +262,7 @@ fn run_bench(endpoints: &[String], args: bench::BenchArgs, options: Options) -> 
     };
     let options = Options {
         batch_holds: !args.no_batch,
-        route_to_leaders: !args.no_route,
+        route_to_leaders: args.route,
         ..options
     };
     let outcome = rt.block_on(async {
