@@ -118,9 +118,9 @@ pub struct Options {
     /// Send batched holds straight to their shard's leader when it is one of the
     /// endpoints (see the `route` module). Any endpoint serves any call, so this only
     /// saves the hop a node would make to forward the batch. Off by default: it asks
-    /// for the cluster-wide status every second while holds flow, and with it on,
-    /// `seatctl bench` measured the same throughput but occasional 300 ms to 1 s hold
-    /// latencies (see README.md).
+    /// for the cluster-wide status every second while holds flow, and `seatctl bench`
+    /// measured no more throughput with it than round-robin over the nodes (see
+    /// README.md).
     pub route_to_leaders: bool,
 }
 

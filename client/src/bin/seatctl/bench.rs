@@ -4,8 +4,11 @@
 //! until time is up or everything is sold out: pick a random row and a random block
 //! of 1–4 adjacent seats, try to hold it (a fresh user id per attempt, so per-user
 //! limits never refuse a bench hold), then commit or release a share of the holds.
-//! At the end it reads every seat map consistently and checks that no seat was
-//! granted to two live holds and that the map's counts match what was granted.
+//! At the end it reads every seat map consistently and checks, seat by seat, that no
+//! seat was granted to two live holds, that every seat of a live hold is held or sold
+//! in the map, that no other seat is (unless some outcomes are unknown), and that the
+//! section counts add up. Holds use the event's default TTL (5 minutes), so a run
+//! is limited to [`SECS_MAX`]: a hold expiring before the check would look lost.
 //!
 //! Output: one line of `key=value` pairs; exit 1 when the check fails.
 
@@ -42,6 +45,8 @@ pub struct BenchArgs {
 }
 
 const SEATS_PER_ROW: u32 = 50;
+/// Longest run: the check must read the maps before the first hold expires.
+const SECS_MAX: u64 = 240;
 
 /// What one buyer saw.
 #[derive(Default)]
@@ -70,6 +75,12 @@ pub async fn run(client: Arc<Client>, args: BenchArgs) -> Result<(String, bool),
         return Err(Error::Invalid(
             "need --seats >= 50, --events >= 1 and --clients >= 1".into(),
         ));
+    }
+    if args.secs > SECS_MAX {
+        return Err(Error::Invalid(format!(
+            "--secs may be at most {SECS_MAX}: the bench's holds expire after 5 minutes, \
+             and the check needs them live"
+        )));
     }
     let rows_per_event = (args.seats / args.events / SEATS_PER_ROW).max(1);
     let tag = format!("{:08x}", fastrand::u32(..));
@@ -198,14 +209,24 @@ pub async fn run(client: Arc<Client>, args: BenchArgs) -> Result<(String, bool),
     }
     let mut taken_in_maps = 0u64;
     let mut sold_in_maps = 0u64;
-    for e in events.iter() {
+    for (i, e) in events.iter().enumerate() {
         let map = client.seat_map(e, false).await?;
         for s in &map.sections {
-            if s.available + s.held + s.sold != s.capacity {
+            let counted = u64::from(s.available) + u64::from(s.held) + u64::from(s.sold);
+            if counted != u64::from(s.capacity) {
                 oversell += 1;
             }
-            taken_in_maps += u64::from(s.held + s.sold);
+            taken_in_maps += u64::from(s.held) + u64::from(s.sold);
             sold_in_maps += u64::from(s.sold);
+        }
+        for seat in &map.seats {
+            let taken = seat.state != pb::SeatState::Available as i32;
+            let ours = claimed[i].contains(seat.id.as_str());
+            // A live hold's seat must be taken; a taken seat must be a live hold's,
+            // unless an unknown outcome may have taken it.
+            if (ours && !taken) || (taken && !ours && all.unknown == 0) {
+                oversell += 1;
+            }
         }
     }
     let claimed_seats: u64 = claimed.iter().map(|c| c.len() as u64).sum();
