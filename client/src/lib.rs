@@ -153,7 +153,11 @@ struct Transport {
     routes: route::Routes,
 }
 
-type QueuedHold = (pb::HoldRequest, oneshot::Sender<Result<pb::Hold, Error>>);
+/// A hold waiting for a batch, and where its answer goes. An answer that may be
+/// retried (UNAVAILABLE) brings the request back, so a hold is never copied to be
+/// retried.
+type QueuedHold = (pb::HoldRequest, oneshot::Sender<HoldAnswer>);
+type HoldAnswer = (Result<pb::Hold, Error>, Option<pb::HoldRequest>);
 
 /// Most holds waiting for a batch; a full queue makes callers wait.
 const QUEUED_HOLDS_MAX: usize = 8192;
@@ -424,16 +428,17 @@ impl Client {
         let options = self.transport.options;
         let started = Instant::now();
         let mut backoff = options.backoff_min;
+        let stopped = || Error::Unavailable("the hold batcher stopped".into());
+        let mut request = request;
         loop {
             let (tx, rx) = oneshot::channel();
-            if queue.send((request.clone(), tx)).await.is_err() {
-                return Err(Error::Unavailable("the hold batcher stopped".into()));
+            if queue.send((request, tx)).await.is_err() {
+                return Err(stopped());
             }
-            let answer = rx
-                .await
-                .unwrap_or_else(|_| Err(Error::Unavailable("the hold batcher stopped".into())));
-            match answer {
-                Err(Error::Unavailable(m)) => {
+            let (answer, back) = rx.await.unwrap_or_else(|_| (Err(stopped()), None));
+            match (answer, back) {
+                (Err(Error::Unavailable(m)), Some(back)) => {
+                    request = back;
                     let jittered = backoff.mul_f64(fastrand::f64());
                     if started.elapsed() + jittered >= options.retry_budget {
                         return Err(Error::Unavailable(m));
@@ -441,7 +446,7 @@ impl Client {
                     tokio::time::sleep(jittered).await;
                     backoff = (backoff * 2).min(options.backoff_max);
                 }
-                other => return other,
+                (answer, _) => return answer,
             }
         }
     }
@@ -593,11 +598,9 @@ async fn send_holds(
             async move { c.hold_many(r).await }
         })
         .await;
-    match answer {
+    let answers: Vec<Result<pb::Hold, Error>> = match answer {
         Ok(r) if r.results.len() == replies.len() => {
-            for (reply, result) in replies.into_iter().zip(r.results) {
-                let _ = reply.send(item_result(result));
-            }
+            r.results.into_iter().map(item_result).collect()
         }
         Ok(r) => {
             let e = Error::Unavailable(format!(
@@ -605,15 +608,15 @@ async fn send_holds(
                 r.results.len(),
                 replies.len()
             ));
-            for reply in replies {
-                let _ = reply.send(Err(e.clone()));
-            }
+            vec![Err(e); replies.len()]
         }
-        Err(e) => {
-            for reply in replies {
-                let _ = reply.send(Err(e.clone()));
-            }
-        }
+        Err(e) => vec![Err(e); replies.len()],
+    };
+    // The request was only lent to the call: a hold that may be retried gets its
+    // request back.
+    for ((reply, answer), request) in replies.into_iter().zip(answers).zip(request.holds) {
+        let back = matches!(answer, Err(Error::Unavailable(_))).then_some(request);
+        let _ = reply.send((answer, back));
     }
 }
 
