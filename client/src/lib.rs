@@ -265,6 +265,18 @@ impl Transport {
         self.call_at(None, call).await
     }
 
+    /// The cluster-wide status (no digests), with retries.
+    async fn status(&self) -> Result<pb::ClusterStatus, Error> {
+        self.call(|mut c| async move {
+            c.cluster_status(pb::ClusterStatusRequest {
+                local: false,
+                digest: false,
+            })
+            .await
+        })
+        .await
+    }
+
     /// [`Transport::call`] whose first attempt goes to endpoint `first` when given (a
     /// shard leader); later attempts go round-robin.
     async fn call_at<T, F, Fut>(&self, mut first: Option<usize>, call: F) -> Result<T, Error>
@@ -510,14 +522,7 @@ impl Client {
 
     /// Nodes, and each shard's leader, members and applied index.
     pub async fn status(&self) -> Result<pb::ClusterStatus, Error> {
-        self.call(|mut c| async move {
-            c.cluster_status(pb::ClusterStatusRequest {
-                local: false,
-                digest: false,
-            })
-            .await
-        })
-        .await
+        self.transport.status().await
     }
 }
 
@@ -566,15 +571,7 @@ async fn batch_holds(transport: Arc<Transport>, mut rx: mpsc::Receiver<QueuedHol
 
 /// Asks the cluster who leads each shard, for [`batch_holds`].
 async fn refresh_routes(transport: Arc<Transport>) {
-    let status = transport
-        .call(|mut c| async move {
-            c.cluster_status(pb::ClusterStatusRequest {
-                local: false,
-                digest: false,
-            })
-            .await
-        })
-        .await;
+    let status = transport.status().await;
     let urls: Vec<String> = transport.endpoints.iter().map(|(u, _)| u.clone()).collect();
     match status {
         Ok(s) => transport.routes.update(&s, &urls, Instant::now()),

@@ -174,15 +174,16 @@ impl StateMachineStore {
             let full: Vec<Vec<u8>> = keys.iter().map(|k| prefixed(self.group, k)).collect();
             let values = self.inner.db.multi_get_cf(full.iter().map(|k| (cf, k)));
             let mut found = Vec::new();
-            for (k, v) in keys.into_iter().zip(values) {
+            for (k, v) in keys.iter().zip(values) {
                 if let Some(v) = v.map_err(|e| super::db_error(&self.inner.path, e))? {
                     found.push((k.clone(), v));
                 }
-                tried.insert(k);
             }
             if found.is_empty() {
                 return Ok(());
             }
+            // Only a round that found something needs another, which must skip these.
+            tried.extend(keys);
             machine.warm(found)?;
         }
         Err(Error::Corrupt {
