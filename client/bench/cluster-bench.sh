@@ -68,6 +68,14 @@ cpu_ticks() {
     done
     echo "${out[*]}"
 }
+# Log entries applied across all shards: with the decisions, how many commands share
+# an entry (the batching the proposers achieved).
+applied() {
+    "$bin/seatctl" --endpoint "$endpoint" --json status 2>/dev/null |
+        python3 -c 'import json,sys; print(sum(s.get("applied", 0) for s in json.load(sys.stdin)["shards"]))' ||
+        echo 0
+}
+applied_before=$(applied)
 before=$(cpu_ticks)
 status=0
 # The load generator runs under a small wrapper that reports its CPU-seconds too.
@@ -80,6 +88,7 @@ sys.exit(rc)
 PY
 ) || status=$?
 after=$(cpu_ticks)
+applied_after=$(applied)
 echo "$line"
 hz=$(getconf CLK_TCK)
 holds=$(sed -n 's/.* holds=\([0-9]*\).*/\1/p' <<<"$line")
@@ -103,4 +112,9 @@ print(f"seatd_cpu_s={cpu:.1f} cpu_s_per_10k_holds={per(cpu, holds):.2f} "
 print(" ".join(f"{n}_cpu_s={c:.1f}" for n, c in zip(names, each)) + f" seatctl_cpu_s={bench_cpu:.1f}")
 PY
 echo "$rss"
+entries=$((applied_after - applied_before))
+if [ "$entries" -gt 0 ]; then
+    python3 -c "import sys; e, d, s = map(float, sys.argv[1:]); print(f'log_entries_per_s={e / s:.0f} decisions_per_entry={d / e:.1f}')" \
+        "$entries" "$decisions" "$(sed -n 's/.* secs=\([0-9.]*\).*/\1/p' <<<"$line")"
+fi
 exit $status
