@@ -170,11 +170,15 @@ const HOLD_CALLS_IN_FLIGHT_MAX: usize = 4;
 /// How long a `HoldMany` call may be out before the next batch goes beside it
 /// instead of waiting for its turn. Calls take one turn at a time because every call
 /// costs a round of RPCs on every hop and usually a log entry of its own: measured
-/// with `seatctl bench` (README.md), one call at a time instead of two put 54
-/// decisions in a log entry instead of 23.5 and cost 20-30% less CPU per decision. A
+/// with `seatctl bench` (README.md) at 64 callers, one call at a time instead of two
+/// put 54 decisions in a log entry instead of 23.5 (63 once the batcher lets the
+/// callers it just answered queue again) and cost 20-30% less CPU per decision. A
 /// call this overdue is stuck (a shard without a leader, a slow node; p99 is about
 /// 12 ms), and must not hold up holds for other shards.
 const HOLD_CALL_OVERDUE: Duration = Duration::from_millis(50);
+
+/// Most times the batcher lets callers run before it drains the queue.
+const BATCH_YIELDS_MAX: usize = 8;
 
 /// Retry keys unique to this client: a random prefix and a counter.
 struct IdSource {
@@ -546,8 +550,15 @@ async fn batch_holds(transport: Arc<Transport>, mut rx: mpsc::Receiver<QueuedHol
         let slot = turns.next().await;
         // The call that just gave up its turn woke its callers first, and they are
         // about to queue their next holds: let them, so they ride in this batch
-        // rather than wait for the next.
-        tokio::task::yield_now().await;
+        // rather than wait for the next. They may run on other worker threads, so
+        // keep yielding while the queue grows (a few times at most: no timer).
+        for _ in 0..BATCH_YIELDS_MAX {
+            let queued = rx.len();
+            tokio::task::yield_now().await;
+            if rx.len() == queued {
+                break;
+            }
+        }
         let mut batch = vec![first];
         while batch.len() < HOLDS_PER_CALL_MAX {
             match rx.try_recv() {
