@@ -68,12 +68,14 @@ cpu_ticks() {
     done
     echo "${out[*]}"
 }
-# Log entries applied across all shards: with the decisions, how many commands share
-# an entry (the batching the proposers achieved).
+# Log entries applied across all shards: with the decisions, how many share an entry
+# (the batching the client and the proposers achieved). Every entry counts, commits,
+# releases and leader no-ops included, so with --commit-ratio the figure is low.
+# Prints nothing when the status cannot be read.
 applied() {
     "$bin/seatctl" --endpoint "$endpoint" --json status 2>/dev/null |
-        python3 -c 'import json,sys; print(sum(s.get("applied", 0) for s in json.load(sys.stdin)["shards"]))' ||
-        echo 0
+        python3 -c 'import json,sys; print(sum(s.get("applied", 0) for s in json.load(sys.stdin)["shards"]))' \
+            2>/dev/null || true
 }
 applied_before=$(applied)
 before=$(cpu_ticks)
@@ -112,9 +114,13 @@ print(f"seatd_cpu_s={cpu:.1f} cpu_s_per_10k_holds={per(cpu, holds):.2f} "
 print(" ".join(f"{n}_cpu_s={c:.1f}" for n, c in zip(names, each)) + f" seatctl_cpu_s={bench_cpu:.1f}")
 PY
 echo "$rss"
-entries=$((applied_after - applied_before))
-if [ "$entries" -gt 0 ]; then
-    python3 -c "import sys; e, d, s = map(float, sys.argv[1:]); print(f'log_entries_per_s={e / s:.0f} decisions_per_entry={d / e:.1f}')" \
-        "$entries" "$decisions" "$(sed -n 's/.* secs=\([0-9.]*\).*/\1/p' <<<"$line")"
+secs=$(sed -n 's/.* secs=\([0-9.]*\).*/\1/p' <<<"$line")
+if [ -n "$applied_before" ] && [ -n "$applied_after" ] && [ -n "$secs" ]; then
+    python3 -c "
+import sys
+e, d, s = int(sys.argv[1]) - int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+if e > 0 and s > 0:
+    print(f'log_entries_per_s={e / s:.0f} decisions_per_entry={d / e:.1f}')
+" "$applied_after" "$applied_before" "$decisions" "$secs" || true
 fi
 exit $status

@@ -114,7 +114,8 @@ pub struct Options {
     pub backoff_max: Duration,
     /// Send concurrent holds together in `HoldMany` calls, each still decided and
     /// answered on its own (on by default): far fewer calls under load, no added
-    /// delay for a lone hold.
+    /// delay for a lone hold. A hold that arrives while a call is out waits for it
+    /// (one round trip, or until that call is overdue) and goes in the next call.
     pub batch_holds: bool,
     /// Send batched holds straight to their shard's leader when it is one of the
     /// endpoints (see the `route` module). Any endpoint serves any call, so this only
@@ -164,8 +165,9 @@ type HoldAnswer = (Result<pb::Hold, Error>, Option<pb::HoldRequest>);
 const QUEUED_HOLDS_MAX: usize = 8192;
 /// Most holds in one `HoldMany` call.
 const HOLDS_PER_CALL_MAX: usize = 256;
-/// `HoldMany` calls in flight at once, at most. Normally one is (see
-/// [`HOLD_CALL_OVERDUE`]): while it is out, the next batch fills up.
+/// Batches in flight at once, at most (a batch split across shard leaders is one
+/// call per leader). Normally one is (see [`HOLD_CALL_OVERDUE`]): while it is out,
+/// the next batch fills up.
 const HOLD_CALLS_IN_FLIGHT_MAX: usize = 4;
 /// How long a `HoldMany` call may be out before the next batch goes beside it
 /// instead of waiting for its turn. Calls take one turn at a time because every call
@@ -174,7 +176,8 @@ const HOLD_CALLS_IN_FLIGHT_MAX: usize = 4;
 /// put 54 decisions in a log entry instead of 23.5 (63 once the batcher lets the
 /// callers it just answered queue again) and cost 20-30% less CPU per decision. A
 /// call this overdue is stuck (a shard without a leader, a slow node; p99 is about
-/// 12 ms), and must not hold up holds for other shards.
+/// 12 ms): from then on, batches go beside it until the slots run out, so holds for
+/// other shards keep moving. A full batch never waits for the turn: it cannot grow.
 const HOLD_CALL_OVERDUE: Duration = Duration::from_millis(50);
 
 /// Most times the batcher lets callers run before it drains the queue.
@@ -547,13 +550,18 @@ impl Client {
 async fn batch_holds(transport: Arc<Transport>, mut rx: mpsc::Receiver<QueuedHold>) {
     let turns = CallTurns::new(HOLD_CALLS_IN_FLIGHT_MAX, HOLD_CALL_OVERDUE);
     while let Some(first) = rx.recv().await {
-        let slot = turns.next().await;
-        // The call that just gave up its turn woke its callers first, and they are
-        // about to queue their next holds: let them, so they ride in this batch
-        // rather than wait for the next. They may run on other worker threads, so
-        // keep yielding while the queue grows (a few times at most: no timer).
+        let full = rx.len() + 1 >= HOLDS_PER_CALL_MAX;
+        let slot = turns.next(!full).await;
+        // When the turn was handed over, the call that gave it up has just woken its
+        // callers, and they are about to queue their next holds: let them, so they
+        // ride in this batch rather than wait for the next. They may run on other
+        // worker threads, so keep yielding while the queue grows (a few times at
+        // most: no timer) and the batch is not full.
         for _ in 0..BATCH_YIELDS_MAX {
             let queued = rx.len();
+            if queued + 1 >= HOLDS_PER_CALL_MAX {
+                break;
+            }
             tokio::task::yield_now().await;
             if rx.len() == queued {
                 break;
@@ -592,12 +600,15 @@ async fn batch_holds(transport: Arc<Transport>, mut rx: mpsc::Receiver<QueuedHol
 }
 
 /// Who may send the next `HoldMany` call: one call at a time has the turn, and a
-/// call waits for it until the call holding it is overdue; at most `calls_max` calls
-/// are out at once, with or without the turn.
+/// call waits for it until the call holding it is overdue (counted from when that
+/// call took the turn); at most `calls_max` calls are out at once, with or without
+/// the turn.
 struct CallTurns {
     slots: Arc<Semaphore>,
     turn: Arc<Semaphore>,
     overdue: Duration,
+    /// When the turn was last taken: while it is held, when its call went out.
+    turn_taken_at: std::sync::Mutex<Instant>,
 }
 
 /// A call's place: its slot, and the turn unless it went without (see [`CallTurns`]).
@@ -611,11 +622,13 @@ impl CallTurns {
             slots: Arc::new(Semaphore::new(calls_max)),
             turn: Arc::new(Semaphore::new(1)),
             overdue,
+            turn_taken_at: std::sync::Mutex::new(Instant::now()),
         }
     }
 
-    /// Waits until the next call may go.
-    async fn next(&self) -> CallSlot {
+    /// Waits until the next call may go: for a slot, then (if `wait_for_turn`) for
+    /// the turn until the call holding it is overdue.
+    async fn next(&self, wait_for_turn: bool) -> CallSlot {
         // Never closed: the semaphores live as long as `self`.
         let slot = self
             .slots
@@ -623,10 +636,20 @@ impl CallTurns {
             .acquire_owned()
             .await
             .expect("call slots are never closed");
-        let turn = tokio::time::timeout(self.overdue, self.turn.clone().acquire_owned())
+        // A free turn is taken on the first poll, even with no time left to wait.
+        let wait = if wait_for_turn {
+            let taken_at = *self.turn_taken_at.lock().unwrap_or_else(|p| p.into_inner());
+            self.overdue.saturating_sub(taken_at.elapsed())
+        } else {
+            Duration::ZERO
+        };
+        let turn = tokio::time::timeout(wait, self.turn.clone().acquire_owned())
             .await
             .ok()
             .map(|t| t.expect("the call turn is never closed"));
+        if turn.is_some() {
+            *self.turn_taken_at.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        }
         (slot, turn)
     }
 }
@@ -739,37 +762,57 @@ mod tests {
 
     #[tokio::test]
     async fn calls_take_turns_and_an_overdue_call_lets_the_next_go() {
-        let overdue = Duration::from_millis(50);
-        let turns = CallTurns::new(2, overdue);
-        let first = at_once(turns.next())
+        // Long enough that no stall of a busy machine between two lines makes a
+        // fresh holder overdue.
+        let overdue = Duration::from_secs(1);
+        let turns = CallTurns::new(3, overdue);
+        let t0 = std::time::Instant::now();
+        let first = at_once(turns.next(true))
             .await
             .expect("the first call goes at once");
         assert!(first.1.is_some(), "with the turn");
 
         // While the first is out, the next waits for the turn until the first is
         // overdue, then goes without it.
-        assert!(at_once(turns.next()).await.is_none());
-        let t0 = std::time::Instant::now();
-        let second = tokio::time::timeout(Duration::from_secs(10), turns.next())
+        assert!(at_once(turns.next(true)).await.is_none());
+        let second = tokio::time::timeout(Duration::from_secs(10), turns.next(true))
             .await
             .expect("an overdue call lets the next go");
         assert!(second.1.is_none() && t0.elapsed() >= overdue);
 
-        // Both slots are taken: a third waits for a call to end, however long.
-        let third = tokio::time::timeout(overdue * 4, turns.next()).await;
-        assert!(third.is_err(), "no third call while two are out");
+        // The first is still out and overdue: the next goes at once, without the
+        // turn (the second, which never had it, did not free it either).
+        drop(second);
+        let third = at_once(turns.next(true))
+            .await
+            .expect("the holder is overdue");
+        assert!(third.1.is_none());
+        let fourth = at_once(turns.next(true)).await.expect("a slot is free");
+        assert!(fourth.1.is_none());
 
-        // The first answers: its turn and slot go to the next call at once.
+        // All three slots are taken: a fifth waits for a call to end, however long.
+        let fifth = tokio::time::timeout(Duration::from_millis(200), turns.next(true)).await;
+        assert!(fifth.is_err(), "no more calls than slots");
+        drop(fourth);
+
+        // The first answers: its turn goes to the next call at once, and a new holder
+        // is not overdue: the call after it waits again.
         drop(first);
-        let next = at_once(turns.next())
+        let next = at_once(turns.next(true))
             .await
             .expect("a freed turn is taken at once");
         assert!(next.1.is_some());
-        drop((second, next));
+        assert!(at_once(turns.next(true)).await.is_none());
+        // ...unless its batch is full: waiting could not make it larger.
+        let full = at_once(turns.next(false))
+            .await
+            .expect("a full batch goes at once");
+        assert!(full.1.is_none());
+        drop((third, next, full));
 
         // With nothing out, calls go one after another, each at once with the turn.
         for _ in 0..3 {
-            let c = at_once(turns.next()).await.expect("nothing is out");
+            let c = at_once(turns.next(true)).await.expect("nothing is out");
             assert!(c.1.is_some());
         }
     }
