@@ -218,7 +218,7 @@ impl EventState {
             // A live or committed hold's grant is kept in memory (it has no record
             // while the hold is hot); an ended hold's may be on disk only.
             let rec = self.requests.get(key.as_str());
-            let ended = matches!(hold.state, HoldState::Released | HoldState::Expired);
+            let ended = super::persist::is_cold_hold(hold);
             ensure!(
                 rec.map_or(ended, |r| *r == RequestRecord::Granted(seq)),
                 "hold {seq}'s request record says {rec:?}"

@@ -271,7 +271,8 @@ fn derive_from_holds(img: &mut EventImage) -> Result<(), Error> {
     Ok(())
 }
 
-fn is_cold_hold(h: &Hold) -> bool {
+/// A released or expired hold: it decides nothing, so it lives on disk only.
+pub(super) fn is_cold_hold(h: &Hold) -> bool {
     matches!(h.state, HoldState::Released | HoldState::Expired)
 }
 

@@ -8,11 +8,13 @@
 //! Recent entries are also kept in memory ([`EntryCache`]): openraft reads each entry
 //! back once per follower it replicates to and once more to apply it, and answering
 //! those reads from memory (the payload is shared, not copied) saves a RocksDB
-//! iterator, a checksum and a decode each time. The cache always equals a contiguous
-//! run of the stored log: it is changed only after the write it mirrors succeeded, it
-//! is cleared when a write fails or an append does not extend it, and a read it cannot
-//! answer whole goes to RocksDB. It is per `LogStore` and its clones, so a group must
-//! have one log store at a time (as openraft uses it).
+//! iterator, a checksum and a decode each time. The cache always holds a contiguous
+//! run of the stored log, never an entry the log lacks: a write first drops the
+//! entries it replaces or deletes, and adds new ones only after it succeeded; a failed
+//! write clears the cache, an append that does not extend it starts a new run, and a
+//! read it cannot answer whole goes to RocksDB. The lock is never held across a
+//! RocksDB write, so readers do not wait for one. It is per `LogStore` and its clones,
+//! so a group must have one log store at a time (as openraft uses it).
 
 use std::collections::VecDeque;
 use std::fmt::Debug;
@@ -132,23 +134,26 @@ impl LogStore {
         }
     }
 
-    /// Writes `batch`, then makes the same change to the cache (`mirror`); the cache is
-    /// locked throughout, so no reader sees it differ from the log, and a failed write
-    /// clears it.
+    /// Writes `batch` and keeps the cache a part of the log: first `forget` drops
+    /// from the cache what the write replaces or deletes, then the write runs with the
+    /// cache unlocked (a reader meanwhile misses and reads RocksDB, as it would
+    /// without a cache), then `add` puts in what it wrote. A failed write clears the
+    /// cache.
     fn write_mirrored(
         &self,
         batch: WriteBatch,
         sync: bool,
-        mirror: impl FnOnce(&mut EntryCache),
+        forget: impl FnOnce(&mut EntryCache),
+        add: impl FnOnce(&mut EntryCache),
     ) -> Result<(), Error> {
-        let mut cache = self.cache();
+        forget(&mut self.cache());
         match self.inner.write(batch, sync) {
             Ok(()) => {
-                mirror(&mut cache);
+                add(&mut self.cache());
                 Ok(())
             }
             Err(e) => {
-                cache.clear();
+                self.cache().clear();
                 Err(e)
             }
         }
@@ -302,13 +307,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let mut batch = WriteBatch::default();
         let cf = self.inner.cf(CF_LOG);
-        let mut written = Vec::new();
+        let mut written: Vec<(Entry, usize)> = Vec::new();
         for entry in entries {
             let bytes = encode_record(&entry);
             batch.put_cf(cf, self.log_key(entry.log_id.index), &bytes);
             written.push((entry, bytes.len()));
         }
-        self.write_mirrored(batch, false, |cache| {
+        let first = written.first().map(|(e, _)| e.log_id.index);
+        let forget = |cache: &mut EntryCache| {
+            if let Some(first) = first {
+                cache.truncate_from(first);
+            }
+        };
+        self.write_mirrored(batch, false, forget, |cache| {
             for (entry, bytes) in written {
                 cache.push(entry, bytes);
             }
@@ -324,7 +335,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let (_, to) = group_range(self.group);
         batch.delete_range_cf(self.inner.cf(CF_LOG), self.log_key(log_id.index), to);
         // Entries that come back after a crash could contradict the new leader's log.
-        self.write_mirrored(batch, true, |cache| cache.truncate_from(log_id.index))
+        let forget = |cache: &mut EntryCache| cache.truncate_from(log_id.index);
+        self.write_mirrored(batch, true, forget, |_| {})
             .map_err(|e| io(ErrorSubject::Logs, ErrorVerb::Delete, e))
     }
 
@@ -337,7 +349,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         if log_id.index == u64::MAX {
             batch.delete_cf(self.inner.cf(CF_LOG), self.log_key(u64::MAX));
         }
-        self.write_mirrored(batch, false, |cache| cache.purge_to(log_id.index))
+        let forget = |cache: &mut EntryCache| cache.purge_to(log_id.index);
+        self.write_mirrored(batch, false, forget, |_| {})
             .map_err(|e| io(ErrorSubject::Logs, ErrorVerb::Delete, e))
     }
 }
