@@ -379,6 +379,8 @@ async fn seatctl_contract_against_seatd_dev() {
             "0.2",
             "--events",
             "2",
+            "--threads",
+            "2",
         ])
         .output()
         .unwrap();
@@ -406,6 +408,13 @@ async fn seatctl_contract_against_seatd_dev() {
     }
     assert_eq!(kv["oversell"], "0", "{line}");
     assert!(kv["holds"].parse::<u64>().unwrap() > 0, "{line}");
+    // A load generator without a thread is refused before it starts.
+    let out = Command::new(seatctl_path())
+        .args(["--endpoint", &e[0], "bench", "--threads", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--threads"));
 
     // Ctrl-C (SIGTERM) stops it cleanly; the next start keeps the data.
     assert_eq!(terminate(&mut dev), Some(0));

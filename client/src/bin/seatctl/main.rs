@@ -251,9 +251,21 @@ async fn run(cli: &Cli, client: &Client) -> Result<(Value, String), Error> {
     })
 }
 
-/// The bench needs every core for its buyers: a multi-threaded runtime.
+/// The bench runs on a runtime of its own, with `--threads` workers.
 fn run_bench(endpoints: &[String], args: bench::BenchArgs, options: Options) -> ExitCode {
-    let rt = match tokio::runtime::Runtime::new() {
+    if !(1..=bench::THREADS_MAX).contains(&args.threads) {
+        eprintln!(
+            "seatctl bench: --threads must be 1 to {}, not {}",
+            bench::THREADS_MAX,
+            args.threads
+        );
+        return ExitCode::from(2);
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.threads)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("seatctl: cannot start the async runtime: {e}");
