@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use raft_store::raft::NodeId;
-use raft_store::{Command, HoldId, HoldRequest, OrderView, Refusal, Reply};
+use raft_store::{Command, EventId, HoldId, HoldRequest, OrderView, Refusal, Reply};
 use seatd_proto::v1 as pb;
 use seatd_proto::v1::seats_client::SeatsClient;
 use seatd_proto::v1::seats_server::Seats;
@@ -54,12 +54,14 @@ macro_rules! forward {
 /// Most holds one `HoldMany` call may carry.
 pub const HOLDS_PER_CALL_MAX: usize = 1024;
 
-/// Validates a hold request (filling in its retry key) and makes its command.
-fn hold_command(
+/// Validates a hold request (filling in its retry key); returns its shard and event.
+/// The command is made only where the hold is decided ([`hold_command`]): a frontend
+/// or a follower that forwards the hold never needs it.
+fn validate_hold(
     node: &NodeInner,
     req: &mut pb::HoldRequest,
     hops: u32,
-) -> Result<(u32, Command), Error> {
+) -> Result<(u32, EventId), Error> {
     let event = convert::event_id(&req.event_id)?;
     if hops == 0 && !node.hold_limiter.admit(&req.user_id) {
         return Err(Error::Overloaded(format!(
@@ -77,17 +79,20 @@ fn hold_command(
             req.seat_ids.len()
         )));
     }
-    let shard = node.cluster.shard_of(&event);
-    let command = Command::Hold(HoldRequest {
-        event_id: event,
+    Ok((node.cluster.shard_of(&event), event))
+}
+
+/// The command of a hold that [`validate_hold`] accepted.
+fn hold_command(event: &EventId, req: &pb::HoldRequest) -> Command {
+    Command::Hold(HoldRequest {
+        event_id: event.clone(),
         user: req.user_id.clone(),
         seats: req.seat_ids.clone(),
         client_reservation_id: req.client_reservation_id.clone(),
         ttl_ms: req.ttl_ms,
         expected_versions: (!req.expected_versions.is_empty())
             .then(|| req.expected_versions.clone()),
-    });
-    Ok((shard, command))
+    })
 }
 
 /// A failed item of a `HoldMany` answer.
@@ -109,15 +114,15 @@ async fn hold_group(
     node: Arc<NodeInner>,
     shard: u32,
     hops: u32,
-    items: Vec<(usize, pb::HoldRequest, Command)>,
+    items: Vec<(usize, pb::HoldRequest, EventId)>,
 ) -> Vec<(usize, pb::HoldResult)> {
     let mut indices = Vec::with_capacity(items.len());
     let mut holds = Vec::with_capacity(items.len());
-    let mut commands = Vec::with_capacity(items.len());
-    for (i, h, c) in items {
+    let mut events = Vec::with_capacity(items.len());
+    for (i, h, e) in items {
         indices.push(i);
         holds.push(h);
-        commands.push(c);
+        events.push(e);
     }
     let forward = pb::HoldManyRequest { holds };
     let answered = node
@@ -128,7 +133,12 @@ async fn hold_group(
             |s| {
                 // Every command is queued before any answer is awaited, so they share
                 // entries; no task per hold.
-                let pending: Vec<_> = commands.iter().map(|c| s.submit(c.clone())).collect();
+                let pending: Vec<_> = forward
+                    .holds
+                    .iter()
+                    .zip(&events)
+                    .map(|(h, e)| s.submit(hold_command(e, h)))
+                    .collect();
                 async move {
                     let mut results = Vec::with_capacity(pending.len());
                     for p in pending {
@@ -642,7 +652,8 @@ impl Seats for SeatsService {
     async fn hold(&self, request: Request<pb::HoldRequest>) -> Result<Response<pb::Hold>, Status> {
         let hops = hops(&request);
         let mut req = request.into_inner();
-        let (shard, command) = hold_command(&self.node, &mut req, hops)?;
+        let (shard, event) = validate_hold(&self.node, &mut req, hops)?;
+        let command = hold_command(&event, &req);
         let answer = |_: &Shard, reply| match reply {
             Reply::Held(h) => Ok(convert::hold_to_pb(&h)),
             other => Err(unexpected(other)),
@@ -665,10 +676,10 @@ impl Seats for SeatsService {
             .into());
         }
         let mut results: Vec<Option<pb::HoldResult>> = vec![None; req.holds.len()];
-        let mut groups: BTreeMap<u32, Vec<(usize, pb::HoldRequest, Command)>> = BTreeMap::new();
+        let mut groups: BTreeMap<u32, Vec<(usize, pb::HoldRequest, EventId)>> = BTreeMap::new();
         for (i, mut h) in req.holds.into_iter().enumerate() {
-            match hold_command(&self.node, &mut h, hops) {
-                Ok((shard, command)) => groups.entry(shard).or_default().push((i, h, command)),
+            match validate_hold(&self.node, &mut h, hops) {
+                Ok((shard, event)) => groups.entry(shard).or_default().push((i, h, event)),
                 Err(e) => results[i] = Some(failure(e.into())),
             }
         }
