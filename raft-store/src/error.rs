@@ -25,6 +25,13 @@ pub enum Error {
         #[source]
         source: rocksdb::Error,
     },
+    /// Writing a group's state machine records failed (now or at an earlier entry):
+    /// the group cannot apply more until the node restarts.
+    #[error("{}: writing state machine records failed: {reason}", path.display())]
+    Write {
+        path: std::path::PathBuf,
+        reason: String,
+    },
     /// A configuration value is out of range.
     #[error("invalid configuration: {0}")]
     Config(String),

@@ -405,3 +405,54 @@ fn history_stays_on_disk_and_still_answers_retries() {
         assert_eq!(sm.reader().read(|m| m.records_in_memory()), 0);
     });
 }
+
+#[test]
+fn a_record_dropped_from_memory_is_found_right_after_the_apply_that_dropped_it() {
+    // `apply` answers before its records are written and drops the cold ones from
+    // memory at once, so whatever reads them next must wait for that write. Each round
+    // reads straight after the apply; a reader that did not wait would miss the hold
+    // (or the retried grant) in most rounds, as the write is still queued.
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        let store = Store::open(dir.path()).unwrap();
+        let (_, mut sm) = store.group(1).unwrap();
+        sm.apply(vec![entry(
+            1,
+            vec![create("ev", 1, 4, 10, Limits::default())],
+        )])
+        .await
+        .unwrap();
+        let mut index = 2;
+        for round in 0..300u64 {
+            let user = format!("u{round}");
+            let hold = Command::Hold(hold_req("ev", &user, "r", &["B-2"]));
+            let granted = sm
+                .apply(vec![entry(index, vec![hold.clone()])])
+                .await
+                .unwrap();
+            let Ok(raft_store::Reply::Held(view)) = &granted[0][0] else {
+                panic!("round {round}: {granted:?}");
+            };
+            let id = view.hold_id.clone();
+            let released = sm
+                .apply(vec![entry(
+                    index + 1,
+                    vec![Command::Release {
+                        hold: id.clone(),
+                        user: user.clone(),
+                    }],
+                )])
+                .await
+                .unwrap();
+            assert!(released[0][0].is_ok(), "round {round}: {released:?}");
+            // The released hold left memory with that apply; its record is on disk.
+            let seen = sm.reader().hold(&id).unwrap().unwrap();
+            assert_eq!(seen.state, raft_store::HoldState::Released, "round {round}");
+            // A retry of the grant is answered from disk with the first answer.
+            let retry = sm.apply(vec![entry(index + 2, vec![hold])]).await.unwrap();
+            assert_eq!(retry, granted, "round {round}");
+            index += 3;
+        }
+        assert_eq!(sm.reader().read(|m| m.records_in_memory()), 0);
+    });
+}

@@ -16,7 +16,9 @@
 //! `sync = true` before returning. All column families share one WAL that is written
 //! in order, so any sync also covers every earlier write, including state machine
 //! batches, which therefore need no sync of their own: an applied entry lost in a crash
-//! is still in the (synced) log and is applied again.
+//! is still in the (synced) log and is applied again. For the same reason `apply` does
+//! not wait for its records to be written: a writer thread stores them behind it
+//! ([`writer`]).
 //!
 //! Opening refuses, with an error naming the path: a directory that is not a seatd data
 //! directory, a format version this build does not read, a database locked by another
@@ -25,6 +27,7 @@
 mod log;
 mod sm;
 pub mod sync;
+mod writer;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -38,6 +41,7 @@ pub use sync::SyncStats;
 
 use crate::Error;
 use sync::Syncer;
+use writer::Writer;
 
 /// The data directory's format marker; bump the number on an incompatible change.
 const FORMAT_FILE: &str = "FORMAT";
@@ -66,8 +70,10 @@ pub struct Store {
 }
 
 pub(crate) struct Inner {
-    // Field order matters: the syncer thread must stop before the database closes.
+    // Field order matters: the syncer and writer threads must stop before the database
+    // closes (each also holds the database open until it has stopped).
     syncer: Syncer,
+    writer: Writer,
     db: Arc<DB>,
     path: PathBuf,
 }
@@ -149,9 +155,12 @@ impl Store {
         let db = Arc::new(db);
         let syncer = Syncer::start(db.clone())
             .map_err(|e| open_err(format!("cannot start the WAL sync thread: {e}")))?;
+        let writer = Writer::start(db.clone())
+            .map_err(|e| open_err(format!("cannot start the state machine writer: {e}")))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 syncer,
+                writer,
                 db,
                 path: path.to_path_buf(),
             }),
@@ -202,7 +211,15 @@ impl Store {
         for cf in [CF_LOG, CF_META, CF_SM] {
             batch.delete_range_cf(inner.cf(cf), &from, &to);
         }
-        inner.write(batch, true)
+        // Through the writer, which writes in order: a record write of the group still
+        // queued lands before the delete, so none can bring the group back after it.
+        inner
+            .writer
+            .write_after_queued(batch)
+            .map_err(|reason| Error::Write {
+                path: inner.path.clone(),
+                reason,
+            })
     }
 
     /// Group-commit counters: how many syncs, how many appends they acknowledged.

@@ -1,15 +1,20 @@
 //! openraft's state machine storage for one group: the seat machine, applied through
 //! the pure [`SeatMachine`] and persisted record by record.
 //!
-//! Invariants: after `apply` returns, RocksDB holds (in one atomic batch) the records
-//! the entries changed, the last applied log id and the membership, so the records on
-//! disk always equal the machine after a whole number of entries, and a restarted node
-//! resumes from its last applied entry without replaying the log. The in-memory
-//! machine behind the lock always equals those records.
+//! Invariants: each `apply` writes (in one atomic batch) the records its entries
+//! changed, the last applied log id and the membership, so the records on disk always
+//! equal the machine after a whole number of entries, and a restarted node resumes from
+//! its last applied entry without replaying the log. The batch is written behind the
+//! apply by the node's writer thread (`writer`): `apply` answers before the write is
+//! done, and whatever reads the group's records from disk first waits for it (the next
+//! apply, a snapshot, a reader looking for a cold hold), so every reader finds the
+//! records of the machine it sees in memory.
 //!
 //! Memory holds only the machine's hot records; cold ones (released and expired
 //! holds, request decisions, refused checkouts) are read back from RocksDB before an
 //! entry that may need them is applied, and dropped again after (`machine::persist`).
+//! A cold record dropped while its write is still in flight is found once that write
+//! is done, which is why readers of the disk wait for it.
 //!
 //! A snapshot is every record of the group, read from a RocksDB snapshot taken under
 //! the state lock (so it matches the applied id exactly) and framed with a checksum;
@@ -24,6 +29,7 @@ use openraft::{EntryPayload, ErrorSubject, ErrorVerb, StorageIOError};
 use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch};
 use serde::{Deserialize, Serialize};
 
+use super::writer::WriteSlot;
 use super::{
     encode_record, group_range, prefixed, GroupId, Inner, CF_META, CF_SM, META_APPLIED,
     META_MEMBERSHIP, META_SNAPSHOT,
@@ -47,6 +53,8 @@ pub struct StateMachineStore {
     inner: Arc<Inner>,
     group: GroupId,
     state: Arc<RwLock<SmState>>,
+    /// The group's record write in flight (shared by clones and readers).
+    writes: Arc<WriteSlot>,
     snapshots_built: Arc<std::sync::atomic::AtomicU64>,
 }
 
@@ -56,6 +64,7 @@ pub struct MachineReader {
     inner: Arc<Inner>,
     group: GroupId,
     state: Arc<RwLock<SmState>>,
+    writes: Arc<WriteSlot>,
 }
 
 impl MachineReader {
@@ -67,9 +76,20 @@ impl MachineReader {
     /// A hold, including one whose record is only on disk.
     pub fn hold(&self, id: &HoldId) -> Result<Result<HoldView, Refusal>, Error> {
         let st = read_lock(&self.state);
-        st.machine
-            .hold_or_stored(id, |k| self.inner.get_sm(self.group, k))
+        st.machine.hold_or_stored(id, |k| {
+            // A hold evicted by the last apply is on disk once its write is done.
+            settle(&self.inner, &self.writes)?;
+            self.inner.get_sm(self.group, k)
+        })
     }
+}
+
+/// Waits for `writes` (see the module doc); the error of any failed write.
+fn settle(inner: &Inner, writes: &WriteSlot) -> Result<(), Error> {
+    writes.settle().map_err(|reason| Error::Write {
+        path: inner.path.clone(),
+        reason,
+    })
 }
 
 fn read_lock(state: &RwLock<SmState>) -> RwLockReadGuard<'_, SmState> {
@@ -146,6 +166,7 @@ impl StateMachineStore {
                 last_applied,
                 membership,
             })),
+            writes: Default::default(),
             snapshots_built: Default::default(),
         })
     }
@@ -155,6 +176,7 @@ impl StateMachineStore {
             inner: self.inner.clone(),
             group: self.group,
             state: self.state.clone(),
+            writes: self.writes.clone(),
         }
     }
 
@@ -211,13 +233,14 @@ impl StateMachineStore {
         Ok(records)
     }
 
-    /// Writes the machine's changed records with the applied id and membership.
-    fn persist(
+    /// The batch that writes the machine's changed records with the applied id and
+    /// membership (after deleting all of the group's records, with `wipe`).
+    fn record_batch(
         &self,
-        st: &mut SmState,
+        st: &SmState,
         records: Vec<crate::machine::Record>,
         wipe: bool,
-    ) -> Result<(), Error> {
+    ) -> WriteBatch {
         let mut batch = WriteBatch::default();
         let sm = self.inner.cf(CF_SM);
         if wipe {
@@ -241,7 +264,7 @@ impl StateMachineStore {
             ),
             None => batch.delete_cf(meta, prefixed(self.group, &[META_APPLIED])),
         }
-        self.inner.write(batch, false)
+        batch
     }
 
     fn store_snapshot(&self, snap: &StoredSnapshot) -> Result<(), Error> {
@@ -258,6 +281,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
         // exactly those of `last_applied`; reading them needs no lock.
         let (data, last_applied, membership) = {
             let st = read_lock(&self.state);
+            // No apply runs while the lock is held; the last one's write must land.
+            settle(&self.inner, &self.writes).map_err(|e| sm_io(ErrorVerb::Read, e))?;
             let db_snapshot = self.inner.db.snapshot();
             let meta = (st.last_applied, st.membership.clone());
             drop(st);
@@ -306,6 +331,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     {
         let mut guard = self.state.write().unwrap_or_else(|p| p.into_inner());
         let st = &mut *guard;
+        // Cold records the last apply dropped are read back from disk below.
+        settle(&self.inner, &self.writes).map_err(|e| sm_io(ErrorVerb::Write, e))?;
         let mut replies = Vec::new();
         for entry in entries {
             let index = entry.log_id.index;
@@ -328,9 +355,19 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             st.last_applied = Some(entry.log_id);
         }
         let records = st.machine.take_changes();
-        self.persist(st, records, false)
-            .map_err(|e| sm_io(ErrorVerb::Write, e))?;
-        // Written: what only answers retries can leave memory.
+        let batch = self.record_batch(st, records, false);
+        self.inner
+            .writer
+            .submit(&self.writes, batch)
+            .map_err(|reason| {
+                let e = Error::Write {
+                    path: self.inner.path.clone(),
+                    reason,
+                };
+                sm_io(ErrorVerb::Write, e)
+            })?;
+        // Being written: what only answers retries can leave memory (readers of the
+        // disk wait for the write).
         st.machine.evict_cold();
         Ok(replies)
     }
@@ -365,15 +402,18 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 ),
             }));
         }
-        let mut guard = self.state.write().unwrap_or_else(|p| p.into_inner());
-        let st = &mut *guard;
-        st.machine = machine;
-        st.last_applied = meta.last_log_id;
-        st.membership = meta.last_membership.clone();
         let write_err = |e: Error| -> StorageError {
             StorageIOError::write_snapshot(Some(meta.signature()), &e).into()
         };
-        self.persist(st, records, true).map_err(write_err)?;
+        let mut guard = self.state.write().unwrap_or_else(|p| p.into_inner());
+        let st = &mut *guard;
+        // The wipe must land after the last apply's write, not before it.
+        settle(&self.inner, &self.writes).map_err(write_err)?;
+        st.machine = machine;
+        st.last_applied = meta.last_log_id;
+        st.membership = meta.last_membership.clone();
+        let batch = self.record_batch(st, records, true);
+        self.inner.write(batch, false).map_err(write_err)?;
         self.store_snapshot(&StoredSnapshot {
             meta: meta.clone(),
             data,
