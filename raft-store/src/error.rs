@@ -25,9 +25,10 @@ pub enum Error {
         #[source]
         source: rocksdb::Error,
     },
-    /// Writing a group's state machine records failed (now or at an earlier entry):
-    /// the group cannot apply more until the node restarts.
-    #[error("{}: writing state machine records failed: {reason}", path.display())]
+    /// A write the store makes behind its callers failed (a group's state machine
+    /// records, now or at an earlier entry), or the group can no longer write (it
+    /// was dropped or opened again). The group stops until the node restarts.
+    #[error("{}: write failed: {reason}", path.display())]
     Write {
         path: std::path::PathBuf,
         reason: String,

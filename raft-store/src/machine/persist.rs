@@ -25,11 +25,14 @@
 //! in memory: seats, live and committed holds, orders (each holds a sold seat, so there
 //! are at most as many as seats), the grants of those holds' requests, and checkouts
 //! in progress or completed. What only answers retries is *cold*: released and expired
-//! holds, refused hold requests and the grants of ended holds, refused checkouts. After storage has written the records of an apply,
-//! [`SeatMachine::evict_cold`] drops the cold ones from memory; before the next entry is
-//! applied, storage reads back the few it needs ([`SeatMachine::cold_keys`],
-//! [`SeatMachine::warm`]). Decisions never depend on what happens to be cached: a record
-//! is either in memory or on disk, and `cold_keys` names every record `apply` may read.
+//! holds, refused hold requests and the grants of ended holds, refused checkouts. Once
+//! storage has taken the records of an apply ([`SeatMachine::take_changes`]) and queued
+//! their write, [`SeatMachine::evict_cold`] drops the cold ones from memory; before the
+//! next entry is applied, storage waits for that write and reads back the few it needs
+//! ([`SeatMachine::cold_keys`], [`SeatMachine::warm`]). Decisions never depend on what
+//! happens to be cached: a record is in memory, in the write in flight, or on disk
+//! (storage's readers wait for the write before reading the disk), and `cold_keys`
+//! names every record `apply` may read.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -369,8 +372,9 @@ impl SeatMachine {
             .sum()
     }
 
-    /// Drops cold records from memory. Only call it once their records are stored
-    /// (right after [`SeatMachine::take_changes`] was written).
+    /// Drops cold records from memory. Only call it once their records are taken by
+    /// [`SeatMachine::take_changes`] and on their way to disk, where every reader
+    /// waits for them.
     pub fn evict_cold(&mut self) {
         for event in self.events.values_mut() {
             event.evict_cold();

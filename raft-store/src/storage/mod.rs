@@ -182,6 +182,11 @@ impl Store {
     /// order: the groups this node is part of, whatever its configuration says now.
     pub fn groups(&self) -> Result<Vec<GroupId>, Error> {
         let inner = &self.inner;
+        // A group's first records may still be on their way to disk.
+        inner.writer.drain().map_err(|reason| Error::Write {
+            path: inner.path.clone(),
+            reason,
+        })?;
         let mut groups = Vec::new();
         for item in inner
             .db
@@ -211,8 +216,10 @@ impl Store {
         for cf in [CF_LOG, CF_META, CF_SM] {
             batch.delete_range_cf(inner.cf(cf), &from, &to);
         }
-        // Through the writer, which writes in order: a record write of the group still
-        // queued lands before the delete, so none can bring the group back after it.
+        // A store still running for the group can write no more, and the writer, which
+        // writes in order, lands any record write of it still queued before the delete:
+        // nothing can bring the group back after it.
+        inner.writer.close_group(group);
         inner
             .writer
             .write_after_queued(batch)

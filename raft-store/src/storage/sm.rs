@@ -86,10 +86,14 @@ impl MachineReader {
 
 /// Waits for `writes` (see the module doc); the error of any failed write.
 fn settle(inner: &Inner, writes: &WriteSlot) -> Result<(), Error> {
-    writes.settle().map_err(|reason| Error::Write {
+    writes.settle().map_err(|reason| write_error(inner, reason))
+}
+
+fn write_error(inner: &Inner, reason: String) -> Error {
+    Error::Write {
         path: inner.path.clone(),
         reason,
-    })
+    }
 }
 
 fn read_lock(state: &RwLock<SmState>) -> RwLockReadGuard<'_, SmState> {
@@ -122,6 +126,9 @@ fn sm_io(verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
 
 impl StateMachineStore {
     pub(crate) fn load(inner: Arc<Inner>, group: GroupId) -> Result<Self, Error> {
+        // A store opened for the group before has its last write on disk and can
+        // write no more once this returns.
+        let writes = inner.writer.open_group(group);
         let last_applied: Option<LogId> = inner.get_meta(group, META_APPLIED)?;
         let membership: StoredMembership =
             inner.get_meta(group, META_MEMBERSHIP)?.unwrap_or_default();
@@ -166,7 +173,7 @@ impl StateMachineStore {
                 last_applied,
                 membership,
             })),
-            writes: Default::default(),
+            writes,
             snapshots_built: Default::default(),
         })
     }
@@ -237,7 +244,8 @@ impl StateMachineStore {
     /// membership (after deleting all of the group's records, with `wipe`).
     fn record_batch(
         &self,
-        st: &SmState,
+        membership: &StoredMembership,
+        last_applied: Option<&LogId>,
         records: Vec<crate::machine::Record>,
         wipe: bool,
     ) -> WriteBatch {
@@ -254,9 +262,9 @@ impl StateMachineStore {
         batch.put_cf(
             meta,
             prefixed(self.group, &[META_MEMBERSHIP]),
-            encode_record(&st.membership),
+            encode_record(membership),
         );
-        match &st.last_applied {
+        match last_applied {
             Some(l) => batch.put_cf(
                 meta,
                 prefixed(self.group, &[META_APPLIED]),
@@ -271,7 +279,18 @@ impl StateMachineStore {
         let mut batch = WriteBatch::default();
         let key = prefixed(self.group, &[META_SNAPSHOT]);
         batch.put_cf(self.inner.cf(CF_META), key, encode_record(snap));
-        self.inner.write(batch, false)
+        self.write_now(batch)
+    }
+
+    /// Writes `batch` through the group's slot (after its write in flight) and waits
+    /// for it: a group dropped or opened again meanwhile writes nothing, and a failure
+    /// is sticky like an apply's.
+    fn write_now(&self, batch: WriteBatch) -> Result<(), Error> {
+        self.inner
+            .writer
+            .submit(&self.writes, batch)
+            .and_then(|()| self.writes.settle())
+            .map_err(|reason| write_error(&self.inner, reason))
     }
 }
 
@@ -355,17 +374,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             st.last_applied = Some(entry.log_id);
         }
         let records = st.machine.take_changes();
-        let batch = self.record_batch(st, records, false);
+        let batch = self.record_batch(&st.membership, st.last_applied.as_ref(), records, false);
         self.inner
             .writer
             .submit(&self.writes, batch)
-            .map_err(|reason| {
-                let e = Error::Write {
-                    path: self.inner.path.clone(),
-                    reason,
-                };
-                sm_io(ErrorVerb::Write, e)
-            })?;
+            .map_err(|reason| sm_io(ErrorVerb::Write, write_error(&self.inner, reason)))?;
         // Being written: what only answers retries can leave memory (readers of the
         // disk wait for the write).
         st.machine.evict_cold();
@@ -407,13 +420,17 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         };
         let mut guard = self.state.write().unwrap_or_else(|p| p.into_inner());
         let st = &mut *guard;
-        // The wipe must land after the last apply's write, not before it.
-        settle(&self.inner, &self.writes).map_err(write_err)?;
+        // Behind the last apply's write; memory changes only once the records did.
+        let batch = self.record_batch(
+            &meta.last_membership,
+            meta.last_log_id.as_ref(),
+            records,
+            true,
+        );
+        self.write_now(batch).map_err(write_err)?;
         st.machine = machine;
         st.last_applied = meta.last_log_id;
         st.membership = meta.last_membership.clone();
-        let batch = self.record_batch(st, records, true);
-        self.inner.write(batch, false).map_err(write_err)?;
         self.store_snapshot(&StoredSnapshot {
             meta: meta.clone(),
             data,
