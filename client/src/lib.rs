@@ -636,17 +636,23 @@ impl CallTurns {
             .acquire_owned()
             .await
             .expect("call slots are never closed");
-        // A free turn is taken on the first poll, even with no time left to wait.
         let wait = if wait_for_turn {
             let taken_at = *self.turn_taken_at.lock().unwrap_or_else(|p| p.into_inner());
             self.overdue.saturating_sub(taken_at.elapsed())
         } else {
             Duration::ZERO
         };
-        let turn = tokio::time::timeout(wait, self.turn.clone().acquire_owned())
-            .await
-            .ok()
-            .map(|t| t.expect("the call turn is never closed"));
+        // A free turn is taken at once. With no time left to wait, the call goes at
+        // once without it: no timer, whose millisecond tick would make "at once" a
+        // wait for the clock.
+        let turn = match self.turn.clone().try_acquire_owned() {
+            Ok(turn) => Some(turn),
+            Err(_) if wait.is_zero() => None,
+            Err(_) => tokio::time::timeout(wait, self.turn.clone().acquire_owned())
+                .await
+                .ok()
+                .map(|t| t.expect("the call turn is never closed")),
+        };
         if turn.is_some() {
             *self.turn_taken_at.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
         }
