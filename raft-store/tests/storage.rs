@@ -42,6 +42,18 @@ fn event_entries(event: &str, n: u64) -> Vec<Entry<TypeConfig>> {
     out
 }
 
+/// Group 1 of `store`, with event "ev" (4 rows of 10 seats) created at entry 1.
+async fn group_with_event(store: &Store) -> raft_store::storage::StateMachineStore {
+    let (_, mut sm) = store.group(1).unwrap();
+    sm.apply(vec![entry(
+        1,
+        vec![create("ev", 1, 4, 10, Limits::default())],
+    )])
+    .await
+    .unwrap();
+    sm
+}
+
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -313,13 +325,7 @@ fn history_stays_on_disk_and_still_answers_retries() {
     let hold_a1 = |user: &str, crid: &str| Command::Hold(hold_req("ev", user, crid, &["A-1"]));
     let first = rt().block_on(async {
         let store = Store::open(dir.path()).unwrap();
-        let (_, mut sm) = store.group(1).unwrap();
-        sm.apply(vec![entry(
-            1,
-            vec![create("ev", 1, 4, 10, Limits::default())],
-        )])
-        .await
-        .unwrap();
+        let mut sm = group_with_event(&store).await;
         let first = sm
             .apply(vec![entry(2, vec![hold_a1("u0", "r0")])])
             .await
@@ -415,13 +421,7 @@ fn a_record_dropped_from_memory_is_found_right_after_the_apply_that_dropped_it()
     let dir = tempfile::tempdir().unwrap();
     rt().block_on(async {
         let store = Store::open(dir.path()).unwrap();
-        let (_, mut sm) = store.group(1).unwrap();
-        sm.apply(vec![entry(
-            1,
-            vec![create("ev", 1, 4, 10, Limits::default())],
-        )])
-        .await
-        .unwrap();
+        let mut sm = group_with_event(&store).await;
         let mut index = 2;
         for round in 0..300u64 {
             let user = format!("u{round}");

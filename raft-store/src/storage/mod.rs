@@ -183,10 +183,10 @@ impl Store {
     pub fn groups(&self) -> Result<Vec<GroupId>, Error> {
         let inner = &self.inner;
         // A group's first records may still be on their way to disk.
-        inner.writer.drain().map_err(|reason| Error::Write {
-            path: inner.path.clone(),
-            reason,
-        })?;
+        inner
+            .writer
+            .drain()
+            .map_err(|reason| inner.write_failed(reason))?;
         let mut groups = Vec::new();
         for item in inner
             .db
@@ -223,10 +223,7 @@ impl Store {
         inner
             .writer
             .write_after_queued(batch)
-            .map_err(|reason| Error::Write {
-                path: inner.path.clone(),
-                reason,
-            })
+            .map_err(|reason| inner.write_failed(reason))
     }
 
     /// Group-commit counters: how many syncs, how many appends they acknowledged.
@@ -256,6 +253,14 @@ impl Inner {
     fn cf(&self, name: &str) -> &ColumnFamily {
         // The three families are created when the database opens.
         self.db.cf_handle(name).expect("column family exists")
+    }
+
+    /// The error of a write the writer thread made (or can no longer make).
+    fn write_failed(&self, reason: String) -> Error {
+        Error::Write {
+            path: self.path.clone(),
+            reason,
+        }
     }
 
     fn write(&self, batch: WriteBatch, sync: bool) -> Result<(), Error> {

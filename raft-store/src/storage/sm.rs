@@ -86,14 +86,7 @@ impl MachineReader {
 
 /// Waits for `writes` (see the module doc); the error of any failed write.
 fn settle(inner: &Inner, writes: &WriteSlot) -> Result<(), Error> {
-    writes.settle().map_err(|reason| write_error(inner, reason))
-}
-
-fn write_error(inner: &Inner, reason: String) -> Error {
-    Error::Write {
-        path: inner.path.clone(),
-        reason,
-    }
+    writes.settle().map_err(|reason| inner.write_failed(reason))
 }
 
 fn read_lock(state: &RwLock<SmState>) -> RwLockReadGuard<'_, SmState> {
@@ -290,7 +283,7 @@ impl StateMachineStore {
             .writer
             .submit(&self.writes, batch)
             .and_then(|()| self.writes.settle())
-            .map_err(|reason| write_error(&self.inner, reason))
+            .map_err(|reason| self.inner.write_failed(reason))
     }
 }
 
@@ -378,7 +371,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         self.inner
             .writer
             .submit(&self.writes, batch)
-            .map_err(|reason| sm_io(ErrorVerb::Write, write_error(&self.inner, reason)))?;
+            .map_err(|reason| sm_io(ErrorVerb::Write, self.inner.write_failed(reason)))?;
         // Being written: what only answers retries can leave memory (readers of the
         // disk wait for the write).
         st.machine.evict_cold();

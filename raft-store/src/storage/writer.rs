@@ -114,26 +114,27 @@ impl WriteSlot {
     }
 }
 
-/// A queued write. Dropped unfinished (the thread panicked, or the queue went away),
-/// it fails its group instead of leaving it waiting.
+/// A queued write; its slot is taken when it finishes. Dropped unfinished (the
+/// thread panicked, or the queue went away), it fails its group instead of leaving it
+/// waiting.
 struct Job {
     batch: Option<WriteBatch>,
     sync: bool,
-    slot: Arc<WriteSlot>,
-    finished: bool,
+    slot: Option<Arc<WriteSlot>>,
 }
 
 impl Job {
     fn finish(mut self, result: Result<(), String>) {
-        self.finished = true;
-        self.slot.finish(result);
+        if let Some(slot) = self.slot.take() {
+            slot.finish(result);
+        }
     }
 }
 
 impl Drop for Job {
     fn drop(&mut self) {
-        if !self.finished {
-            self.slot.finish(Err(
+        if let Some(slot) = self.slot.take() {
+            slot.finish(Err(
                 "the state machine writer stopped before this write".into()
             ));
         }
@@ -215,8 +216,7 @@ impl Writer {
         let job = Job {
             batch,
             sync,
-            slot: slot.clone(),
-            finished: false,
+            slot: Some(slot.clone()),
         };
         match &self.tx {
             // A send fails only when the thread is gone; the job, dropped, fails the
@@ -349,8 +349,7 @@ mod tests {
         drop(Job {
             batch: Some(WriteBatch::default()),
             sync: false,
-            slot: slot.clone(),
-            finished: false,
+            slot: Some(slot.clone()),
         });
         assert!(slot.settle().unwrap_err().contains("stopped"));
     }
