@@ -12,6 +12,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out.join("seatd_descriptor.bin"),
         prost::Message::encode_to_vec(&fds),
     )?;
-    tonic_prost_build::configure().compile_fds(fds)?;
+    // The pass-through views decode into slices of the received buffer.
+    tonic_prost_build::configure()
+        .bytes(".seatd.v1.HoldRouting")
+        .bytes(".seatd.v1.HoldManyAnswers")
+        .compile_fds(fds)?;
     Ok(())
 }

@@ -24,6 +24,7 @@ pub mod convert;
 pub mod dev;
 pub mod error;
 pub mod frontend;
+pub mod holds;
 pub mod membership;
 pub mod node;
 pub mod payment;

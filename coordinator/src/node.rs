@@ -373,9 +373,11 @@ pub(crate) async fn serve(
         .register_encoded_file_descriptor_set(seatd_proto::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| Error::Config(format!("reflection: {e}")))?;
+    let node = seats.node().clone();
     let seats = SeatsServer::new(seats)
         .max_decoding_message_size(REQUEST_BYTES_MAX)
         .max_encoding_message_size(crate::route::REPLY_BYTES_MAX);
+    let seats = crate::holds::PassThrough::new(seats, node);
     let server = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(seats)

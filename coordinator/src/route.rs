@@ -71,6 +71,14 @@ pub fn forwarded<T>(message: T, hops: u32, timeout: Duration) -> tonic::Request<
     r
 }
 
+/// A client for forwarding calls to `channel`'s node, with the size limits of the
+/// client API.
+pub fn seats_client(channel: Channel) -> SeatsClient<Channel> {
+    SeatsClient::new(channel)
+        .max_decoding_message_size(REPLY_BYTES_MAX)
+        .max_encoding_message_size(REPLY_BYTES_MAX)
+}
+
 /// Round-robin position for picking a member of a shard this node does not host.
 #[derive(Default)]
 pub struct Rotor(AtomicUsize);
@@ -131,18 +139,15 @@ impl NodeInner {
         }
     }
 
-    fn client(&self, addr: &str) -> Result<SeatsClient<Channel>, Error> {
-        let channel = self
-            .forward_channels
+    fn channel(&self, addr: &str) -> Result<Channel, Error> {
+        self.forward_channels
             .channel(addr)
-            .map_err(|e| Error::Unavailable(format!("peer {addr}: {e}")))?;
-        Ok(SeatsClient::new(channel)
-            .max_decoding_message_size(REPLY_BYTES_MAX)
-            .max_encoding_message_size(REPLY_BYTES_MAX))
+            .map_err(|e| Error::Unavailable(format!("peer {addr}: {e}")))
     }
 
     /// Serves a call on `shard`: `local` where this node may answer it, `remote` (with
-    /// a client to the next node, the hop count to send and the time left) elsewhere.
+    /// the channel to the next node, the hop count to send and the time left)
+    /// elsewhere.
     pub async fn routed<T, L, LF, R, RF>(
         &self,
         shard: u32,
@@ -154,7 +159,7 @@ impl NodeInner {
     where
         L: Fn(Arc<Shard>) -> LF,
         LF: Future<Output = Result<T, Error>>,
-        R: Fn(SeatsClient<Channel>, u32, Duration) -> RF,
+        R: Fn(Channel, u32, Duration) -> RF,
         RF: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         if shard >= self.cluster.shards() {
@@ -182,8 +187,8 @@ impl NodeInner {
                 }
                 Pick::Forward(addr) => {
                     let left = deadline.saturating_duration_since(Instant::now());
-                    let client = self.client(&addr)?;
-                    match tokio::time::timeout(left, remote(client, hops + 1, left)).await {
+                    let channel = self.channel(&addr)?;
+                    match tokio::time::timeout(left, remote(channel, hops + 1, left)).await {
                         Ok(Ok(reply)) => return Ok(reply.into_inner()),
                         Ok(Err(st)) if is_retryable(&st) => {
                             self.forget_leader(shard);

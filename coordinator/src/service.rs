@@ -19,9 +19,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use raft_store::raft::NodeId;
-use raft_store::{Command, EventId, HoldId, HoldRequest, OrderView, Refusal, Reply};
+use raft_store::{Command, HoldId, OrderView, Refusal, Reply};
 use seatd_proto::v1 as pb;
-use seatd_proto::v1::seats_client::SeatsClient;
 use seatd_proto::v1::seats_server::Seats;
 use std::future::Future;
 use tonic::transport::Channel;
@@ -31,9 +30,10 @@ use tracing::warn;
 use crate::convert;
 use crate::error::Error;
 use crate::frontend::FrontCache;
+use crate::holds::{self, hold_command, unexpected, validate_hold};
 use crate::node::NodeInner;
 use crate::payment::{ChargeRequest, PaymentError};
-use crate::route::{forwarded, hops, Mode};
+use crate::route::{forwarded, hops, seats_client, Mode};
 use crate::shard::Shard;
 
 /// Events a list returns by default, and at most.
@@ -44,150 +44,11 @@ pub const LIST_LIMIT_MAX: u32 = 1000;
 /// `req`, marked with its hop count and the time left.
 macro_rules! forward {
     ($req:expr, $method:ident) => {
-        |mut c: SeatsClient<Channel>, hops, left| {
+        |c: Channel, hops, left| {
             let req = $req.clone();
-            async move { c.$method(forwarded(req, hops, left)).await }
+            async move { seats_client(c).$method(forwarded(req, hops, left)).await }
         }
     };
-}
-
-/// Most holds one `HoldMany` call may carry.
-pub const HOLDS_PER_CALL_MAX: usize = 1024;
-
-/// Validates a hold request (filling in its retry key); returns its shard and event.
-/// The command is made only where the hold is decided ([`hold_command`]): a frontend
-/// or a follower that forwards the hold never needs it.
-fn validate_hold(
-    node: &NodeInner,
-    req: &mut pb::HoldRequest,
-    hops: u32,
-) -> Result<(u32, EventId), Error> {
-    let event = convert::event_id(&req.event_id)?;
-    if hops == 0 && !node.hold_limiter.admit(&req.user_id) {
-        return Err(Error::Overloaded(format!(
-            "user {:?} asked for more than {} holds per second",
-            req.user_id, node.settings.holds_per_user_per_s
-        )));
-    }
-    if req.client_reservation_id.is_empty() {
-        req.client_reservation_id = node.fresh_id("r");
-    }
-    if !req.expected_versions.is_empty() && req.expected_versions.len() != req.seat_ids.len() {
-        return Err(Error::Invalid(format!(
-            "{} expected versions for {} seats",
-            req.expected_versions.len(),
-            req.seat_ids.len()
-        )));
-    }
-    Ok((node.cluster.shard_of(&event), event))
-}
-
-/// The command of a hold that [`validate_hold`] accepted.
-fn hold_command(event: &EventId, req: &pb::HoldRequest) -> Command {
-    Command::Hold(HoldRequest {
-        event_id: event.clone(),
-        user: req.user_id.clone(),
-        seats: req.seat_ids.clone(),
-        client_reservation_id: req.client_reservation_id.clone(),
-        ttl_ms: req.ttl_ms,
-        expected_versions: (!req.expected_versions.is_empty())
-            .then(|| req.expected_versions.clone()),
-    })
-}
-
-/// A failed item of a `HoldMany` answer.
-fn failure(status: Status) -> pb::HoldResult {
-    pb::HoldResult {
-        result: Some(pb::hold_result::Result::Failure(pb::Failure {
-            code: status.code() as i32,
-            message: status.message().to_string(),
-            seat_ids: crate::error::conflict_seats(&status).unwrap_or_default(),
-        })),
-    }
-}
-
-/// The holds of one shard from a `HoldMany` call, decided on the shard's leader:
-/// proposed together (so they share log entries), each answered on its own. If
-/// leadership moves while they are in flight the whole group is tried again at the
-/// new leader, which is safe: every hold carries its reservation id.
-async fn hold_group(
-    node: Arc<NodeInner>,
-    shard: u32,
-    hops: u32,
-    items: Vec<(usize, pb::HoldRequest, EventId)>,
-) -> Vec<(usize, pb::HoldResult)> {
-    let mut indices = Vec::with_capacity(items.len());
-    let mut holds = Vec::with_capacity(items.len());
-    let mut events = Vec::with_capacity(items.len());
-    for (i, h, e) in items {
-        indices.push(i);
-        holds.push(h);
-        events.push(e);
-    }
-    let forward = pb::HoldManyRequest { holds };
-    let answered = node
-        .routed(
-            shard,
-            Mode::Leader,
-            hops,
-            |s| {
-                // Every command is queued before any answer is awaited, so they share
-                // entries; no task per hold.
-                let pending: Vec<_> = forward
-                    .holds
-                    .iter()
-                    .zip(&events)
-                    .map(|(h, e)| s.submit(hold_command(e, h)))
-                    .collect();
-                async move {
-                    let mut results = Vec::with_capacity(pending.len());
-                    for p in pending {
-                        let outcome = match p {
-                            Ok(p) => p.outcome().await,
-                            Err(e) => Err(e),
-                        };
-                        results.push(match outcome {
-                            Ok(Ok(Reply::Held(h))) => pb::HoldResult {
-                                result: Some(pb::hold_result::Result::Hold(convert::hold_to_pb(
-                                    &h,
-                                ))),
-                            },
-                            Ok(Ok(other)) => failure(unexpected(other).into()),
-                            Ok(Err(refusal)) => failure(Error::from(refusal).into()),
-                            Err(e @ crate::proposer::ProposeError::Overloaded(_)) => {
-                                failure(Error::from(e).into())
-                            }
-                            // Not applied here, or unknown: the group goes again.
-                            Err(e) => return Err(Error::from(e)),
-                        });
-                    }
-                    Ok(pb::HoldManyResponse { results })
-                }
-            },
-            forward!(forward, hold_many),
-        )
-        .await;
-    match answered {
-        Ok(r) if r.results.len() == indices.len() => indices.into_iter().zip(r.results).collect(),
-        Ok(r) => {
-            let e = Status::internal(format!(
-                "{} answers for {} holds",
-                r.results.len(),
-                indices.len()
-            ));
-            indices
-                .into_iter()
-                .map(|i| (i, failure(e.clone())))
-                .collect()
-        }
-        Err(e) => {
-            let status = Status::from(e);
-            indices
-                .into_iter()
-                .map(|i| (i, failure(status.clone())))
-                .collect()
-        }
-    }
 }
 
 pub struct SeatsService {
@@ -208,17 +69,15 @@ impl SeatsService {
         }
     }
 
+    pub(crate) fn node(&self) -> &Arc<NodeInner> {
+        &self.node
+    }
+
     fn events_changed(&self) {
         if let Some(c) = &self.cache {
             c.events_changed();
         }
     }
-}
-
-fn unexpected(reply: Reply) -> Error {
-    Error::Unavailable(format!(
-        "unexpected reply from the state machine: {reply:?}"
-    ))
 }
 
 /// Waits for a linearizable read point on `shard`, then runs `f`.
@@ -450,7 +309,7 @@ impl SeatsService {
         remote: R,
     ) -> Result<Response<T>, Status>
     where
-        R: Fn(SeatsClient<Channel>, u32, Duration) -> RF,
+        R: Fn(Channel, u32, Duration) -> RF,
         RF: Future<Output = Result<Response<T>, Status>>,
     {
         let answer = &answer;
@@ -483,7 +342,7 @@ impl SeatsService {
         remote: R,
     ) -> Result<Response<T>, Status>
     where
-        R: Fn(SeatsClient<Channel>, u32, Duration) -> RF,
+        R: Fn(Channel, u32, Duration) -> RF,
         RF: Future<Output = Result<Response<T>, Status>>,
     {
         let (node, read) = (&self.node, &read);
@@ -652,7 +511,7 @@ impl Seats for SeatsService {
     async fn hold(&self, request: Request<pb::HoldRequest>) -> Result<Response<pb::Hold>, Status> {
         let hops = hops(&request);
         let mut req = request.into_inner();
-        let (shard, event) = validate_hold(&self.node, &mut req, hops)?;
+        let (shard, event) = validate_hold(&self.node, &mut req, hops, None)?;
         let command = hold_command(&event, &req);
         let answer = |_: &Shard, reply| match reply {
             Reply::Held(h) => Ok(convert::hold_to_pb(&h)),
@@ -666,39 +525,11 @@ impl Seats for SeatsService {
         &self,
         request: Request<pb::HoldManyRequest>,
     ) -> Result<Response<pb::HoldManyResponse>, Status> {
+        // Served by `holds::PassThrough` in a running server; this is the typed way,
+        // for a caller of the service itself.
         let hops = hops(&request);
-        let req = request.into_inner();
-        if req.holds.len() > HOLDS_PER_CALL_MAX {
-            return Err(Error::Invalid(format!(
-                "at most {HOLDS_PER_CALL_MAX} holds per call, not {}",
-                req.holds.len()
-            ))
-            .into());
-        }
-        let mut results: Vec<Option<pb::HoldResult>> = vec![None; req.holds.len()];
-        let mut groups: BTreeMap<u32, Vec<(usize, pb::HoldRequest, EventId)>> = BTreeMap::new();
-        for (i, mut h) in req.holds.into_iter().enumerate() {
-            match validate_hold(&self.node, &mut h, hops) {
-                Ok((shard, event)) => groups.entry(shard).or_default().push((i, h, event)),
-                Err(e) => results[i] = Some(failure(e.into())),
-            }
-        }
-        let mut tasks = tokio::task::JoinSet::new();
-        for (shard, items) in groups {
-            tasks.spawn(hold_group(self.node.clone(), shard, hops, items));
-        }
-        while let Some(done) = tasks.join_next().await {
-            let done = done.map_err(|e| Status::internal(format!("hold task: {e}")))?;
-            for (i, r) in done {
-                results[i] = Some(r);
-            }
-        }
-        Ok(Response::new(pb::HoldManyResponse {
-            results: results
-                .into_iter()
-                .map(|r| r.unwrap_or_else(|| failure(Status::internal("no result"))))
-                .collect(),
-        }))
+        let answer = holds::hold_many(&self.node, request.into_inner(), hops, None).await?;
+        Ok(Response::new(answer))
     }
 
     async fn commit(

@@ -854,6 +854,107 @@ async fn bad_input_gets_the_right_error_and_changes_nothing() {
     assert_eq!(first.hold_id, again.hold_id);
 }
 
+/// What a `HoldMany` answer says, item by item, in a form tests compare.
+fn hold_many_kinds(answers: &[pb::HoldResult]) -> Vec<String> {
+    use pb::hold_result::Result as R;
+    answers
+        .iter()
+        .map(|r| match &r.result {
+            Some(R::Hold(h)) => format!(
+                "hold {:?}",
+                h.seats
+                    .iter()
+                    .map(|s| s.seat_id.as_str())
+                    .collect::<Vec<_>>()
+            ),
+            Some(R::Failure(f)) => format!("{:?} {:?}", Code::from_i32(f.code), f.seat_ids),
+            None => "none".into(),
+        })
+        .collect()
+}
+
+/// A node that does not lead the shard passes a one-shard `HoldMany` through as bytes
+/// (`coordinator::holds`); the leader decodes it. Both must give the same answers,
+/// and the rate limit must count each hold once either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hold_many_answers_the_same_on_the_leader_and_passed_through() {
+    let _serial = SERIAL.lock().await;
+    let c = TestCluster::start(3, 2, &[]);
+    c.wait_ready(READY).await;
+    let event = "pass";
+    c.client(1)
+        .await
+        .create_event(create(event, layout(1, 2, 20), None))
+        .await
+        .unwrap();
+    for via in 1..=3u64 {
+        let mut client = c.client(via).await;
+        let (a, b) = (format!("A-{}", 2 * via - 1), format!("A-{}", 2 * via));
+        let items = vec![
+            hold(event, &format!("u{via}"), &[&a], &format!("first-{via}")),
+            hold(
+                event,
+                &format!("v{via}"),
+                &[&a, &b],
+                &format!("clash-{via}"),
+            ),
+            hold(event, &format!("v{via}"), &[&b], &format!("second-{via}")),
+            hold(event, &format!("u{via}"), &[&a], &format!("first-{via}")),
+        ];
+        let answers = client
+            .hold_many(pb::HoldManyRequest { holds: items })
+            .await
+            .unwrap()
+            .into_inner()
+            .results;
+        assert_eq!(
+            hold_many_kinds(&answers),
+            [
+                format!("hold [{a:?}]"),
+                format!("Aborted [{a:?}]"),
+                format!("hold [{b:?}]"),
+                format!("hold [{a:?}]"),
+            ],
+            "via node {via}"
+        );
+        use pb::hold_result::Result as R;
+        let (Some(R::Hold(first)), Some(R::Hold(again))) = (&answers[0].result, &answers[3].result)
+        else {
+            unreachable!()
+        };
+        assert_eq!(
+            first.hold_id, again.hold_id,
+            "a retry gets its first answer"
+        );
+
+        // One user asking for 25 holds in one call: the burst of 20 is admitted
+        // (each then refused by the seat being taken), the other 5 are rate limited.
+        // Asking the limit twice per hold would refuse all 25.
+        let user = format!("eager{via}");
+        let items = (0..25)
+            .map(|i| hold(event, &user, &[&a], &format!("eager-{via}-{i}")))
+            .collect();
+        let answers = client
+            .hold_many(pb::HoldManyRequest { holds: items })
+            .await
+            .unwrap()
+            .into_inner()
+            .results;
+        let kinds = hold_many_kinds(&answers);
+        let limited = kinds
+            .iter()
+            .filter(|k| k.starts_with("ResourceExhausted"))
+            .count();
+        let taken = kinds.iter().filter(|k| k.starts_with("Aborted")).count();
+        // The burst refills at 20/s, so a slow call may see one more token.
+        assert!(
+            (4..=5).contains(&limited) && limited + taken == 25,
+            "via node {via}: {kinds:?}"
+        );
+    }
+    c.wait_converged(CONVERGE).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_node_serves_health_and_reflection() {
     let _serial = SERIAL.lock().await;
