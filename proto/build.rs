@@ -2,7 +2,11 @@
 //! system `protoc`, and keeps the descriptor set for gRPC server reflection.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/seatd/v1/seatd.proto", "proto/seatd/v1/raft.proto"];
+    let files = [
+        "proto/seatd/v1/seatd.proto",
+        "proto/seatd/v1/raft.proto",
+        "proto/seatd/v1/passthrough.proto",
+    ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }
@@ -14,8 +18,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
     // The pass-through views decode into slices of the received buffer.
     tonic_prost_build::configure()
-        .bytes(".seatd.v1.HoldRouting")
-        .bytes(".seatd.v1.HoldManyAnswers")
+        .bytes(".seatd.passthrough.v1")
         .compile_fds(fds)?;
     Ok(())
 }

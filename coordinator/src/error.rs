@@ -35,6 +35,10 @@ pub enum Error {
     /// The node's configuration cannot work.
     #[error("{0}")]
     Config(String),
+    /// A bug in this process (a task panicked, an answer does not fit its call): not
+    /// worth retrying.
+    #[error("{0}")]
+    Internal(String),
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] raft_store::Error),
@@ -52,7 +56,7 @@ impl From<Error> for tonic::Status {
             Error::NotLeader => Status::unavailable("leadership changed; retry"),
             Error::Overloaded(m) => Status::resource_exhausted(m),
             Error::Remote(s) => s,
-            Error::Config(m) => Status::new(Code::Internal, m),
+            Error::Config(m) | Error::Internal(m) => Status::new(Code::Internal, m),
             Error::Store(e) => Status::internal(format!("storage: {e}")),
             Error::Io(e) => Status::internal(e.to_string()),
         }

@@ -7,7 +7,8 @@
 //! - [`shard`]: one hosted Raft group with its batching queue ([`proposer`]), expiry
 //!   ticker and event log.
 //! - [`service`] and [`route`]: the client API, and how a call reaches the replica
-//!   that may answer it.
+//!   that may answer it; [`holds`]: `HoldMany`, decided per shard, and passed through
+//!   undecoded where a process only forwards it.
 //! - [`frontend`]: `seatd frontend`, the stateless gateway; [`dev`]: `seatd dev`, a
 //!   whole local cluster in one process.
 //! - [`raft_net`]: the Raft transport over gRPC.

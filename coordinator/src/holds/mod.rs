@@ -1,0 +1,232 @@
+//! `HoldMany`: many holds in one call, decided together.
+//!
+//! A call's holds are grouped by shard. Each group is proposed on its shard's leader
+//! together (so its holds share log entries), and each hold is answered on its own,
+//! in the call's order: a refused or failed hold fails alone. A group that no leader
+//! answers within the router's wait fails every one of its holds with that status.
+//!
+//! A process that would only forward a call does not decode it when it need not
+//! ([`pass_through`]); this module is the typed way, which every call takes where it
+//! is decided and wherever passing through does not apply.
+//!
+//! Invariants:
+//! - The first hop (hops 0) asks the per-user rate limit once per hold: here, unless
+//!   the pass-through already asked it and hands the verdicts in.
+//! - Every hold forwarded carries its retry key (filled in here when the caller left it
+//!   empty), so the router's retries cannot apply a hold twice.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use raft_store::{Command, EventId, HoldRequest, Reply};
+use seatd_proto::v1 as pb;
+use tonic::transport::Channel;
+use tonic::Status;
+
+use crate::convert;
+use crate::error::Error;
+use crate::node::NodeInner;
+use crate::route::{forwarded, seats_client, Mode};
+
+pub mod pass_through;
+
+pub use pass_through::PassThrough;
+
+/// Most holds one `HoldMany` call may carry.
+pub const HOLDS_PER_CALL_MAX: usize = 1024;
+
+/// Validates a hold request (filling in its retry key); returns its shard and event.
+/// `admitted` is the rate limit's verdict when it was already asked for this hold
+/// (else a first hop asks it here). The command is made only where the hold is
+/// decided ([`hold_command`]): a frontend or a follower that forwards the hold never
+/// needs it.
+pub(crate) fn validate_hold(
+    node: &NodeInner,
+    req: &mut pb::HoldRequest,
+    hops: u32,
+    admitted: Option<bool>,
+) -> Result<(u32, EventId), Error> {
+    let event = convert::event_id(&req.event_id)?;
+    if hops == 0 && !admitted.unwrap_or_else(|| node.hold_limiter.admit(&req.user_id)) {
+        return Err(Error::Overloaded(format!(
+            "user {:?} asked for more than {} holds per second",
+            req.user_id, node.settings.holds_per_user_per_s
+        )));
+    }
+    if req.client_reservation_id.is_empty() {
+        req.client_reservation_id = node.fresh_id("r");
+    }
+    if !req.expected_versions.is_empty() && req.expected_versions.len() != req.seat_ids.len() {
+        return Err(Error::Invalid(format!(
+            "{} expected versions for {} seats",
+            req.expected_versions.len(),
+            req.seat_ids.len()
+        )));
+    }
+    Ok((node.cluster.shard_of(&event), event))
+}
+
+/// The command of a hold that [`validate_hold`] accepted.
+pub(crate) fn hold_command(event: &EventId, req: &pb::HoldRequest) -> Command {
+    Command::Hold(HoldRequest {
+        event_id: event.clone(),
+        user: req.user_id.clone(),
+        seats: req.seat_ids.clone(),
+        client_reservation_id: req.client_reservation_id.clone(),
+        ttl_ms: req.ttl_ms,
+        expected_versions: (!req.expected_versions.is_empty())
+            .then(|| req.expected_versions.clone()),
+    })
+}
+
+pub(crate) fn unexpected(reply: Reply) -> Error {
+    Error::Unavailable(format!(
+        "unexpected reply from the state machine: {reply:?}"
+    ))
+}
+
+/// A failed item of a `HoldMany` answer.
+fn failure(status: Status) -> pb::HoldResult {
+    pb::HoldResult {
+        result: Some(pb::hold_result::Result::Failure(pb::Failure {
+            code: status.code() as i32,
+            message: status.message().to_string(),
+            seat_ids: crate::error::conflict_seats(&status).unwrap_or_default(),
+        })),
+    }
+}
+
+/// The answer to `count` holds that all failed with `status`.
+fn all_failed(count: usize, status: Status) -> pb::HoldManyResponse {
+    pb::HoldManyResponse {
+        results: vec![failure(status); count],
+    }
+}
+
+fn count_mismatch(answers: usize, holds: usize) -> Status {
+    Error::Internal(format!("{answers} answers for {holds} holds")).into()
+}
+
+/// Refuses a call with more holds than [`HOLDS_PER_CALL_MAX`].
+fn check_count(holds: usize) -> Result<(), Error> {
+    if holds > HOLDS_PER_CALL_MAX {
+        return Err(Error::Invalid(format!(
+            "at most {HOLDS_PER_CALL_MAX} holds per call, not {holds}"
+        )));
+    }
+    Ok(())
+}
+
+/// Decides a `HoldMany` call the typed way. `admitted` carries the rate limit's
+/// verdict for each hold when the pass-through already asked it.
+pub(crate) async fn hold_many(
+    node: &Arc<NodeInner>,
+    req: pb::HoldManyRequest,
+    hops: u32,
+    admitted: Option<&[bool]>,
+) -> Result<pb::HoldManyResponse, Error> {
+    check_count(req.holds.len())?;
+    let mut results: Vec<Option<pb::HoldResult>> = vec![None; req.holds.len()];
+    let mut groups: BTreeMap<u32, Vec<(usize, pb::HoldRequest, EventId)>> = BTreeMap::new();
+    for (i, mut h) in req.holds.into_iter().enumerate() {
+        let verdict = admitted.and_then(|a| a.get(i).copied());
+        match validate_hold(node, &mut h, hops, verdict) {
+            Ok((shard, event)) => groups.entry(shard).or_default().push((i, h, event)),
+            Err(e) => results[i] = Some(failure(e.into())),
+        }
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for (shard, items) in groups {
+        tasks.spawn(hold_group(node.clone(), shard, hops, items));
+    }
+    while let Some(done) = tasks.join_next().await {
+        let done = done.map_err(|e| Error::Internal(format!("hold task: {e}")))?;
+        for (i, r) in done {
+            results[i] = Some(r);
+        }
+    }
+    Ok(pb::HoldManyResponse {
+        results: results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| failure(Error::Internal("no result".into()).into())))
+            .collect(),
+    })
+}
+
+/// The holds of one shard from a `HoldMany` call, decided on the shard's leader:
+/// proposed together (so they share log entries), each answered on its own. If
+/// leadership moves while they are in flight the whole group is tried again at the
+/// new leader, which is safe: every hold carries its reservation id.
+async fn hold_group(
+    node: Arc<NodeInner>,
+    shard: u32,
+    hops: u32,
+    items: Vec<(usize, pb::HoldRequest, EventId)>,
+) -> Vec<(usize, pb::HoldResult)> {
+    let mut indices = Vec::with_capacity(items.len());
+    let mut holds = Vec::with_capacity(items.len());
+    let mut events = Vec::with_capacity(items.len());
+    for (i, h, e) in items {
+        indices.push(i);
+        holds.push(h);
+        events.push(e);
+    }
+    let forward = pb::HoldManyRequest { holds };
+    let answered = node
+        .routed(
+            shard,
+            Mode::Leader,
+            hops,
+            |s| {
+                // Every command is queued before any answer is awaited, so they share
+                // entries; no task per hold.
+                let pending: Vec<_> = forward
+                    .holds
+                    .iter()
+                    .zip(&events)
+                    .map(|(h, e)| s.submit(hold_command(e, h)))
+                    .collect();
+                async move {
+                    let mut results = Vec::with_capacity(pending.len());
+                    for p in pending {
+                        let outcome = match p {
+                            Ok(p) => p.outcome().await,
+                            Err(e) => Err(e),
+                        };
+                        results.push(match outcome {
+                            Ok(Ok(Reply::Held(h))) => pb::HoldResult {
+                                result: Some(pb::hold_result::Result::Hold(convert::hold_to_pb(
+                                    &h,
+                                ))),
+                            },
+                            Ok(Ok(other)) => failure(unexpected(other).into()),
+                            Ok(Err(refusal)) => failure(Error::from(refusal).into()),
+                            Err(e @ crate::proposer::ProposeError::Overloaded(_)) => {
+                                failure(Error::from(e).into())
+                            }
+                            // Not applied here, or unknown: the group goes again.
+                            Err(e) => return Err(Error::from(e)),
+                        });
+                    }
+                    Ok(pb::HoldManyResponse { results })
+                }
+            },
+            |c: Channel, hops, left| {
+                let req = forward.clone();
+                async move { seats_client(c).hold_many(forwarded(req, hops, left)).await }
+            },
+        )
+        .await;
+    let results = match answered {
+        Ok(r) if r.results.len() == indices.len() => r.results,
+        Ok(r) => {
+            all_failed(
+                indices.len(),
+                count_mismatch(r.results.len(), indices.len()),
+            )
+            .results
+        }
+        Err(e) => all_failed(indices.len(), e.into()).results,
+    };
+    indices.into_iter().zip(results).collect()
+}
