@@ -73,7 +73,7 @@ pub fn forwarded<T>(message: T, hops: u32, timeout: Duration) -> tonic::Request<
 
 /// A client for forwarding calls to `channel`'s node, with the size limits of the
 /// client API.
-pub fn seats_client(channel: Channel) -> SeatsClient<Channel> {
+pub(crate) fn seats_client(channel: Channel) -> SeatsClient<Channel> {
     SeatsClient::new(channel)
         .max_decoding_message_size(REPLY_BYTES_MAX)
         .max_encoding_message_size(REPLY_BYTES_MAX)

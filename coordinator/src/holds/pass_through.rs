@@ -97,22 +97,19 @@ impl Plan {
                     node.cluster.shard_of(&event)
                 }
             };
-            if shard.is_some_and(|(first, _)| first != s) {
-                return Ok(Plan::TYPED);
+            match shard {
+                Some((first, _)) if first != s => return Ok(Plan::TYPED),
+                Some(_) => {}
+                // Decided here: decoding is needed anyway, so the leader reads no
+                // further than the first hold.
+                None if leads(node, s) => return Ok(Plan::TYPED),
+                None => {}
             }
             shard = Some((s, &h.event_id));
         }
         let Some((shard, _)) = shard else {
             return Ok(Plan::TYPED);
         };
-        // Decided here: decoding is needed anyway.
-        if node
-            .shards
-            .get(&shard)
-            .is_some_and(|s| !s.is_retired() && s.leader().1)
-        {
-            return Ok(Plan::TYPED);
-        }
         let mut admitted = None;
         if hops == 0 {
             // Every user id is UTF-8 and every event id valid (checked above), so the
@@ -138,6 +135,13 @@ impl Plan {
             admitted,
         })
     }
+}
+
+/// Whether this node leads `shard` (and so decides calls for it).
+fn leads(node: &NodeInner, shard: u32) -> bool {
+    node.shards
+        .get(&shard)
+        .is_some_and(|s| !s.is_retired() && s.leader().1)
 }
 
 /// Serves a `HoldMany` call whose message is still in `body`, as received.
@@ -208,7 +212,7 @@ async fn forward_bytes(
     // Retryable: the router tries again, or another node.
     grpc.ready()
         .await
-        .map_err(|e| Status::unavailable(format!("connection not ready: {e}")))?;
+        .map_err(|e| Error::Unavailable(format!("connection not ready: {e}")))?;
     let path = http::uri::PathAndQuery::from_static(HOLD_MANY_PATH);
     grpc.unary(forwarded(body, hops, left), path, AsBytes).await
 }
