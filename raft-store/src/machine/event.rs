@@ -810,16 +810,23 @@ impl EventState {
 /// into a hash map, and nothing iterates holds in an order that matters (the encodings
 /// sort). Released and expired holds may be evicted (see `persist`), so numbers can
 /// have gaps.
+///
+/// Each hold is boxed so that the table's slots are 16 bytes, not 136 (a `Hold` and
+/// its number): when the table grows it moves every slot at once, inside one apply,
+/// on every replica at the same moment. Boxed, growing past 229,376 holds moves 3.7
+/// MB into a fresh 8 MB table instead of 31 MB into 71 MB (a 4 s profile of the bench
+/// that caught one such growth unboxed found it in 6–7% of each node's CPU).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct HoldTable {
-    holds: FxHashMap<u64, Hold>,
+    holds: FxHashMap<u64, Box<Hold>>,
 }
 
 impl HoldTable {
     /// A table from `(seq, hold)` pairs; refuses a number given twice.
     pub fn from_pairs(pairs: Vec<(u64, Hold)>) -> Result<Self, String> {
         let n = pairs.len();
-        let holds: FxHashMap<u64, Hold> = pairs.into_iter().collect();
+        let holds: FxHashMap<u64, Box<Hold>> =
+            pairs.into_iter().map(|(s, h)| (s, Box::new(h))).collect();
         if holds.len() != n {
             return Err("a hold sequence number is stored twice".into());
         }
@@ -827,11 +834,11 @@ impl HoldTable {
     }
 
     pub fn get(&self, seq: &u64) -> Option<&Hold> {
-        self.holds.get(seq)
+        self.holds.get(seq).map(|h| &**h)
     }
 
     pub fn get_mut(&mut self, seq: &u64) -> Option<&mut Hold> {
-        self.holds.get_mut(seq)
+        self.holds.get_mut(seq).map(|h| &mut **h)
     }
 
     pub fn contains(&self, seq: &u64) -> bool {
@@ -840,12 +847,12 @@ impl HoldTable {
 
     /// Adds a hold (a new one, or one read back from storage).
     pub fn insert(&mut self, seq: u64, hold: Hold) {
-        self.holds.insert(seq, hold);
+        self.holds.insert(seq, Box::new(hold));
     }
 
     /// In no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (u64, &Hold)> {
-        self.holds.iter().map(|(s, h)| (*s, h))
+        self.holds.iter().map(|(s, h)| (*s, &**h))
     }
 
     /// In sequence order.
@@ -856,7 +863,7 @@ impl HoldTable {
     }
 
     pub fn remove(&mut self, seq: &u64) -> Option<Hold> {
-        self.holds.remove(seq)
+        self.holds.remove(seq).map(|h| *h)
     }
 
     pub fn len(&self) -> usize {
