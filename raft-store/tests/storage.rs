@@ -456,3 +456,66 @@ fn a_record_dropped_from_memory_is_found_right_after_the_apply_that_dropped_it()
         assert_eq!(sm.reader().read(|m| m.records_in_memory()), 0);
     });
 }
+
+#[test]
+fn decided_requests_are_answered_from_disk_after_eviction_a_restart_and_a_snapshot() {
+    // The store skips reading a request's record when its filter has never seen the
+    // key. Each way a record reaches the disk must reach the filter too, or a retry
+    // would be decided again as a new request: here the refused request's seat is
+    // free again when it is retried, so a second decision would grant it.
+    let dir = tempfile::tempdir().unwrap();
+    let hold = |user: &str| Command::Hold(hold_req("ev", user, "r", &["A-1"]));
+    let retries = || vec![hold("winner"), hold("loser")];
+    rt().block_on(async {
+        let store = Store::open(dir.path().join("a")).unwrap();
+        let mut sm = group_with_event(&store).await;
+        let first = sm
+            .apply(vec![entry(2, vec![hold("winner"), hold("loser")])])
+            .await
+            .unwrap()
+            .remove(0);
+        assert!(first[0].is_ok(), "{first:?}");
+        assert!(
+            matches!(&first[1], Err(raft_store::Refusal::Conflict { .. })),
+            "{first:?}"
+        );
+        let winners_hold = raft_store::HoldId {
+            event: common::ev("ev"),
+            seq: 1,
+        };
+        let released = sm
+            .apply(vec![entry(
+                3,
+                vec![Command::Release {
+                    hold: winners_hold,
+                    user: "winner".into(),
+                }],
+            )])
+            .await
+            .unwrap();
+        assert!(released[0][0].is_ok(), "{released:?}");
+        // Both decisions are now cold: on disk only.
+        assert_eq!(sm.reader().read(|m| m.records_in_memory()), 0);
+
+        // Right after the applies that wrote them.
+        let again = sm.apply(vec![entry(4, retries())]).await.unwrap();
+        assert_eq!(again[0], first, "after eviction");
+        let snap = sm.build_snapshot().await.unwrap();
+        drop((sm, store));
+
+        // After a restart, from the records read when the group opens.
+        let store = Store::open(dir.path().join("a")).unwrap();
+        let (_, mut sm) = store.group(1).unwrap();
+        let again = sm.apply(vec![entry(5, retries())]).await.unwrap();
+        assert_eq!(again[0], first, "after a restart");
+
+        // On another node, from an installed snapshot's records.
+        let other = Store::open(dir.path().join("b")).unwrap();
+        let (_, mut copy) = other.group(1).unwrap();
+        copy.install_snapshot(&snap.meta, snap.snapshot)
+            .await
+            .unwrap();
+        let again = copy.apply(vec![entry(5, retries())]).await.unwrap();
+        assert_eq!(again[0], first, "after a snapshot");
+    });
+}

@@ -15,7 +15,7 @@ mod check;
 pub(crate) mod event;
 mod persist;
 
-pub use persist::Record;
+pub use persist::{is_request_key, Record};
 
 use std::collections::BTreeMap;
 

@@ -75,6 +75,12 @@ struct Counters {
 /// One record: key and value bytes.
 pub type Record = (Vec<u8>, Vec<u8>);
 
+/// Whether a record key (without the storage's group prefix) is a hold request's
+/// decision: the storage layer keeps a filter of those it has on disk.
+pub fn is_request_key(key: &[u8]) -> bool {
+    key.first() == Some(&KIND_REQUEST)
+}
+
 fn key(kind: u8, event: &str, suffix: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(2 + event.len() + suffix.len());
     k.push(kind);

@@ -24,6 +24,7 @@
 //! directory, a format version this build does not read, a database locked by another
 //! process, and a database RocksDB finds corrupt. Nothing is ever reset silently.
 
+mod filter;
 mod log;
 mod sm;
 pub mod sync;

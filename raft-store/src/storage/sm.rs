@@ -15,6 +15,8 @@
 //! entry that may need them is applied, and dropped again after (`machine::persist`).
 //! A cold record dropped while its write is still in flight is found once that write
 //! is done, which is why readers of the disk wait for it.
+//! A new hold request, which has no record, is not looked for at all: a filter of
+//! the request records on disk says so (`filter`).
 //!
 //! A snapshot is every record of the group, read from a RocksDB snapshot taken under
 //! the state lock (so it matches the applied id exactly) and framed with a checksum;
@@ -29,6 +31,7 @@ use openraft::{EntryPayload, ErrorSubject, ErrorVerb, StorageIOError};
 use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch};
 use serde::{Deserialize, Serialize};
 
+use super::filter::KeyFilter;
 use super::writer::WriteSlot;
 use super::{
     encode_record, group_range, prefixed, GroupId, Inner, CF_META, CF_SM, META_APPLIED,
@@ -36,8 +39,7 @@ use super::{
 };
 use crate::command::{Batch, HoldView, Outcome, Refusal};
 use crate::ids::HoldId;
-use crate::machine::Record;
-use crate::machine::SeatMachine;
+use crate::machine::{is_request_key, Record, SeatMachine};
 use crate::raft::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 use crate::Error;
 
@@ -45,6 +47,8 @@ struct SmState {
     machine: SeatMachine,
     last_applied: Option<LogId>,
     membership: StoredMembership,
+    /// Every hold request the group has decided on disk (see `filter`).
+    stored_requests: KeyFilter,
 }
 
 /// One group's state machine. Cheap to clone; clones share state.
@@ -136,13 +140,20 @@ impl StateMachineStore {
         // Streamed: cold records are checked and dropped as they are read, so a long
         // history does not have to fit in memory at startup.
         let mut failed = None;
-        let records = it.map_while(|item| match item {
-            Ok((k, v)) => Some((k[4..].to_vec(), v)),
-            Err(e) => {
-                failed = Some(e);
-                None
-            }
-        });
+        let mut stored_requests = KeyFilter::default();
+        let records = it
+            .map_while(|item| match item {
+                Ok((k, v)) => Some((k[4..].to_vec(), v)),
+                Err(e) => {
+                    failed = Some(e);
+                    None
+                }
+            })
+            .inspect(|(k, _)| {
+                if is_request_key(k) {
+                    stored_requests.insert(k);
+                }
+            });
         let machine = SeatMachine::load_records(records);
         if let Some(e) = failed {
             return Err(super::db_error(&inner.path, e));
@@ -165,6 +176,7 @@ impl StateMachineStore {
                 machine,
                 last_applied,
                 membership,
+                stored_requests,
             })),
             writes,
             snapshots_built: Default::default(),
@@ -180,15 +192,23 @@ impl StateMachineStore {
         }
     }
 
-    /// Reads back the cold records applying `batch` may need.
-    fn warm_for(&self, machine: &mut SeatMachine, batch: &Batch) -> Result<(), Error> {
+    /// Reads back the cold records applying `batch` may need. A request the filter has
+    /// never seen has no record to read.
+    fn warm_for(
+        &self,
+        machine: &mut SeatMachine,
+        stored_requests: &KeyFilter,
+        batch: &Batch,
+    ) -> Result<(), Error> {
         let mut tried = std::collections::BTreeSet::new();
         // Each round can only reveal records the previous one found (a request's
         // hold), so a few rounds always suffice, and a round that found nothing ends
         // it (the usual case: new requests have no record).
         for _ in 0..4 {
             let mut keys = machine.cold_keys(batch);
-            keys.retain(|k| !tried.contains(k));
+            keys.retain(|k| {
+                !tried.contains(k) && (!is_request_key(k) || stored_requests.may_contain(k))
+            });
             if keys.is_empty() {
                 return Ok(());
             }
@@ -354,7 +374,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     replies.push(Vec::new());
                 }
                 EntryPayload::Normal(batch) => {
-                    self.warm_for(&mut st.machine, &batch)
+                    self.warm_for(&mut st.machine, &st.stored_requests, &batch)
                         .map_err(|e| sm_io(ErrorVerb::Read, e))?;
                     replies.push(st.machine.apply(index, &batch));
                 }
@@ -367,6 +387,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             st.last_applied = Some(entry.log_id);
         }
         let records = st.machine.take_changes();
+        // Before the next apply can look for them (the filter's invariant).
+        for (k, _) in &records {
+            if is_request_key(k) {
+                st.stored_requests.insert(k);
+            }
+        }
         let batch = self.record_batch(&st.membership, st.last_applied.as_ref(), records, false);
         self.inner
             .writer
@@ -411,6 +437,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let write_err = |e: Error| -> StorageError {
             StorageIOError::write_snapshot(Some(meta.signature()), &e).into()
         };
+        // The snapshot's records replace the group's, so the filter starts afresh.
+        let mut stored_requests = KeyFilter::default();
+        for (k, _) in records.iter().filter(|(k, _)| is_request_key(k)) {
+            stored_requests.insert(k);
+        }
         let mut guard = self.state.write().unwrap_or_else(|p| p.into_inner());
         let st = &mut *guard;
         // Behind the last apply's write; memory changes only once the records did.
@@ -422,6 +453,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         );
         self.write_now(batch).map_err(write_err)?;
         st.machine = machine;
+        st.stored_requests = stored_requests;
         st.last_applied = meta.last_log_id;
         st.membership = meta.last_membership.clone();
         self.store_snapshot(&StoredSnapshot {
