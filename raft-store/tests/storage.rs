@@ -474,15 +474,14 @@ fn decided_requests_are_answered_from_disk_after_eviction_a_restart_and_a_snapsh
             .await
             .unwrap()
             .remove(0);
-        assert!(first[0].is_ok(), "{first:?}");
+        let Ok(raft_store::Reply::Held(won)) = &first[0] else {
+            panic!("{first:?}");
+        };
+        let winners_hold = won.hold_id.clone();
         assert!(
             matches!(&first[1], Err(raft_store::Refusal::Conflict { .. })),
             "{first:?}"
         );
-        let winners_hold = raft_store::HoldId {
-            event: common::ev("ev"),
-            seq: 1,
-        };
         let released = sm
             .apply(vec![entry(
                 3,

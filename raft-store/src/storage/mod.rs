@@ -77,6 +77,8 @@ pub(crate) struct Inner {
     writer: Writer,
     db: Arc<DB>,
     path: PathBuf,
+    /// Shared by the groups' filters of stored requests (`filter`).
+    filters: Arc<filter::Budget>,
 }
 
 fn db_error(path: &Path, e: rocksdb::Error) -> Error {
@@ -164,6 +166,7 @@ impl Store {
                 writer,
                 db,
                 path: path.to_path_buf(),
+                filters: filter::Budget::per_node(),
             }),
         })
     }

@@ -47,7 +47,8 @@ struct SmState {
     machine: SeatMachine,
     last_applied: Option<LogId>,
     membership: StoredMembership,
-    /// Every hold request the group has decided on disk (see `filter`).
+    /// A superset of the hold requests the group has decided on disk (see `filter`):
+    /// fed by `record_batch`, which builds every batch of records, and by `load`.
     stored_requests: KeyFilter,
 }
 
@@ -140,7 +141,7 @@ impl StateMachineStore {
         // Streamed: cold records are checked and dropped as they are read, so a long
         // history does not have to fit in memory at startup.
         let mut failed = None;
-        let mut stored_requests = KeyFilter::default();
+        let mut stored_requests = KeyFilter::new(&inner.filters);
         let records = it
             .map_while(|item| match item {
                 Ok((k, v)) => Some((k[4..].to_vec(), v)),
@@ -254,9 +255,13 @@ impl StateMachineStore {
     }
 
     /// The batch that writes the machine's changed records with the applied id and
-    /// membership (after deleting all of the group's records, with `wipe`).
+    /// membership (after deleting all of the group's records, with `wipe`). The only
+    /// place record batches are built, so the only place a request record can head
+    /// for the disk: its key enters `stored_requests` here, before any apply can look
+    /// for it (the filter's invariant).
     fn record_batch(
         &self,
+        stored_requests: &mut KeyFilter,
         membership: &StoredMembership,
         last_applied: Option<&LogId>,
         records: Vec<crate::machine::Record>,
@@ -269,6 +274,9 @@ impl StateMachineStore {
             batch.delete_range_cf(sm, from, to);
         }
         for (k, v) in records {
+            if is_request_key(&k) {
+                stored_requests.insert(&k);
+            }
             batch.put_cf(sm, prefixed(self.group, &k), v);
         }
         let meta = self.inner.cf(CF_META);
@@ -387,13 +395,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             st.last_applied = Some(entry.log_id);
         }
         let records = st.machine.take_changes();
-        // Before the next apply can look for them (the filter's invariant).
-        for (k, _) in &records {
-            if is_request_key(k) {
-                st.stored_requests.insert(k);
-            }
-        }
-        let batch = self.record_batch(&st.membership, st.last_applied.as_ref(), records, false);
+        let batch = self.record_batch(
+            &mut st.stored_requests,
+            &st.membership,
+            st.last_applied.as_ref(),
+            records,
+            false,
+        );
         self.inner
             .writer
             .submit(&self.writes, batch)
@@ -437,15 +445,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let write_err = |e: Error| -> StorageError {
             StorageIOError::write_snapshot(Some(meta.signature()), &e).into()
         };
-        // The snapshot's records replace the group's, so the filter starts afresh.
-        let mut stored_requests = KeyFilter::default();
-        for (k, _) in records.iter().filter(|(k, _)| is_request_key(k)) {
-            stored_requests.insert(k);
-        }
         let mut guard = self.state.write().unwrap_or_else(|p| p.into_inner());
         let st = &mut *guard;
-        // Behind the last apply's write; memory changes only once the records did.
+        // Behind the last apply's write; memory changes only once the records did. The
+        // snapshot's records replace the group's, so the filter starts afresh.
+        let mut stored_requests = KeyFilter::new(&self.inner.filters);
         let batch = self.record_batch(
+            &mut stored_requests,
             &meta.last_membership,
             meta.last_log_id.as_ref(),
             records,
