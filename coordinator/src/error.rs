@@ -35,8 +35,8 @@ pub enum Error {
     /// The node's configuration cannot work.
     #[error("{0}")]
     Config(String),
-    /// A bug in this process (a task panicked, an answer does not fit its call): not
-    /// worth retrying.
+    /// A bug (a task panicked, an answer does not fit its call, the state machine
+    /// replied with the wrong kind of reply): not worth retrying.
     #[error("{0}")]
     Internal(String),
     /// Storage failed.
@@ -60,6 +60,16 @@ impl From<Error> for tonic::Status {
             Error::Store(e) => Status::internal(format!("storage: {e}")),
             Error::Io(e) => Status::internal(e.to_string()),
         }
+    }
+}
+
+impl Error {
+    /// The state machine answered a command with a reply of another kind: a bug, so
+    /// not worth retrying (a retry with the same keys gets the same reply).
+    pub(crate) fn unexpected(reply: raft_store::Reply) -> Error {
+        Error::Internal(format!(
+            "unexpected reply from the state machine: {reply:?}"
+        ))
     }
 }
 

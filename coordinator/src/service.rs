@@ -30,7 +30,7 @@ use tracing::warn;
 use crate::convert;
 use crate::error::Error;
 use crate::frontend::FrontCache;
-use crate::holds::{self, hold_command, unexpected, validate_hold};
+use crate::holds::{self, hold_command, validate_hold};
 use crate::node::NodeInner;
 use crate::payment::{ChargeRequest, PaymentError};
 use crate::route::{forwarded, hops, seats_client, Mode};
@@ -246,7 +246,7 @@ async fn commit_here(
     match begun {
         Reply::Completed(order) => return Ok(order),
         Reply::CheckoutStarted { .. } => {}
-        other => return Err(unexpected(other)),
+        other => return Err(Error::unexpected(other)),
     }
     let charge = node.gateway.charge(ChargeRequest {
         token,
@@ -264,7 +264,7 @@ async fn commit_here(
                 .await?;
             match done {
                 Ok(Reply::Completed(order)) => Ok(order),
-                Ok(other) => Err(unexpected(other)),
+                Ok(other) => Err(Error::unexpected(other)),
                 Err(refusal) => {
                     // The checkout ended without us (its payment deadline passed):
                     // the money goes back.
@@ -384,7 +384,7 @@ impl Seats for SeatsService {
         let shard = self.node.cluster.shard_of(&event);
         let answer = |s: &Shard, reply| match reply {
             Reply::EventCreated { .. } => summary(s, &event),
-            other => Err(unexpected(other)),
+            other => Err(Error::unexpected(other)),
         };
         self.events_changed();
         let created = self
@@ -461,7 +461,7 @@ impl Seats for SeatsService {
         let shard = self.node.cluster.shard_of(&event);
         let answer = |s: &Shard, reply| match reply {
             Reply::SaleSet { .. } => summary(s, &event),
-            other => Err(unexpected(other)),
+            other => Err(Error::unexpected(other)),
         };
         let set = self
             .write(shard, hops, command, answer, forward!(req, set_sale))
@@ -515,7 +515,7 @@ impl Seats for SeatsService {
         let command = hold_command(&event, &req);
         let answer = |_: &Shard, reply| match reply {
             Reply::Held(h) => Ok(convert::hold_to_pb(&h)),
-            other => Err(unexpected(other)),
+            other => Err(Error::unexpected(other)),
         };
         self.write(shard, hops, command, answer, forward!(req, hold))
             .await
@@ -582,7 +582,7 @@ impl Seats for SeatsService {
         let shard = self.node.cluster.shard_of(&hold.event);
         let answer = |s: &Shard, reply| match reply {
             Reply::Released { .. } => Ok(convert::hold_to_pb(&s.reader.hold(&hold)??)),
-            other => Err(unexpected(other)),
+            other => Err(Error::unexpected(other)),
         };
         self.write(shard, hops, command, answer, forward!(req, release))
             .await

@@ -79,12 +79,6 @@ pub(crate) fn hold_command(event: &EventId, req: &pb::HoldRequest) -> Command {
     })
 }
 
-pub(crate) fn unexpected(reply: Reply) -> Error {
-    Error::Unavailable(format!(
-        "unexpected reply from the state machine: {reply:?}"
-    ))
-}
-
 /// A failed item of a `HoldMany` answer.
 fn failure(status: Status) -> pb::HoldResult {
     pb::HoldResult {
@@ -199,7 +193,7 @@ async fn hold_group(
                                     &h,
                                 ))),
                             },
-                            Ok(Ok(other)) => failure(unexpected(other).into()),
+                            Ok(Ok(other)) => failure(Error::unexpected(other).into()),
                             Ok(Err(refusal)) => failure(Error::from(refusal).into()),
                             Err(e @ crate::proposer::ProposeError::Overloaded(_)) => {
                                 failure(Error::from(e).into())

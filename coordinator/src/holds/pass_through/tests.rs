@@ -332,6 +332,14 @@ async fn a_passed_through_call_reaches_the_leader_as_sent_and_its_answer_comes_b
     assert_eq!(seen(&received), [(call, 1)]);
 }
 
+/// The pass-through's answer to `call`, which must be a whole `HoldMany` answer.
+async fn answered(node: Arc<NodeInner>, call: Bytes) -> pb::HoldManyResponse {
+    let got = hold_many_bytes(node, Request::new(call))
+        .await
+        .expect("answered");
+    pb::HoldManyResponse::decode(got).expect("an answer")
+}
+
 #[tokio::test]
 async fn an_answer_that_does_not_fit_the_call_fails_every_hold() {
     let (node, _) = behind_fake_leader(Ok(encode(&answer_of(2)))).await;
@@ -341,10 +349,7 @@ async fn an_answer_that_does_not_fit_the_call_fails_every_hold() {
         hold(&event, "bob", "r2"),
         hold(&event, "cy", "r3"),
     ]);
-    let got = hold_many_bytes(node, Request::new(call))
-        .await
-        .expect("answered");
-    let got = pb::HoldManyResponse::decode(got).expect("an answer");
+    let got = answered(node, call).await;
     assert_eq!(codes(&got), [Code::Internal; 3]);
 }
 
@@ -363,10 +368,7 @@ async fn an_unreachable_leader_fails_every_hold_as_unavailable() {
     let node = frontend(0);
     let (event, _) = events_in_two_shards(&node);
     let call = body(vec![hold(&event, "ann", "r1"), hold(&event, "bob", "r2")]);
-    let got = hold_many_bytes(node, Request::new(call))
-        .await
-        .expect("answered");
-    let got = pb::HoldManyResponse::decode(got).expect("an answer");
+    let got = answered(node, call).await;
     assert_eq!(codes(&got), [Code::Unavailable; 2]);
 }
 
@@ -375,10 +377,7 @@ async fn a_call_for_two_shards_is_decoded_and_sent_on_per_shard() {
     let (node, received) = behind_fake_leader(Ok(encode(&answer_of(1)))).await;
     let (a, b) = events_in_two_shards(&node);
     let call = with_unknown_field(body(vec![hold(&a, "ann", "r1"), hold(&b, "bob", "r2")]));
-    let got = hold_many_bytes(node.clone(), Request::new(call))
-        .await
-        .expect("answered");
-    let got = pb::HoldManyResponse::decode(got).expect("an answer");
+    let got = answered(node.clone(), call).await;
     assert_eq!(codes(&got), [Code::Ok, Code::Ok]);
     let mut sent: Vec<_> = seen(&received)
         .into_iter()
