@@ -28,14 +28,18 @@ trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 p1=$(free_port); p2=$(free_port); p3=$(free_port); pf=$(free_port)
-peers="1=127.0.0.1:$p1,2=127.0.0.1:$p2,3=127.0.0.1:$p3"
+q1=$(free_port); q2=$(free_port); q3=$(free_port)
+# --peers names the peer ports (mutual TLS, certificates from `seatd certs`).
+peers="1=127.0.0.1:$q1,2=127.0.0.1:$q2,3=127.0.0.1:$q3"
+"$bin/seatd" certs --out "$dir/certs" --nodes 1,2,3 >/dev/null
 # Four servers and the load generator share this machine's cores: one worker thread
 # each spends less CPU switching threads (measured: about 10% less CPU per decision).
 # SEATD_WORKER_THREADS overrides it (e.g. to compare).
 threads=(--worker-threads "${SEATD_WORKER_THREADS:-1}")
 for i in 1 2 3; do
-    port_var="p$i"
-    "$bin/seatd" node --id "$i" --listen "127.0.0.1:${!port_var}" --data-dir "$dir/node$i" \
+    port_var="p$i"; peer_var="q$i"
+    "$bin/seatd" node --id "$i" --listen "127.0.0.1:${!port_var}" --peer-listen "127.0.0.1:${!peer_var}" \
+        --data-dir "$dir/node$i" --certs "$dir/certs" \
         --peers "$peers" --holds-per-user-per-s 0 "${threads[@]}" 2>"$dir/node$i.log" &
     pids+=($!)
 done

@@ -3,9 +3,11 @@
 //! A flash sale's bots hammer the hold call; a token bucket per user (refilled at
 //! `holds_per_user_per_s`, holding at most that many tokens) answers the excess with
 //! RESOURCE_EXHAUSTED (HTTP 429) before it reaches a shard's queue. The limit applies
-//! where a call enters the cluster (a frontend, or the node a client called), never
-//! again on forwarded hops, and it is not replicated: it protects capacity, not
-//! correctness, so it uses this process's monotonic clock.
+//! on every client port a call comes through (a frontend, then the node the frontend
+//! called: frontends are clients of the nodes, and a hop count written by a client is
+//! not believed), never again on hops between nodes over the peer port, and it is not
+//! replicated: it protects capacity, not correctness, so it uses this process's
+//! monotonic clock.
 //!
 //! Bounded: at most [`USERS_TRACKED_MAX`] buckets; when full, idle buckets (full
 //! again) are dropped first, and if none is idle every bucket is.

@@ -40,6 +40,19 @@ enum Command {
     Frontend(FrontendArgs),
     /// Runs a whole local cluster (3 replicas and a frontend) in one process.
     Dev(DevArgs),
+    /// Creates a cluster CA and node certificates for the peer port (keeps existing
+    /// files, so it can be run again to add nodes).
+    Certs(CertsArgs),
+}
+
+#[derive(Args)]
+struct CertsArgs {
+    /// Directory to write ca.pem, ca.key, node-N.pem and node-N.key into.
+    #[arg(long)]
+    out: PathBuf,
+    /// Node ids to make certificates for, comma-separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    nodes: Vec<u64>,
 }
 
 #[derive(Args)]
@@ -94,13 +107,24 @@ struct NodeArgs {
     /// This node's id (a key of --peers).
     #[arg(long)]
     id: u64,
-    /// Address for the client API, the Raft transport, health and reflection.
+    /// Address for the client API, health and reflection (anyone may call).
     #[arg(long)]
     listen: std::net::SocketAddr,
+    /// Address for the Raft transport and calls between nodes (mutual TLS, cluster
+    /// nodes only); the address --peers gives for this node.
+    #[arg(long)]
+    peer_listen: std::net::SocketAddr,
+    /// The client address to tell others (default: --listen, with this host's name
+    /// when it listens on every interface).
+    #[arg(long)]
+    advertise: Option<String>,
+    /// Directory with ca.pem and this node's node-N.pem and node-N.key (`seatd certs`).
+    #[arg(long)]
+    certs: PathBuf,
     /// Where this node keeps its data (created if missing).
     #[arg(long)]
     data_dir: PathBuf,
-    /// Every node of the cluster, this one included: 1=HOST:PORT,2=HOST:PORT,...
+    /// Every node's peer address, this one included: 1=HOST:PORT,2=HOST:PORT,...
     #[arg(long)]
     peers: String,
     /// Shards of the cluster; fixed when the cluster is created.
@@ -259,13 +283,18 @@ fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         },
         clock: Arc::new(crate::clock::SystemClock::with_skew(args.clock_skew_ms)),
         gateway: Arc::new(crate::payment::TestGateway::default()),
+        tls: crate::tls::PeerTls::load(&args.certs, args.id)?,
+        advertise: args.advertise,
     };
     runtime(Some(&args.threads))?.block_on(async move {
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
-        let node = NodeHandle::start(config, listener).await?;
-        tracing::info!(addr = %node.addr, "serving");
+        let peer_listener = tokio::net::TcpListener::bind(args.peer_listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.peer_listen))?;
+        let node = NodeHandle::start(config, listener, peer_listener).await?;
+        tracing::info!(addr = %node.addr, peer_addr = %node.peer_addr, "serving");
         shutdown_signal().await?;
         node.shutdown().await?;
         anyhow::Ok(())
@@ -291,6 +320,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Node(args) => run_node(args)?,
         Command::Frontend(args) => run_frontend(args)?,
         Command::Dev(args) => run_dev(args)?,
+        Command::Certs(args) => {
+            let written = crate::tls::write_certs(&args.out, &args.nodes)?;
+            for path in &written.created {
+                println!("created {}", path.display());
+            }
+            for path in &written.kept {
+                println!("kept    {}", path.display());
+            }
+        }
         Command::Layout(LayoutCommand::Generate(args)) => {
             let layout = match &args.preset {
                 Some(name) => match preset(name) {

@@ -1,7 +1,8 @@
 //! `seatd dev`: a whole cluster in one process, for trying seatd on a laptop.
 //!
 //! Three replicas (each with its own RocksDB under `DATA_DIR/node{1,2,3}`, on
-//! loopback ports chosen at each start) and one frontend on a fixed address (default
+//! loopback ports chosen at each start, talking to each other over mutual TLS with
+//! certificates made once in `DATA_DIR/certs`) and one frontend on a fixed address (default
 //! 127.0.0.1:7400, where `seatctl` looks by default). The first start creates a small
 //! demo event (`demo`, 100 seats); later starts keep every byte of data. The replicas
 //! find each other through the current ports (the peers list wins over the addresses
@@ -73,18 +74,24 @@ impl DevCluster {
                 config.listen
             ))
         })?;
+        let certs = config.data_dir.join("certs");
+        let ids: Vec<u64> = (1..=DEV_NODES).collect();
+        crate::tls::write_certs(&certs, &ids)?;
         let mut listeners = Vec::new();
         let mut peers = BTreeMap::new();
-        for id in 1..=DEV_NODES {
+        let mut client_addrs = Vec::new();
+        for id in ids {
             let l = TcpListener::bind("127.0.0.1:0").await?;
-            peers.insert(id, l.local_addr()?.to_string());
-            listeners.push((id, l));
+            let p = TcpListener::bind("127.0.0.1:0").await?;
+            client_addrs.push(l.local_addr()?.to_string());
+            peers.insert(id, p.local_addr()?.to_string());
+            listeners.push((id, l, p));
         }
         let cluster = Cluster::new(peers.clone(), DEV_SHARDS)?;
         let clock = Arc::new(SystemClock::default());
         let gateway = Arc::new(TestGateway::default());
         let mut nodes = Vec::new();
-        for (id, listener) in listeners {
+        for (id, listener, peer_listener) in listeners {
             let node = NodeHandle::start(
                 NodeConfig {
                     id,
@@ -95,15 +102,18 @@ impl DevCluster {
                     settings: Settings::default(),
                     clock: clock.clone(),
                     gateway: gateway.clone(),
+                    tls: crate::tls::PeerTls::load(&certs, id)?,
+                    advertise: None,
                 },
                 listener,
+                peer_listener,
             )
             .await?;
             nodes.push(node);
         }
         let frontend = FrontendHandle::start(
             FrontendConfig {
-                nodes: peers.values().cloned().collect(),
+                nodes: client_addrs,
                 seat_map_cache: Duration::from_secs(1),
                 event_list_cache: Duration::from_secs(30),
                 settings: Settings {

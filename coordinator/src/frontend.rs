@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use seatd_proto::v1 as pb;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::clock::SystemClock;
 use crate::error::Error;
@@ -31,6 +31,8 @@ use crate::service::SeatsService;
 
 /// How often the frontend refreshes its shard → leader map.
 pub const LEADER_REFRESH_MS: u64 = 1_000;
+/// How long the frontend waits for every node's client address at start.
+const ADDRS_WAIT_MS: u64 = 5_000;
 /// How long the frontend waits for a node to describe the cluster at start.
 pub const DISCOVERY_MS_MAX: u64 = 60_000;
 /// Most answers each cache keeps; a full cache is emptied.
@@ -184,7 +186,20 @@ async fn discover(given: &[String]) -> Result<Cluster, Error> {
                     .map(|n| (n.id, n.addr.clone()))
                     .collect();
                 members.extend(pinned.clone());
-                return Cluster::new(members, status.shards.len() as u32);
+                // Nodes learn each other's client addresses over their peer ports
+                // shortly after they start; a node not heard of yet is given a while.
+                let unknown: Vec<u64> = members
+                    .iter()
+                    .filter(|(_, a)| a.is_empty())
+                    .map(|(id, _)| *id)
+                    .collect();
+                if unknown.is_empty() || started.elapsed() >= Duration::from_millis(ADDRS_WAIT_MS) {
+                    if !unknown.is_empty() {
+                        warn!(?unknown, "starting without these nodes' client addresses");
+                    }
+                    return Cluster::new(members, status.shards.len() as u32);
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
             Err(e) if started.elapsed() < Duration::from_millis(DISCOVERY_MS_MAX) => {
                 info!(error = %e, "waiting for a node to describe the cluster");
@@ -223,7 +238,6 @@ impl FrontendHandle {
         tokio::spawn(refresh_leaders(inner.clone(), stopped.clone()));
         let (health, server) = crate::node::serve(
             SeatsService::with_cache(inner.clone(), cache),
-            None,
             listener,
             stopped,
         )

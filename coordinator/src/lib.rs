@@ -11,7 +11,9 @@
 //!   undecoded where a process only forwards it.
 //! - [`frontend`]: `seatd frontend`, the stateless gateway; [`dev`]: `seatd dev`, a
 //!   whole local cluster in one process.
-//! - [`raft_net`]: the Raft transport over gRPC.
+//! - [`raft_net`]: the Raft transport over gRPC, on the peer port; [`tls`]: the
+//!   cluster CA, node certificates and who is calling; [`peers`]: channels to other
+//!   processes (mutual TLS between nodes, plaintext from frontends).
 //! - [`placement`]: which shard holds an event, which nodes replicate a shard;
 //!   [`membership`]: moving a shard's group onto the nodes its placement names.
 //! - [`clock`], [`payment`]: the injected clock and the payment gateway;
@@ -29,9 +31,12 @@ pub mod holds;
 pub mod membership;
 pub mod node;
 pub mod payment;
+pub mod peers;
 pub mod placement;
 pub mod proposer;
 pub mod raft_net;
+pub mod rejoin;
 pub mod route;
 pub mod service;
 pub mod shard;
+pub mod tls;

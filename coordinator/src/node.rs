@@ -1,6 +1,14 @@
-//! `seatd node`: one replica process hosting a Raft group per shard it is placed on,
-//! serving the client API, the Raft transport, gRPC health and reflection on one
-//! address.
+//! `seatd node`: one replica process hosting a Raft group per shard it is placed on.
+//!
+//! Two listeners, two trust levels:
+//! - the client port serves the client API, gRPC health and reflection, to anyone;
+//! - the peer port serves the Raft transport, the cluster's internal calls and calls
+//!   forwarded by other nodes, over mutual TLS to the cluster's nodes only
+//!   ([`crate::tls`]). Nothing internal is served on the client port.
+//!
+//! `--peers` names every node's peer address; each node advertises its client address
+//! to the others ([`refresh_client_addrs`]), so any node can tell a frontend or
+//! `seatctl` where every node serves clients.
 //!
 //! Life cycle:
 //! 1. Open the data directory (one RocksDB for every shard) and check it belongs to
@@ -35,11 +43,13 @@ use tracing::{info, warn};
 use crate::clock::{Clock, Stamper};
 use crate::error::Error;
 use crate::payment::PaymentGateway;
+use crate::peers::{ClientChannels, Links, PeerChannels};
 use crate::placement::Cluster;
-use crate::raft_net::{Peers, RaftService, ShardNetwork, VoteGate};
+use crate::raft_net::{GateBook, RaftService, ShardNetwork, VoteGate};
 use crate::route::Rotor;
 use crate::service::SeatsService;
 use crate::shard::Shard;
+use crate::tls::PeerTls;
 
 /// Everything a node needs to run.
 pub struct NodeConfig {
@@ -51,6 +61,11 @@ pub struct NodeConfig {
     pub settings: Settings,
     pub clock: Arc<dyn Clock>,
     pub gateway: Arc<dyn PaymentGateway>,
+    /// This node's certificate and the cluster CA, for the peer port.
+    pub tls: PeerTls,
+    /// The client address other nodes tell frontends and `seatctl` about; `None`:
+    /// the client listener's own address (with this host's name for 0.0.0.0).
+    pub advertise: Option<String>,
 }
 
 /// Bounds on how long the node waits for others.
@@ -64,7 +79,17 @@ pub struct Settings {
     pub drain_timeout: Duration,
     /// Holds one user may ask for per second where calls enter (0: no limit).
     pub holds_per_user_per_s: u32,
+    /// Whether the process exits (code [`GROUP_FAILED_EXIT_CODE`]) when one of its
+    /// Raft groups stops by itself. Off only for in-process tests that look at the
+    /// failed state.
+    pub exit_on_group_failure: bool,
 }
+
+/// The exit code of a node whose Raft group failed, for its supervisor to restart it.
+pub const GROUP_FAILED_EXIT_CODE: i32 = 3;
+/// How long a node with a failed group keeps reporting NOT_SERVING before it exits,
+/// so probes and peers see why it goes.
+const GROUP_FAILED_EXIT_DELAY_MS: u64 = 1_000;
 
 impl Default for Settings {
     fn default() -> Self {
@@ -73,6 +98,7 @@ impl Default for Settings {
             payment_timeout: Duration::from_secs(3),
             drain_timeout: Duration::from_secs(10),
             holds_per_user_per_s: 20,
+            exit_on_group_failure: true,
         }
     }
 }
@@ -80,6 +106,8 @@ impl Default for Settings {
 /// Largest client request accepted (a layout naming every seat of a big venue).
 pub const REQUEST_BYTES_MAX: usize = 16 << 20;
 const IDENTITY_FILE: &str = "node.json";
+/// Longest client address a node may advertise (`host:port`).
+pub const ADDR_BYTES_MAX: usize = 256;
 
 /// What a data directory belongs to.
 #[derive(Serialize, Deserialize, PartialEq, Eq, Debug)]
@@ -95,13 +123,18 @@ pub struct NodeInner {
     pub shards: HashMap<u32, Arc<Shard>>,
     pub settings: Settings,
     pub gateway: Arc<dyn PaymentGateway>,
-    pub(crate) forward_channels: Peers,
+    /// How this process reaches the nodes it forwards calls to.
+    pub(crate) links: Links,
+    /// Where each node serves clients, as the nodes advertise it.
+    client_addrs: std::sync::RwLock<BTreeMap<NodeId, String>>,
     /// `None` on a frontend, which stores nothing.
     pub(crate) store: Option<Store>,
     pub(crate) rotor: Rotor,
     /// The leader last seen for each shard this process does not host.
     pub(crate) hints: std::sync::Mutex<HashMap<u32, NodeId>>,
     pub(crate) hold_limiter: crate::admission::HoldLimiter,
+    /// Each hosted shard's rejoin gate (none on a frontend).
+    pub gates: HashMap<u32, VoteGate>,
     ids: IdGen,
 }
 
@@ -109,22 +142,45 @@ impl NodeInner {
     /// The state of a process that hosts no shard and forwards every call: a
     /// frontend. Its id 0 is no node's.
     pub fn stateless(cluster: Cluster, settings: Settings, clock: &dyn Clock) -> Self {
+        // A frontend's cluster shape holds the nodes' client addresses.
+        let client_addrs = std::sync::RwLock::new(cluster.nodes().clone());
         Self {
             id: 0,
             cluster,
             shards: HashMap::new(),
             settings,
             gateway: Arc::new(crate::payment::TestGateway::default()),
-            forward_channels: Peers::default(),
+            links: Links::Clients(ClientChannels::default()),
+            client_addrs,
             store: None,
             rotor: Rotor::default(),
             hints: Default::default(),
             hold_limiter: crate::admission::HoldLimiter::new(settings.holds_per_user_per_s),
+            gates: HashMap::new(),
             ids: IdGen {
                 node: 0,
                 boot_ms: clock.now_ms(),
                 counter: AtomicU64::new(0),
             },
+        }
+    }
+
+    /// Where node `id` serves clients, if known yet.
+    pub fn client_addr(&self, id: NodeId) -> Option<String> {
+        let addrs = self.client_addrs.read().unwrap_or_else(|p| p.into_inner());
+        addrs.get(&id).cloned()
+    }
+
+    /// Records where node `id` serves clients (from its own answer). Ids outside the
+    /// cluster and oversized addresses are ignored.
+    pub(crate) fn learn_client_addr(&self, id: NodeId, addr: &str) {
+        if !self.cluster.nodes().contains_key(&id) || addr.is_empty() || addr.len() > ADDR_BYTES_MAX
+        {
+            return;
+        }
+        let mut addrs = self.client_addrs.write().unwrap_or_else(|p| p.into_inner());
+        if addrs.get(&id).map(String::as_str) != Some(addr) {
+            addrs.insert(id, addr.to_string());
         }
     }
 
@@ -151,9 +207,13 @@ impl IdGen {
 /// A running node.
 pub struct NodeHandle {
     pub inner: Arc<NodeInner>,
+    /// The client port.
     pub addr: std::net::SocketAddr,
+    /// The peer port (mutual TLS).
+    pub peer_addr: std::net::SocketAddr,
     stop: watch::Sender<bool>,
     server: ServerTask,
+    peer_server: ServerTask,
     store: Store,
     health: tonic_health::server::HealthReporter,
     drain_timeout: Duration,
@@ -189,8 +249,13 @@ fn check_identity(dir: &std::path::Path, want: &Identity) -> Result<(), Error> {
 }
 
 impl NodeHandle {
-    /// Opens the data dir, starts every hosted shard and serves on `listener`.
-    pub async fn start(config: NodeConfig, listener: TcpListener) -> Result<Self, Error> {
+    /// Opens the data dir, starts every hosted shard, serves clients on `listener`
+    /// and the cluster on `peer_listener`.
+    pub async fn start(
+        config: NodeConfig,
+        listener: TcpListener,
+        peer_listener: TcpListener,
+    ) -> Result<Self, Error> {
         let NodeConfig {
             id,
             data_dir,
@@ -200,11 +265,26 @@ impl NodeHandle {
             settings,
             clock,
             gateway,
+            tls,
+            advertise,
         } = config;
         if cluster.addr(id).is_none() {
             return Err(Error::Config(format!("--peers does not name node {id}")));
         }
+        if tls.node != id {
+            return Err(Error::Config(format!(
+                "the certificate given is node {}'s, not node {id}'s",
+                tls.node
+            )));
+        }
         let addr = listener.local_addr()?;
+        let peer_addr = peer_listener.local_addr()?;
+        let advertise = advertise.unwrap_or_else(|| advertised(addr));
+        if advertise.len() > ADDR_BYTES_MAX {
+            return Err(Error::Config(format!(
+                "--advertise is longer than {ADDR_BYTES_MAX} bytes"
+            )));
+        }
         let store = Store::open(&data_dir)?;
         check_identity(
             &data_dir,
@@ -214,7 +294,8 @@ impl NodeHandle {
             },
         )?;
         let raft_config = raft_config("seatd", log_policy, timing)?;
-        let raft_peers = Peers::with_address_book(
+        let raft_peers = PeerChannels::new(
+            tls.clone(),
             cluster
                 .nodes()
                 .iter()
@@ -223,7 +304,9 @@ impl NodeHandle {
         );
         let (stop, stopped) = watch::channel(false);
         let mut shards = HashMap::new();
-        let mut gates = HashMap::new();
+        let mut gates: HashMap<u32, VoteGate> = HashMap::new();
+        let gate_book = GateBook::open(&data_dir)?;
+        let (failures, failed) = tokio::sync::mpsc::unbounded_channel();
         // The shards placed here, and any group this node already belongs to: a shard
         // moving away (see `membership`) keeps its data served until it has moved.
         let mut hosted: Vec<u32> = cluster.shards_of(id);
@@ -245,27 +328,34 @@ impl NodeHandle {
             let reader = sm.reader();
             let net = ShardNetwork {
                 shard,
-                from: id,
                 peers: raft_peers.clone(),
             };
             let raft = Raft::new(id, raft_config.clone(), net, log, sm)
                 .await
                 .map_err(|e| Error::Unavailable(format!("shard {shard}: raft: {e}")))?;
             let stamper = Stamper::new(clock.clone(), reader.clone());
-            let gate = if stored.contains(&shard) {
-                VoteGate::default()
-            } else {
-                VoteGate::started_empty()
-            };
+            // Before the group runs: a replica without state starts closed.
+            let gate = gate_book.gate(shard, !stored.contains(&shard))?;
+            gate.apply_to(&raft);
             gates.insert(shard, gate);
             shards.insert(
                 shard,
-                Shard::start(shard, id, raft, reader, stamper, stopped.clone()),
+                Shard::start(
+                    shard,
+                    id,
+                    raft,
+                    reader,
+                    stamper,
+                    stopped.clone(),
+                    failures.clone(),
+                ),
             );
         }
         info!(
             node = id,
             %addr,
+            %peer_addr,
+            %advertise,
             shards = shards.len(),
             data_dir = %data_dir.display(),
             "node starting"
@@ -276,11 +366,13 @@ impl NodeHandle {
             shards,
             settings,
             gateway,
-            forward_channels: Peers::default(),
+            links: Links::Peers(raft_peers),
+            client_addrs: std::sync::RwLock::new(BTreeMap::from([(id, advertise)])),
             store: Some(store.clone()),
             rotor: Rotor::default(),
             hints: Default::default(),
             hold_limiter: crate::admission::HoldLimiter::new(settings.holds_per_user_per_s),
+            gates,
             ids: IdGen {
                 node: id,
                 boot_ms: clock.now_ms(),
@@ -288,22 +380,49 @@ impl NodeHandle {
             },
         });
 
+        let status_of = inner.clone();
         let raft_service = RaftService::new(
             inner
                 .shards
                 .iter()
-                .map(|(s, sh)| (*s, (sh.raft.clone(), gates[s].clone())))
+                .map(|(s, sh)| (*s, (sh.raft.clone(), inner.gates[s].clone())))
                 .collect(),
+            inner.cluster.nodes().keys().copied().collect(),
+            Arc::new(move |digest| crate::service::local_status(&status_of, digest)),
             stopped.clone(),
         );
-        let (health, server) = serve(
+        let peer_server = serve_peers(
             SeatsService::new(inner.clone()),
-            Some(raft_service),
-            listener,
+            raft_service,
+            &tls,
+            peer_listener,
             stopped.clone(),
-        )
-        .await?;
+        )?;
+        let (health, server) =
+            serve(SeatsService::new(inner.clone()), listener, stopped.clone()).await?;
+        for shard in inner.shards.keys() {
+            health
+                .set_service_status(
+                    shard_health_name(*shard),
+                    tonic_health::ServingStatus::Serving,
+                )
+                .await;
+        }
+        tokio::spawn(on_group_failure(
+            failed,
+            health.clone(),
+            settings.exit_on_group_failure,
+        ));
+        tokio::spawn(refresh_client_addrs(inner.clone(), stopped.clone()));
         for shard in inner.shards.keys().copied() {
+            if inner.gates[&shard].is_closed() {
+                tokio::spawn(crate::rejoin::catch_up(
+                    inner.clone(),
+                    shard,
+                    inner.gates[&shard].clone(),
+                    stopped.clone(),
+                ));
+            }
             if inner.cluster.members(shard).first() == Some(&id) {
                 tokio::spawn(bootstrap(inner.clone(), shard, stopped.clone()));
             }
@@ -323,8 +442,10 @@ impl NodeHandle {
         Ok(Self {
             inner,
             addr,
+            peer_addr,
             stop,
             server,
+            peer_server,
             store,
             health,
             drain_timeout: settings.drain_timeout,
@@ -336,6 +457,8 @@ impl NodeHandle {
     pub async fn shutdown(self) -> Result<(), Error> {
         info!(node = self.inner.id, "shutting down");
         stop_serving(&self.health, &self.stop, self.server, self.drain_timeout).await;
+        // Calls forwarded by peers drain within the same bound; Raft stops below.
+        drain(self.peer_server, self.drain_timeout).await;
         for (shard, s) in self.inner.shards.iter().filter(|(_, s)| !s.is_retired()) {
             if let Err(e) = s.raft.shutdown().await {
                 warn!(shard, error = %e, "raft shutdown failed");
@@ -358,12 +481,10 @@ impl NodeHandle {
 
 pub(crate) type ServerTask = JoinHandle<Result<(), tonic::transport::Error>>;
 
-/// Serves the client API (and on a node the Raft transport), gRPC health and server
-/// reflection on `listener` until `stopped` turns true. Nodes and frontends differ
-/// only in what they pass here.
+/// Serves the client API, gRPC health and server reflection on `listener` until
+/// `stopped` turns true; nodes and frontends alike.
 pub(crate) async fn serve(
     seats: SeatsService,
-    raft: Option<RaftService>,
     listener: TcpListener,
     mut stopped: watch::Receiver<bool>,
 ) -> Result<(tonic_health::server::HealthReporter, ServerTask), Error> {
@@ -381,7 +502,6 @@ pub(crate) async fn serve(
     let server = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(seats)
-            .add_optional_service(raft.map(RaftService::into_server))
             .add_service(health_service)
             .add_service(reflection)
             .serve_with_incoming_shutdown(incoming(listener), async move {
@@ -389,6 +509,119 @@ pub(crate) async fn serve(
             }),
     );
     Ok((health, server))
+}
+
+/// The gRPC health service name of one hosted shard (`seatd.shard.N`), NOT_SERVING
+/// once its group failed.
+pub fn shard_health_name(shard: u32) -> String {
+    format!("seatd.shard.{shard}")
+}
+
+/// What a node does when a Raft group stops by itself: the shard (and the node as a
+/// whole) report NOT_SERVING, and the process exits for its supervisor to restart it.
+/// Why exit rather than restart the group in place: the group stopped on a panic or a
+/// storage error, after which the process's in-memory state for that group cannot be
+/// trusted; a fresh process reopens it from what is durable, which is exactly what a
+/// restart after a crash does, and that path is the one the fault suite tests.
+async fn on_group_failure(
+    mut failed: tokio::sync::mpsc::UnboundedReceiver<u32>,
+    health: tonic_health::server::HealthReporter,
+    exit: bool,
+) {
+    let Some(shard) = failed.recv().await else {
+        return;
+    };
+    health
+        .set_service_status(
+            shard_health_name(shard),
+            tonic_health::ServingStatus::NotServing,
+        )
+        .await;
+    health.set_not_serving::<SeatsServer<SeatsService>>().await;
+    health
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
+    if exit {
+        tracing::error!(
+            shard,
+            code = GROUP_FAILED_EXIT_CODE,
+            "a raft group failed; exiting for the supervisor to restart this node"
+        );
+        tokio::time::sleep(Duration::from_millis(GROUP_FAILED_EXIT_DELAY_MS)).await;
+        std::process::exit(GROUP_FAILED_EXIT_CODE);
+    }
+    // Kept alive for tests: later failures only add NOT_SERVING shards.
+    while let Some(shard) = failed.recv().await {
+        health
+            .set_service_status(
+                shard_health_name(shard),
+                tonic_health::ServingStatus::NotServing,
+            )
+            .await;
+    }
+}
+
+/// Serves the peer port over mutual TLS: the Raft transport and internal calls, and
+/// the client API for calls other nodes forward here.
+fn serve_peers(
+    seats: SeatsService,
+    raft: RaftService,
+    tls: &PeerTls,
+    listener: TcpListener,
+    mut stopped: watch::Receiver<bool>,
+) -> Result<ServerTask, Error> {
+    let node = seats.node().clone();
+    let seats = SeatsServer::new(seats)
+        .max_decoding_message_size(REQUEST_BYTES_MAX)
+        .max_encoding_message_size(crate::route::REPLY_BYTES_MAX);
+    let seats = crate::holds::PassThrough::new(seats, node);
+    let server = tonic::transport::Server::builder()
+        .tls_config(tls.server())
+        .map_err(|e| Error::Config(format!("peer port TLS: {e}")))?
+        .add_service(raft.into_server())
+        .add_service(seats)
+        .serve_with_incoming_shutdown(incoming(listener), async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        });
+    Ok(tokio::spawn(server))
+}
+
+/// The address to advertise for a client listener bound to `addr`: itself, or this
+/// host's name with its port when bound to every interface.
+fn advertised(addr: std::net::SocketAddr) -> String {
+    if !addr.ip().is_unspecified() {
+        return addr.to_string();
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty() && h.len() < 200)
+        .unwrap_or_else(|| "localhost".into());
+    format!("{host}:{}", addr.port())
+}
+
+/// How often a node asks its peers where they serve clients: soon while some are
+/// unknown, then now and then (a node restarted on another port).
+const ADDRS_RETRY_MS: u64 = 500;
+const ADDRS_REFRESH_MS: u64 = 10_000;
+
+/// Learns every node's client address from the node itself, over the peer port.
+async fn refresh_client_addrs(node: Arc<NodeInner>, mut stop: watch::Receiver<bool>) {
+    let everyone: Vec<NodeId> = node.cluster.nodes().keys().copied().collect();
+    loop {
+        // peer_views records each answer's address.
+        let _ = crate::service::peer_views(&node, &everyone, Duration::from_millis(1_000)).await;
+        let known = everyone.iter().all(|id| node.client_addr(*id).is_some());
+        let wait = if known {
+            ADDRS_REFRESH_MS
+        } else {
+            ADDRS_RETRY_MS
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
+            _ = stop.changed() => return,
+        }
+    }
 }
 
 /// Accepted connections with Nagle's algorithm off. The server's own `tcp_nodelay`
@@ -403,11 +636,16 @@ pub(crate) fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIn
 pub(crate) async fn stop_serving(
     health: &tonic_health::server::HealthReporter,
     stop: &watch::Sender<bool>,
-    mut server: ServerTask,
+    server: ServerTask,
     drain_timeout: Duration,
 ) {
     health.set_not_serving::<SeatsServer<SeatsService>>().await;
     let _ = stop.send(true);
+    drain(server, drain_timeout).await;
+}
+
+/// Waits (at most `drain_timeout`) for a stopping server's calls in flight.
+async fn drain(mut server: ServerTask, drain_timeout: Duration) {
     match tokio::time::timeout(drain_timeout, &mut server).await {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(e))) => warn!(error = %e, "server ended with an error"),
@@ -461,11 +699,19 @@ async fn bootstrap(node: Arc<NodeInner>, shard: u32, mut stop: watch::Receiver<b
                     .map(|(p, _)| *p)
                     .collect();
                 if unreachable.is_empty() {
-                    let nodes: BTreeMap<NodeId, BasicNode> = members
-                        .iter()
-                        .map(|m| (*m, BasicNode::new(node.cluster.addr(*m).unwrap_or(""))))
-                        .collect();
-                    match local.raft.initialize(nodes).await {
+                    // No node has any state for the shard: it is new. The group
+                    // starts as this node alone, whose gate opens now; the other
+                    // members join as learners and are promoted once caught up
+                    // (`membership`), so no closed gate has to elect anyone.
+                    if let Err(e) = node.gates[&shard].open(&local.raft) {
+                        warn!(shard, error = %e, "cannot open the gate to initialise");
+                        return;
+                    }
+                    let me = BTreeMap::from([(
+                        node.id,
+                        BasicNode::new(node.cluster.addr(node.id).unwrap_or("")),
+                    )]);
+                    match local.raft.initialize(me).await {
                         Ok(()) => info!(shard, ?members, "initialised the shard's group"),
                         Err(e) => warn!(shard, error = %e, "initialise refused"),
                     }

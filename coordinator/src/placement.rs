@@ -82,8 +82,13 @@ impl Cluster {
         &self.nodes
     }
 
+    /// Node `node`'s address; `None` for a node not in the cluster, or one a frontend
+    /// has not learned the address of (kept as an empty string).
     pub fn addr(&self, node: NodeId) -> Option<&str> {
-        self.nodes.get(&node).map(String::as_str)
+        self.nodes
+            .get(&node)
+            .map(String::as_str)
+            .filter(|a| !a.is_empty())
     }
 
     /// The shard an event lives in.

@@ -12,7 +12,7 @@
 //!   makes the router try again (the command carries its retry key, so trying again
 //!   cannot apply it twice).
 //! - Bounded: a call hops between nodes at most [`HOPS_MAX`] times (counted in the
-//!   `x-seatd-hops` header), and waits at most `route_wait` for a leader before it
+//!   `x-seatd-hops` header, believed only from another node over the peer port), and waits at most `route_wait` for a leader before it
 //!   fails with UNAVAILABLE. It never returns an answer from a replica that is not
 //!   allowed to give it.
 
@@ -26,7 +26,9 @@ use tonic::transport::Channel;
 
 use crate::error::Error;
 use crate::node::NodeInner;
+use crate::peers::Links;
 use crate::shard::Shard;
+use raft_store::raft::NodeId;
 
 /// The header that counts how often a call was forwarded.
 pub const HOPS_HEADER: &str = "x-seatd-hops";
@@ -45,13 +47,20 @@ pub enum Mode {
 
 enum Pick {
     Local(Arc<Shard>),
-    Forward(String),
+    /// To this node (its peer port from a node, its client port from a frontend).
+    Forward(NodeId),
     /// No leader known yet (or no hops left): wait and look again.
     Wait,
 }
 
-/// How many times a call was forwarded already.
+/// How many times a call was forwarded already, as another node says. Only a call
+/// from a node (its peer-port certificate) is believed: on the client port anyone can
+/// write the header, and a first hop is where the per-user rate limit is asked, so a
+/// client's own header counts as 0.
 pub fn hops<T>(request: &tonic::Request<T>) -> u32 {
+    if !crate::tls::from_a_node(request) {
+        return 0;
+    }
     request
         .metadata()
         .get(HOPS_HEADER)
@@ -85,7 +94,7 @@ pub struct Rotor(AtomicUsize);
 
 impl NodeInner {
     fn pick(&self, shard: u32, mode: Mode, hops: u32) -> Pick {
-        if let Some(s) = self.shards.get(&shard).filter(|s| !s.is_retired()) {
+        if let Some(s) = self.shards.get(&shard).filter(|s| s.is_serving()) {
             if mode == Mode::AnyReplica {
                 return Pick::Local(s.clone());
             }
@@ -94,10 +103,9 @@ impl NodeInner {
                 return Pick::Local(s.clone());
             }
             return match leader {
-                Some(l) if l != self.id && hops < HOPS_MAX => match self.cluster.addr(l) {
-                    Some(addr) => Pick::Forward(addr.to_string()),
-                    None => Pick::Wait,
-                },
+                Some(l) if l != self.id && hops < HOPS_MAX && self.cluster.addr(l).is_some() => {
+                    Pick::Forward(l)
+                }
                 _ => Pick::Wait,
             };
         }
@@ -105,13 +113,13 @@ impl NodeInner {
             return Pick::Wait;
         }
         let hint = self.hints.lock().ok().and_then(|h| h.get(&shard).copied());
-        if let Some(addr) = hint.and_then(|l| self.cluster.addr(l)) {
-            return Pick::Forward(addr.to_string());
+        if let Some(l) = hint.filter(|l| self.cluster.addr(*l).is_some()) {
+            return Pick::Forward(l);
         }
         let members = self.cluster.members(shard);
         let i = self.rotor.0.fetch_add(1, Ordering::Relaxed) % members.len();
         match self.cluster.addr(members[i]) {
-            Some(addr) => Pick::Forward(addr.to_string()),
+            Some(_) => Pick::Forward(members[i]),
             None => Pick::Wait,
         }
     }
@@ -139,10 +147,17 @@ impl NodeInner {
         }
     }
 
-    fn channel(&self, addr: &str) -> Result<Channel, Error> {
-        self.forward_channels
-            .channel(addr)
-            .map_err(|e| Error::Unavailable(format!("peer {addr}: {e}")))
+    /// The channel calls for node `id` are forwarded over.
+    pub(crate) fn channel_to(&self, id: NodeId) -> Result<Channel, Error> {
+        match &self.links {
+            Links::Peers(peers) => peers.channel(id, None),
+            Links::Clients(clients) => match self.cluster.addr(id) {
+                Some(addr) => clients.channel(addr),
+                None => Err(Error::Unavailable(format!(
+                    "no address known for node {id}"
+                ))),
+            },
+        }
     }
 
     /// Serves a call on `shard`: `local` where this node may answer it, `remote` (with
@@ -185,19 +200,19 @@ impl NodeInner {
                         Err(_) => last = "the leader did not commit in time".into(),
                     }
                 }
-                Pick::Forward(addr) => {
+                Pick::Forward(to) => {
                     let left = deadline.saturating_duration_since(Instant::now());
-                    let channel = self.channel(&addr)?;
+                    let channel = self.channel_to(to)?;
                     match tokio::time::timeout(left, remote(channel, hops + 1, left)).await {
                         Ok(Ok(reply)) => return Ok(reply.into_inner()),
                         Ok(Err(st)) if is_retryable(&st) => {
                             self.forget_leader(shard);
-                            last = format!("{addr}: {}", st.message())
+                            last = format!("node {to}: {}", st.message())
                         }
                         Ok(Err(st)) => return Err(Error::Remote(st)),
                         Err(_) => {
                             self.forget_leader(shard);
-                            last = format!("{addr} did not answer in time")
+                            last = format!("node {to} did not answer in time")
                         }
                     }
                 }

@@ -33,8 +33,11 @@ use crate::frontend::FrontCache;
 use crate::holds::{self, hold_command, validate_hold};
 use crate::node::NodeInner;
 use crate::payment::{ChargeRequest, PaymentError};
+use crate::peers::Links;
 use crate::route::{forwarded, hops, seats_client, Mode};
 use crate::shard::Shard;
+use seatd_proto::raft::raft_client::RaftClient;
+use seatd_proto::raft::LocalStatusRequest;
 
 /// Events a list returns by default, and at most.
 pub const LIST_LIMIT_DEFAULT: u32 = 100;
@@ -131,7 +134,9 @@ async fn list_shard(
 }
 
 /// Asks every node in `nodes` for its local view (this node answers itself), each
-/// within `timeout`; `None` for a node that did not answer.
+/// within `timeout`; `None` for a node that did not answer. A node asks its peers
+/// over the peer port (and learns where each serves clients from the answer); a
+/// frontend asks the nodes' client ports.
 pub async fn peer_views(
     node: &Arc<NodeInner>,
     nodes: &[NodeId],
@@ -144,26 +149,16 @@ pub async fn peer_views(
             if peer == node.id {
                 return (peer, Some(local_status(&node, false)));
             }
-            let Some(addr) = node.cluster.addr(peer) else {
-                return (peer, None);
-            };
-            let Ok(channel) = node.forward_channels.channel(addr) else {
-                return (peer, None);
-            };
-            let mut client = pb::seats_client::SeatsClient::new(channel);
-            let req = forwarded(
-                pb::ClusterStatusRequest {
-                    local: true,
-                    digest: false,
-                },
-                0,
-                timeout,
-            );
-            let answer = tokio::time::timeout(timeout, client.cluster_status(req)).await;
-            (
-                peer,
-                answer.ok().and_then(|r| r.ok()).map(|r| r.into_inner()),
-            )
+            let view = tokio::time::timeout(timeout, view_of(&node, peer, timeout))
+                .await
+                .ok()
+                .flatten();
+            if let Some(me) = view.as_ref().and_then(|v| v.nodes.first()) {
+                if me.id == peer && matches!(node.links, Links::Peers(_)) {
+                    node.learn_client_addr(peer, &me.addr);
+                }
+            }
+            (peer, view)
         });
     }
     let mut views = Vec::with_capacity(nodes.len());
@@ -174,18 +169,56 @@ pub async fn peer_views(
     Ok(views)
 }
 
-/// This node's own view of the shards it hosts.
-fn local_status(node: &NodeInner, with_digest: bool) -> pb::ClusterStatus {
+/// Node `peer`'s own view, without digests.
+async fn view_of(node: &NodeInner, peer: NodeId, timeout: Duration) -> Option<pb::ClusterStatus> {
+    let channel = node.channel_to(peer).ok()?;
+    match &node.links {
+        Links::Peers(_) => {
+            let mut client = RaftClient::new(channel);
+            let mut req = Request::new(LocalStatusRequest { digest: false });
+            req.set_timeout(timeout);
+            client
+                .local_status(req)
+                .await
+                .ok()
+                .map(Response::into_inner)
+        }
+        Links::Clients(_) => {
+            let mut client = pb::seats_client::SeatsClient::new(channel);
+            let req = forwarded(
+                pb::ClusterStatusRequest {
+                    local: true,
+                    digest: false,
+                },
+                0,
+                timeout,
+            );
+            client
+                .cluster_status(req)
+                .await
+                .ok()
+                .map(Response::into_inner)
+        }
+    }
+}
+
+/// This node's own view of the shards it hosts, with each shard's state digest when
+/// `with_digest` (asked over the peer port only: it reads a shard's whole state).
+pub(crate) fn local_status(node: &NodeInner, with_digest: bool) -> pb::ClusterStatus {
     let mut shards: Vec<pb::ShardStatus> = node
         .shards
         .values()
-        .map(|s| s.status(with_digest))
+        .map(|s| {
+            let mut view = s.status(with_digest);
+            view.rejoining = node.gates.get(&s.id).is_some_and(|g| g.is_closed());
+            view
+        })
         .collect();
     shards.sort_by_key(|s| s.shard);
     pb::ClusterStatus {
         nodes: vec![pb::NodeStatus {
             id: node.id,
-            addr: node.cluster.addr(node.id).unwrap_or_default().to_string(),
+            addr: node.client_addr(node.id).unwrap_or_default(),
             reachable: true,
         }],
         shards,
@@ -203,7 +236,7 @@ pub(crate) fn merge_views(
     for (id, view) in views {
         nodes.push(pb::NodeStatus {
             id,
-            addr: node.cluster.addr(id).unwrap_or_default().to_string(),
+            addr: node.client_addr(id).unwrap_or_default(),
             reachable: view.is_some(),
         });
         for mut s in view.map(|v| v.shards).unwrap_or_default() {
@@ -622,7 +655,9 @@ impl Seats for SeatsService {
     ) -> Result<Response<pb::ClusterStatus>, Status> {
         let req = request.get_ref();
         if req.local {
-            return Ok(Response::new(local_status(&self.node, req.digest)));
+            // No digest on the client port: it reads a shard's whole state, so only
+            // peers may ask for it (over the peer port).
+            return Ok(Response::new(local_status(&self.node, false)));
         }
         let nodes: Vec<NodeId> = self.node.cluster.nodes().keys().copied().collect();
         let views = peer_views(&self.node, &nodes, Duration::from_millis(1_000)).await?;

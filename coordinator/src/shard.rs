@@ -5,7 +5,14 @@
 //!   hold's deadline has passed by the leader's clock, propose `Expire`, so seats come
 //!   back even when no command touches their event.
 //! - The watcher: one log line per notable Raft event (role or leader change,
-//!   snapshot built or installed, log purged), never per request.
+//!   snapshot built or installed, log purged), never per request; and the one place
+//!   that notices the group stopped by itself (a panic in openraft's core, a fatal
+//!   storage error).
+//!
+//! A failed group is never trusted again in this process: its last metrics may still
+//! say Leader, so [`Shard::leader`] and routing ignore it, its status says `failed`,
+//! and the node is told (see `node`'s failure handling: health NOT_SERVING for the
+//! shard, then the process exits for its supervisor to restart it).
 //!
 //! Reads: `read_consistent` confirms leadership with a quorum (openraft's ReadIndex)
 //! and waits until the state machine has applied up to the read point, so a read never
@@ -34,7 +41,12 @@ pub struct Shard {
     node: NodeId,
     /// Set once the shard moved away from this node and its group was stopped here.
     retired: std::sync::atomic::AtomicBool,
+    /// Set once the group stopped by itself (see the module doc).
+    failed: std::sync::atomic::AtomicBool,
 }
+
+/// Where a shard reports that its group failed: the shard's id.
+pub type FailureReport = tokio::sync::mpsc::UnboundedSender<u32>;
 
 impl Shard {
     /// Wraps a started Raft group and starts the shard's background tasks; they stop
@@ -46,6 +58,7 @@ impl Shard {
         reader: MachineReader,
         stamper: Stamper,
         stop: watch::Receiver<bool>,
+        failures: FailureReport,
     ) -> std::sync::Arc<Self> {
         let proposer = Proposer::start(id, raft.clone(), stamper.clone());
         let shard = std::sync::Arc::new(Self {
@@ -55,15 +68,26 @@ impl Shard {
             proposer,
             node,
             retired: Default::default(),
+            failed: Default::default(),
         });
         tokio::spawn(expire_ticker(shard.clone(), stamper, stop.clone()));
-        tokio::spawn(watch_metrics(id, shard.raft.clone(), stop));
+        tokio::spawn(watch_metrics(shard.clone(), stop, failures));
         shard
     }
 
     /// Whether the shard moved away and this copy was stopped (see `membership`).
     pub fn is_retired(&self) -> bool {
         self.retired.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Whether the group stopped by itself (see the module doc).
+    pub fn has_failed(&self) -> bool {
+        self.failed.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Whether this copy may serve anything: neither retired nor failed.
+    pub fn is_serving(&self) -> bool {
+        !self.is_retired() && !self.has_failed()
     }
 
     /// Stops this copy of the group for good: the group's committed membership no
@@ -78,6 +102,9 @@ impl Shard {
 
     /// The leader this replica knows of, and whether it is this node, acting as leader.
     pub fn leader(&self) -> (Option<NodeId>, bool) {
+        if self.has_failed() {
+            return (None, false);
+        }
         let m = self.raft.metrics();
         let m = m.borrow();
         let me = m.current_leader == Some(self.node) && m.state == ServerState::Leader;
@@ -139,6 +166,8 @@ impl Shard {
             reported_by: self.node,
             role: if retired {
                 "retired".into()
+            } else if self.has_failed() {
+                "failed".into()
             } else {
                 role_name(m.state).into()
             },
@@ -146,6 +175,8 @@ impl Shard {
             digest,
             last_log_index: m.last_log_index.unwrap_or(0),
             purged_index: m.purged.map(|p| p.index).unwrap_or(0),
+            // Known to the node, which holds the gates (see `service::local_status`).
+            rejoining: false,
         }
     }
 }
@@ -196,16 +227,52 @@ async fn expire_ticker(
     }
 }
 
-/// Logs role changes, leader changes, snapshots and purges of one shard.
-async fn watch_metrics(shard: u32, raft: Raft<TypeConfig>, mut stop: watch::Receiver<bool>) {
-    let mut rx = raft.metrics();
+/// Marks `shard` failed and reports it, unless its stop was asked for.
+fn group_stopped(shard: &Shard, failures: &FailureReport, why: &str) {
+    if shard.is_retired() {
+        return;
+    }
+    tracing::error!(
+        shard = shard.id,
+        why,
+        "raft group stopped by itself; this copy serves nothing more"
+    );
+    shard
+        .failed
+        .store(true, std::sync::atomic::Ordering::Release);
+    let _ = failures.send(shard.id);
+}
+
+/// Logs role changes, leader changes, snapshots and purges of one shard, and
+/// notices when its group stops without being asked to.
+async fn watch_metrics(
+    shard_ref: std::sync::Arc<Shard>,
+    mut stop: watch::Receiver<bool>,
+    failures: FailureReport,
+) {
+    let shard = shard_ref.id;
+    let mut rx = shard_ref.raft.metrics();
     let mut last = rx.borrow().clone();
     loop {
         tokio::select! {
-            changed = rx.changed() => if changed.is_err() { return },
+            changed = rx.changed() => if changed.is_err() {
+                // The core task is gone (a panic drops the metrics sender).
+                if !*stop.borrow() {
+                    group_stopped(&shard_ref, &failures, "its core task ended");
+                }
+                return;
+            },
             _ = stop.changed() => return,
         }
         let m = rx.borrow().clone();
+        if (m.running_state.is_err() || m.state == ServerState::Shutdown) && !*stop.borrow() {
+            let why = match &m.running_state {
+                Err(e) => e.to_string(),
+                Ok(()) => "it shut down".to_string(),
+            };
+            group_stopped(&shard_ref, &failures, &why);
+            return;
+        }
         if m.state != last.state {
             info!(shard, term = m.current_term, "now {}", role_name(m.state));
         }
@@ -224,9 +291,6 @@ async fn watch_metrics(shard: u32, raft: Raft<TypeConfig>, mut stop: watch::Rece
             if let Some(p) = m.purged {
                 info!(shard, index = p.index, "log purged up to index {}", p.index);
             }
-        }
-        if let Err(e) = &m.running_state {
-            warn!(shard, error = %e, "raft stopped");
         }
         last = m;
     }

@@ -8,8 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use coordinator::clock::{Clock, Stamper};
+use coordinator::peers::PeerChannels;
 use coordinator::proposer::{ProposeError, Proposer};
-use coordinator::raft_net::{Peers, ShardNetwork};
+use coordinator::raft_net::ShardNetwork;
 use openraft::{BasicNode, Raft};
 use raft_store::layout::generate;
 use raft_store::raft::{raft_config, LogPolicy, RaftTiming, TypeConfig};
@@ -32,10 +33,11 @@ async fn single_node(dir: &std::path::Path) -> (Store, Raft<TypeConfig>, Machine
     let (log, sm) = store.group(0).unwrap();
     let reader = sm.reader();
     let config = raft_config("batching", LogPolicy::default(), RaftTiming::default()).unwrap();
+    coordinator::tls::write_certs(&dir.join("certs"), &[1]).unwrap();
+    let tls = coordinator::tls::PeerTls::load(&dir.join("certs"), 1).unwrap();
     let net = ShardNetwork {
         shard: 0,
-        from: 1,
-        peers: Peers::default(),
+        peers: PeerChannels::new(tls, Default::default()),
     };
     let raft = Raft::new(1, config, net, log, sm).await.unwrap();
     raft.initialize(BTreeMap::from([(1, BasicNode::new("127.0.0.1:1"))]))

@@ -721,56 +721,91 @@ async fn bad_input_gets_the_right_error_and_changes_nothing() {
         "{err:?}"
     );
 
-    // Garbage on the Raft port: raw bytes, then well-formed calls with nonsense.
-    {
+    // Garbage on both ports: raw bytes on the client port and on the peer port (no
+    // TLS handshake), then well-formed calls with nonsense.
+    for addr in [&c.nodes[&1].addr, &c.nodes[&1].peer_addr] {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(&c.nodes[&1].addr)
-            .await
-            .unwrap();
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
         s.write_all(b"\x00\x01 this is not HTTP/2 \xff\xfe")
             .await
             .unwrap();
         let mut buf = [0u8; 256];
         let _ = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await;
     }
+    // The client port answers no Raft call, however well-formed.
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", c.nodes[&2].addr))
         .unwrap()
         .connect()
         .await
         .unwrap();
-    let mut raft = seatd_proto::raft::raft_client::RaftClient::new(channel);
+    let mut on_client_port = seatd_proto::raft::raft_client::RaftClient::new(channel);
+    let forged = seatd_proto::raft::RaftRequest {
+        shard: 0,
+        from: 1,
+        payload: vec![0xde, 0xad, 0xbe, 0xef, 7, 7, 7],
+        seq: 1,
+    };
+    let err = on_client_port
+        .append_entries(forged.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unimplemented, "{err:?}");
+    let err = on_client_port.vote(forged.clone()).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unimplemented, "{err:?}");
+    let err = on_client_port
+        .local_status(seatd_proto::raft::LocalStatusRequest { digest: true })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unimplemented, "{err:?}");
+    // A digest asked of the client port is not given.
+    let local = client
+        .cluster_status(pb::ClusterStatusRequest {
+            local: true,
+            digest: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(local.shards.iter().all(|s| s.digest.is_empty()));
+    // Over the peer port, as node 2 itself: nonsense gets a refusal naming its seq.
+    let mut raft = c.peer_client(2);
     for shard in [0u32, 99] {
         let reply = raft
             .append_entries(seatd_proto::raft::RaftRequest {
                 shard,
-                from: 1,
+                from: 2,
                 payload: vec![0xde, 0xad, 0xbe, 0xef, 7, 7, 7],
+                seq: 5,
             })
             .await
             .unwrap()
             .into_inner();
         assert!(!reply.error.is_empty(), "garbage accepted on shard {shard}");
+        assert_eq!(reply.seq, 5);
         let reply = raft
             .vote(seatd_proto::raft::RaftRequest {
                 shard,
-                from: 1,
+                from: 2,
                 payload: vec![],
+                seq: 6,
             })
             .await
             .unwrap()
             .into_inner();
         assert!(!reply.error.is_empty());
+        assert_eq!(reply.seq, 6);
     }
     // The same nonsense down an append pipe: each message gets its own refusal, in
     // order, and the pipe stays open for the next.
     {
-        let nonsense = |shard: u32, payload: Vec<u8>| seatd_proto::raft::RaftRequest {
+        let nonsense = |shard: u32, payload: Vec<u8>, seq: u64| seatd_proto::raft::RaftRequest {
             shard,
-            from: 1,
+            from: 2,
             payload,
+            seq,
         };
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        tx.send(nonsense(0, vec![0xde, 0xad])).await.unwrap();
+        tx.send(nonsense(0, vec![0xde, 0xad], 1)).await.unwrap();
         let mut replies = raft
             .append_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
             .await
@@ -778,17 +813,21 @@ async fn bad_input_gets_the_right_error_and_changes_nothing() {
             .into_inner();
         let first = replies.message().await.unwrap().unwrap();
         assert!(
-            first.error.contains("undecodable"),
-            "pipe: {:?}",
-            first.error
+            first.error.contains("undecodable") && first.seq == 1,
+            "pipe: {first:?}"
         );
-        tx.send(nonsense(99, vec![])).await.unwrap();
+        tx.send(nonsense(99, vec![], 2)).await.unwrap();
         let second = replies.message().await.unwrap().unwrap();
         assert!(
-            second.error.contains("shard 99"),
-            "pipe: {:?}",
-            second.error
+            second.error.contains("shard 99") && second.seq == 2,
+            "pipe: {second:?}"
         );
+        // In another node's name: refused before it is even decoded.
+        let mut forged = nonsense(0, vec![], 3);
+        forged.from = 3;
+        tx.send(forged).await.unwrap();
+        let third = replies.message().await.unwrap().unwrap();
+        assert!(third.error.contains("from node 3"), "pipe: {third:?}");
         drop(tx);
         assert!(
             replies.message().await.unwrap().is_none(),

@@ -2,9 +2,9 @@
 //! loopback whose every node-to-node connection runs through a [`Proxy`] owned by the
 //! harness, plus frontends that reach the nodes directly.
 //!
-//! Node i lists node j at the address of proxy (i→j) in its `--peers`, so cutting
-//! that proxy cuts exactly the link from i to j (Raft messages and forwarded client
-//! calls alike). Clients and frontends are not behind proxies: a partition separates
+//! Node i lists node j's peer port at the address of proxy (i→j) in its `--peers`, so
+//! cutting that proxy cuts exactly the link from i to j (Raft messages and forwarded
+//! client calls alike; the proxies carry the mutual TLS unopened). Clients and frontends are not behind proxies: a partition separates
 //! nodes, and clients still reach every side, as in a real deployment where the
 //! client network differs from the replication links.
 //!
@@ -21,6 +21,7 @@ use std::time::Duration;
 use crate::proxy::Proxy;
 use crate::run::Fault;
 use crate::target::Target;
+use seatd_proto::raft::raft_client::RaftClient;
 
 /// The seatd binary the harness runs: `$SEATD_BIN`, else this crate's own copy of the
 /// seatd command line (`seatd-under-test`, built with these tests).
@@ -38,7 +39,10 @@ pub fn seatd_bin() -> PathBuf {
 
 pub struct Node {
     pub id: u64,
+    /// The client port.
     pub addr: SocketAddr,
+    /// The peer port, which the proxies forward to.
+    pub peer_addr: SocketAddr,
     pub dir: PathBuf,
     pub log: PathBuf,
     child: Mutex<Option<Child>>,
@@ -70,15 +74,22 @@ impl Cluster {
         // cannot hand a node's port to a proxy; they are released just before the
         // nodes start.
         let mut reserved = Vec::new();
+        let ids: Vec<u64> = (1..=n).collect();
+        coordinator::tls::write_certs(&root.path().join("certs"), &ids)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
         for id in 1..=n {
             let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
             let addr = probe.local_addr()?;
+            let peer_probe = std::net::TcpListener::bind("127.0.0.1:0")?;
+            let peer_addr = peer_probe.local_addr()?;
             reserved.push(probe);
+            reserved.push(peer_probe);
             nodes.insert(
                 id,
                 Node {
                     id,
                     addr,
+                    peer_addr,
                     dir: root.path().join(format!("node{id}")),
                     log: root.path().join(format!("node{id}.log")),
                     child: Mutex::new(None),
@@ -89,7 +100,7 @@ impl Cluster {
         let mut links = BTreeMap::new();
         for from in 1..=n {
             for to in (1..=n).filter(|&t| t != from) {
-                links.insert((from, to), Proxy::start(nodes[&to].addr).await?);
+                links.insert((from, to), Proxy::start(nodes[&to].peer_addr).await?);
             }
         }
         let mut c = Self {
@@ -131,7 +142,7 @@ impl Cluster {
             .values()
             .map(|n| {
                 let addr = if n.id == id {
-                    n.addr
+                    n.peer_addr
                 } else {
                     self.links[&(id, n.id)].addr
                 };
@@ -160,9 +171,13 @@ impl Cluster {
                 &id.to_string(),
                 "--listen",
                 &node.addr.to_string(),
+                "--peer-listen",
+                &node.peer_addr.to_string(),
             ])
             .arg("--data-dir")
             .arg(&node.dir)
+            .arg("--certs")
+            .arg(self.root.path().join("certs"))
             .args([
                 "--peers",
                 &self.peers_of(id),
@@ -254,6 +269,13 @@ impl Cluster {
         }
     }
 
+    /// Delays every chunk on every link by `delay` plus up to `jitter` at random.
+    pub fn slow_all_jittered(&self, delay: Duration, jitter: Duration) {
+        for p in self.links.values() {
+            p.slow_jittered(delay, jitter);
+        }
+    }
+
     pub fn heal(&self) {
         for p in self.links.values() {
             p.heal();
@@ -313,6 +335,14 @@ impl Target for Cluster {
         format!("http://{}", self.nodes[&id].addr)
     }
 
+    fn peer_status_client(&self, id: u64) -> Option<RaftClient<tonic::transport::Channel>> {
+        crate::target::peer_client(
+            &self.root.path().join("certs"),
+            id,
+            &self.nodes[&id].peer_addr.to_string(),
+        )
+    }
+
     fn shards(&self) -> u32 {
         self.shards
     }
@@ -366,6 +396,10 @@ impl Target for Cluster {
             Fault::SlowLinks => {
                 self.slow_all(Duration::from_millis(150));
                 "150 ms on every link".to_string()
+            }
+            Fault::SlowAppends => {
+                self.slow_all_jittered(Duration::from_millis(75), Duration::from_millis(225));
+                "75-300 ms on every chunk of every link".to_string()
             }
             Fault::KillLeader => {
                 self.kill(leader);

@@ -69,6 +69,9 @@ pub struct ComposeCluster {
     /// Node id → container id.
     containers: BTreeMap<u64, String>,
     network: String,
+    /// The cluster's certificates, copied out of the `certs` volume, so the harness
+    /// can read digests over the nodes' peer ports.
+    certs: tempfile::TempDir,
 }
 
 fn free_port() -> u16 {
@@ -89,8 +92,17 @@ impl ComposeCluster {
             frontend_ports: [free_port(), free_port()],
             containers: BTreeMap::new(),
             network: format!("{project}_seatd"),
+            certs: tempfile::tempdir().map_err(|e| e.to_string())?,
         };
         c.compose(&["up", "-d"])?;
+        let out = c.compose(&["ps", "-a", "-q", "certs"])?;
+        let certs_cid = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let into = c.certs.path().join("certs");
+        c.docker(&[
+            "cp",
+            &format!("{certs_cid}:/certs"),
+            &into.display().to_string(),
+        ])?;
         for id in 1..=3u64 {
             let out = c.compose(&["ps", "-q", &format!("node{id}")])?;
             let cid = String::from_utf8_lossy(&out.stdout).trim().to_string();
@@ -189,6 +201,17 @@ impl Target for ComposeCluster {
 
     fn node_endpoint(&self, id: u64) -> String {
         format!("http://{}:7400", self.ip(id))
+    }
+
+    fn peer_status_client(
+        &self,
+        id: u64,
+    ) -> Option<seatd_proto::raft::raft_client::RaftClient<tonic::transport::Channel>> {
+        let ip = self.ip(id);
+        if ip.is_empty() {
+            return None;
+        }
+        crate::target::peer_client(&self.certs.path().join("certs"), id, &format!("{ip}:7500"))
     }
 
     fn shards(&self) -> u32 {

@@ -3,7 +3,9 @@
 //!
 //! Cutting a link closes its open connections at once and accepts-then-closes new
 //! ones, which a gRPC client sees as an unreachable peer. Slowing a link delays every
-//! chunk forwarded in either direction. Each proxy is bounded: at most
+//! chunk forwarded in either direction, by a fixed delay plus, when asked, a random
+//! jitter per chunk (so some Raft calls finish just inside their deadline and some
+//! just past it). Each proxy is bounded: at most
 //! [`CONNECTIONS_MAX`] connections at once, 64 KiB buffers.
 
 use std::net::SocketAddr;
@@ -24,6 +26,8 @@ const BUFFER_BYTES: usize = 64 << 10;
 struct LinkState {
     cut: AtomicBool,
     delay_ms: AtomicU64,
+    /// Up to this much more per chunk, drawn at random.
+    jitter_ms: AtomicU64,
     open: AtomicUsize,
     cutting: Notify,
 }
@@ -53,6 +57,15 @@ impl Proxy {
     pub fn heal(&self) {
         self.state.cut.store(false, Ordering::SeqCst);
         self.state.delay_ms.store(0, Ordering::SeqCst);
+        self.state.jitter_ms.store(0, Ordering::SeqCst);
+    }
+
+    /// Delays every chunk by `delay` plus a random part of `jitter`.
+    pub fn slow_jittered(&self, delay: Duration, jitter: Duration) {
+        self.state
+            .jitter_ms
+            .store(jitter.as_millis() as u64, Ordering::SeqCst);
+        self.slow(delay);
     }
 
     pub fn slow(&self, delay: Duration) {
@@ -117,6 +130,7 @@ async fn pump(
     state: &LinkState,
 ) {
     let mut buf = vec![0u8; BUFFER_BYTES];
+    let mut rng = fastrand::Rng::new();
     loop {
         let n = match from.read(&mut buf).await {
             Ok(0) | Err(_) => return,
@@ -125,7 +139,8 @@ async fn pump(
         if state.cut.load(Ordering::SeqCst) {
             return;
         }
-        let delay = state.delay_ms.load(Ordering::SeqCst);
+        let jitter = state.jitter_ms.load(Ordering::SeqCst);
+        let delay = state.delay_ms.load(Ordering::SeqCst) + rng.u64(0..=jitter);
         if delay > 0 {
             tokio::time::sleep(Duration::from_millis(delay)).await;
         }

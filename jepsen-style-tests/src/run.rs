@@ -33,6 +33,10 @@ pub enum Fault {
     Ring,
     /// 150 ms added to every link.
     SlowLinks,
+    /// Every chunk on every link delayed by 75-300 ms at random, around openraft's
+    /// per-call append deadline (the heartbeat, 150 ms): calls time out after their
+    /// request left and before its reply came, again and again.
+    SlowAppends,
     /// SIGKILL the leader, restart it a few seconds later.
     KillLeader,
     /// SIGSTOP the leader for a few seconds.
@@ -58,12 +62,13 @@ impl Fault {
     ];
 
     /// One of each fault the process harness injects.
-    pub const ALL: [Fault; 9] = [
+    pub const ALL: [Fault; 10] = [
         Fault::IsolateLeader,
         Fault::Halves,
         Fault::Bridge,
         Fault::Ring,
         Fault::SlowLinks,
+        Fault::SlowAppends,
         Fault::KillLeader,
         Fault::Pause,
         Fault::Wipe,
@@ -77,6 +82,7 @@ impl Fault {
             Fault::Bridge => "bridge",
             Fault::Ring => "ring",
             Fault::SlowLinks => "slow-links",
+            Fault::SlowAppends => "slow-appends",
             Fault::KillLeader => "kill-leader",
             Fault::Pause => "pause",
             Fault::Wipe => "wipe",

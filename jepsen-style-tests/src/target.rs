@@ -7,6 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use seatd_proto::raft::raft_client::RaftClient;
+use seatd_proto::raft::LocalStatusRequest;
 use seatd_proto::v1 as pb;
 use seatd_proto::v1::seats_client::SeatsClient;
 use tonic::transport::Channel;
@@ -19,6 +21,8 @@ pub trait Target {
     fn endpoints(&self) -> Vec<String>;
     /// A node's own address, for reading its replica.
     fn node_endpoint(&self, id: u64) -> String;
+    /// A client of node `id`'s peer port (mutual TLS), which alone gives digests.
+    fn peer_status_client(&self, id: u64) -> Option<RaftClient<Channel>>;
     fn shards(&self) -> u32;
     /// Whether this target can inject `fault`.
     fn supports(&self, fault: Fault) -> bool;
@@ -44,15 +48,27 @@ pub fn node_client(t: &impl Target, id: u64) -> SeatsClient<Channel> {
     SeatsClient::new(channel).max_decoding_message_size(64 << 20)
 }
 
+/// A client of the peer port at `addr`, presenting node `id`'s certificate from
+/// `certs` (the harness acts as that node to read its digests).
+pub fn peer_client(certs: &std::path::Path, id: u64, addr: &str) -> Option<RaftClient<Channel>> {
+    let tls = coordinator::tls::PeerTls::load(certs, id).ok()?;
+    let channel = tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
+        .ok()?
+        .tls_config(tls.client(id))
+        .ok()?
+        .connect_timeout(Duration::from_secs(1))
+        .timeout(Duration::from_secs(5))
+        .connect_lazy();
+    Some(RaftClient::new(channel).max_decoding_message_size(64 << 20))
+}
+
+/// Node `id`'s own view, with its shards' digests (over its peer port).
 pub async fn local_status(t: &impl Target, id: u64) -> Option<pb::ClusterStatus> {
-    let mut c = node_client(t, id);
-    c.cluster_status(pb::ClusterStatusRequest {
-        local: true,
-        digest: true,
-    })
-    .await
-    .ok()
-    .map(|r| r.into_inner())
+    let mut c = t.peer_status_client(id)?;
+    c.local_status(LocalStatusRequest { digest: true })
+        .await
+        .ok()
+        .map(|r| r.into_inner())
 }
 
 /// The leader of each shard, where every member that answers agrees on it.
@@ -69,7 +85,10 @@ pub async fn leaders(t: &impl Target) -> BTreeMap<u32, u64> {
             .filter(|s| s.members.contains(&s.reported_by))
         {
             votes.entry(sh.shard).or_default().insert(sh.leader);
-            if sh.role == "leader" {
+            // A new shard starts as a group of one and takes in the others as they
+            // catch up: it counts once it has its full set of voters.
+            let voters = t.node_ids().len().min(3);
+            if sh.role == "leader" && sh.members.len() == voters {
                 leading.insert(sh.shard, id);
             }
         }

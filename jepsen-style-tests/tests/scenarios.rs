@@ -44,6 +44,7 @@ scenarios! {
     bridge => Fault::Bridge,
     ring => Fault::Ring,
     slow_links => Fault::SlowLinks,
+    slow_appends => Fault::SlowAppends,
     kill_leader => Fault::KillLeader,
     pause_leader => Fault::Pause,
     wipe_a_node => Fault::Wipe,

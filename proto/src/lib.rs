@@ -6,19 +6,31 @@
 //! coordinator, which wires the two together. The descriptor set is exported for gRPC
 //! server reflection.
 
-pub mod v1 {
-    tonic::include_proto!("seatd.v1");
-}
-
-pub mod raft {
-    tonic::include_proto!("seatd.raft.v1");
+/// The packages nested as their names are (`seatd.raft.v1` refers to `seatd.v1`
+/// by relative path); re-exported below under their short names.
+mod packages {
+    pub mod seatd {
+        pub mod v1 {
+            tonic::include_proto!("seatd.v1");
+        }
+        pub mod raft {
+            pub mod v1 {
+                tonic::include_proto!("seatd.raft.v1");
+            }
+        }
+        pub mod passthrough {
+            pub mod v1 {
+                tonic::include_proto!("seatd.passthrough.v1");
+            }
+        }
+    }
 }
 
 /// Views of `HoldMany` messages for a process that forwards them undecoded; no
 /// client or peer sends these.
-pub mod passthrough {
-    tonic::include_proto!("seatd.passthrough.v1");
-}
+pub use packages::seatd::passthrough::v1 as passthrough;
+pub use packages::seatd::raft::v1 as raft;
+pub use packages::seatd::v1;
 
 /// The encoded `FileDescriptorSet` of every message and service, for
 /// `tonic-reflection`.

@@ -141,7 +141,7 @@ impl Plan {
 fn leads(node: &NodeInner, shard: u32) -> bool {
     node.shards
         .get(&shard)
-        .is_some_and(|s| !s.is_retired() && s.leader().1)
+        .is_some_and(|s| s.is_serving() && s.leader().1)
 }
 
 /// Serves a `HoldMany` call whose message is still in `body`, as received.

@@ -12,12 +12,17 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use seatd_proto::raft::raft_client::RaftClient;
+use seatd_proto::raft::LocalStatusRequest;
 use seatd_proto::v1 as pb;
 use seatd_proto::v1::seats_client::SeatsClient;
 use tonic::transport::Channel;
 
 pub struct Proc {
+    /// The client port.
     pub addr: String,
+    /// The peer port (mutual TLS): what `--peers` lists.
+    pub peer_addr: String,
     pub dir: PathBuf,
     pub log: PathBuf,
     pub child: Mutex<Option<Child>>,
@@ -50,12 +55,15 @@ impl TestCluster {
                 id,
                 Proc {
                     addr: format!("127.0.0.1:{}", free_port()),
+                    peer_addr: format!("127.0.0.1:{}", free_port()),
                     log: root.path().join(format!("node{id}.log")),
                     dir,
                     child: Mutex::new(None),
                 },
             );
         }
+        let ids: Vec<u64> = (1..=n).collect();
+        coordinator::tls::write_certs(&root.path().join("certs"), &ids).unwrap();
         let c = Self {
             root,
             nodes,
@@ -71,10 +79,12 @@ impl TestCluster {
     /// Adds a node to the cluster (not started): later starts of any node name it.
     pub fn add_node(&mut self) -> u64 {
         let id = self.nodes.keys().max().copied().unwrap_or(0) + 1;
+        coordinator::tls::write_certs(&self.certs(), &[id]).unwrap();
         self.nodes.insert(
             id,
             Proc {
                 addr: format!("127.0.0.1:{}", free_port()),
+                peer_addr: format!("127.0.0.1:{}", free_port()),
                 log: self.root.path().join(format!("node{id}.log")),
                 dir: self.root.path().join(format!("node{id}")),
                 child: Mutex::new(None),
@@ -92,12 +102,18 @@ impl TestCluster {
             "move a stopped node only"
         );
         p.addr = format!("127.0.0.1:{}", free_port());
+        p.peer_addr = format!("127.0.0.1:{}", free_port());
+    }
+
+    /// The cluster's certificates directory (`seatd certs`).
+    pub fn certs(&self) -> PathBuf {
+        self.root.path().join("certs")
     }
 
     pub fn peers(&self) -> String {
         self.nodes
             .iter()
-            .map(|(id, p)| format!("{id}={}", p.addr))
+            .map(|(id, p)| format!("{id}={}", p.peer_addr))
             .collect::<Vec<_>>()
             .join(",")
     }
@@ -115,8 +131,11 @@ impl TestCluster {
             .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_seatd"))
             .args(["node", "--id", &id.to_string(), "--listen", &p.addr])
+            .args(["--peer-listen", &p.peer_addr])
             .arg("--data-dir")
             .arg(&p.dir)
+            .arg("--certs")
+            .arg(self.certs())
             .args(["--peers", &peers, "--shards", &shards])
             .args(&self.extra)
             .env(
@@ -189,17 +208,37 @@ impl TestCluster {
         SeatsClient::new(channel).max_decoding_message_size(64 << 20)
     }
 
+    /// A client of node `id`'s peer port, presenting node `id`'s own certificate.
+    pub fn peer_client(&self, id: u64) -> RaftClient<Channel> {
+        let tls = coordinator::tls::PeerTls::load(&self.certs(), id).unwrap();
+        let channel = tonic::transport::Endpoint::from_shared(format!(
+            "https://{}",
+            self.nodes[&id].peer_addr
+        ))
+        .unwrap()
+        .tls_config(tls.client(id))
+        .unwrap()
+        .connect_timeout(Duration::from_secs(1))
+        .connect_lazy();
+        RaftClient::new(channel).max_decoding_message_size(64 << 20)
+    }
+
+    /// Node `id`'s own view with its shards' digests (over the peer port: only
+    /// peers may ask for digests).
     pub async fn local_status(&self, id: u64) -> Option<pb::ClusterStatus> {
-        let mut c = self.client(id).await;
+        let mut c = self.peer_client(id);
         let r = tokio::time::timeout(
             Duration::from_secs(2),
-            c.cluster_status(pb::ClusterStatusRequest {
-                local: true,
-                digest: true,
-            }),
+            c.local_status(LocalStatusRequest { digest: true }),
         )
         .await;
         r.ok()?.ok().map(|r| r.into_inner())
+    }
+
+    /// Where the placement puts each shard, by the current `--peers` list.
+    pub fn placement(&self) -> coordinator::placement::Cluster {
+        let peers = coordinator::placement::Cluster::parse_peers(&self.peers()).unwrap();
+        coordinator::placement::Cluster::new(peers, self.shards).unwrap()
     }
 
     /// Waits until every shard has a leader that every running member agrees on.
@@ -231,12 +270,19 @@ impl TestCluster {
             }
         }
         let running = self.running();
+        let placement = self.placement();
         let mut out = BTreeMap::new();
         for (shard, v) in views {
             let leader = v[0].leader;
             let agreed = v.iter().all(|s| s.leader == leader);
             let Some(l) = leader else { continue };
-            let leads = v.iter().any(|s| s.reported_by == l && s.role == "leader");
+            // A new shard starts as a group of one node and takes in the others as
+            // they catch up: ready once its voters are the placement's.
+            let leads = v.iter().any(|s| {
+                s.reported_by == l
+                    && s.role == "leader"
+                    && sorted(&s.members) == sorted(&placement.members(shard))
+            });
             if agreed && leads && running.contains(&l) {
                 out.insert(shard, l);
             }
@@ -340,6 +386,12 @@ impl Drop for TestCluster {
             }
         }
     }
+}
+
+fn sorted(ids: &[u64]) -> Vec<u64> {
+    let mut v = ids.to_vec();
+    v.sort_unstable();
+    v
 }
 
 /// Whether a replica's view comes from a member of the group: a node whose shard has
