@@ -2,6 +2,14 @@
 //!
 //! The server's gRPC codes (see the product brief) map onto these kinds one to one,
 //! and `seatctl` maps them onto its exit codes and JSON error codes.
+//!
+//! Only [`Error::Unavailable`] is retried by the client: the codes that say "try again"
+//! (UNAVAILABLE, DEADLINE_EXCEEDED, CANCELLED) and a connection that failed under a
+//! call. INTERNAL and UNKNOWN sent by a server are [`Error::Internal`]: a bug on the
+//! server's side, which a retry with the same keys would only repeat. (tonic also
+//! reports a connection that broke mid-call as INTERNAL or UNKNOWN, but such a status
+//! is made by the client's own transport and carries the transport error as its
+//! source; a status decoded from a server's answer never does.)
 
 /// A failed call. Every variant carries the server's message.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -26,6 +34,11 @@ pub enum Error {
     /// payment timed out). Retrying with the same keys is safe.
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// The server failed in a way that is not transient (INTERNAL, UNKNOWN, DATA_LOSS,
+    /// UNIMPLEMENTED, or a code this client does not expect): not retried, since the
+    /// same call would fail the same way. Whether the command took effect is unknown.
+    #[error("internal: {0}")]
+    Internal(String),
 }
 
 impl Error {
@@ -38,6 +51,7 @@ impl Error {
             Error::NotFound(_) => "not_found",
             Error::RateLimited(_) => "rate_limited",
             Error::Unavailable(_) => "unavailable",
+            Error::Internal(_) => "internal",
         }
     }
 
@@ -50,6 +64,7 @@ impl Error {
             Error::NotFound(_) => 5,
             Error::RateLimited(_) => 6,
             Error::Unavailable(_) => 7,
+            Error::Internal(_) => 8,
         }
     }
 
@@ -59,7 +74,8 @@ impl Error {
             | Error::Expired(m)
             | Error::NotFound(m)
             | Error::RateLimited(m)
-            | Error::Unavailable(m) => m,
+            | Error::Unavailable(m)
+            | Error::Internal(m) => m,
             Error::Conflict { message, .. } => message,
         }
     }
@@ -85,9 +101,22 @@ impl Error {
             Code::FailedPrecondition => Error::Invalid(message),
             Code::NotFound => Error::NotFound(message),
             Code::ResourceExhausted => Error::RateLimited(message),
-            _ => Error::Unavailable(format!("{:?}: {message}", status.code())),
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => {
+                Error::Unavailable(format!("{:?}: {message}", status.code()))
+            }
+            Code::Internal | Code::Unknown if is_transport_failure(status) => {
+                Error::Unavailable(format!("{:?}: {message}", status.code()))
+            }
+            _ => Error::Internal(format!("{:?}: {message}", status.code())),
         }
     }
+}
+
+/// Whether `status` was made by this client's transport for a connection that failed
+/// under the call (tonic keeps the transport error as its source), rather than
+/// decoded from a server's answer.
+fn is_transport_failure(status: &tonic::Status) -> bool {
+    std::error::Error::source(status).is_some()
 }
 
 #[cfg(test)]
@@ -110,11 +139,23 @@ mod tests {
             (Status::resource_exhausted("x"), "rate_limited", 6),
             (Status::unavailable("x"), "unavailable", 7),
             (Status::deadline_exceeded("x"), "unavailable", 7),
+            (Status::cancelled("x"), "unavailable", 7),
+            (Status::internal("x"), "internal", 8),
+            (Status::unknown("x"), "internal", 8),
+            (Status::data_loss("x"), "internal", 8),
+            (Status::unimplemented("x"), "internal", 8),
         ];
         for (status, code, exit) in cases {
             let e = Error::from_status(&status);
             assert_eq!((e.code(), e.exit_code()), (code, exit), "{status:?}");
+            let transient = code == "unavailable" || code == "rate_limited";
+            assert_eq!(e.is_retryable(), transient, "{status:?}");
         }
+        // The same codes made by the client's transport for a broken connection: the
+        // call may not have reached a server, so it is tried again.
+        let broken = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        let e = Error::from_status(&Status::from_error(Box::new(broken)));
+        assert_eq!(e.code(), "unavailable", "{e:?}");
         let detail = prost::Message::encode_to_vec(&seatd_proto::v1::Conflict {
             seat_ids: vec!["A-1".into()],
         });

@@ -4,7 +4,8 @@
 //! dev`) or nodes (`seatd node`); any of them serves any call. Every call has a
 //! deadline. A call that fails in a way that may be temporary (UNAVAILABLE, a timeout,
 //! a lost connection) is tried again against the next endpoint, after a backoff with
-//! jitter, until the retry budget is spent.
+//! jitter, until the retry budget is spent. A server's INTERNAL or UNKNOWN is not: it
+//! is a bug, and a retry with the same keys would only repeat it ([`Error::Internal`]).
 //!
 //! Retries never hold or charge twice: a hold carries a client reservation id and a
 //! commit an idempotency key, generated here when the caller gives none, and the
@@ -692,7 +693,8 @@ async fn send_holds(
             r.results.into_iter().map(item_result).collect()
         }
         Ok(r) => {
-            let e = Error::Unavailable(format!(
+            // A server bug, which the same batch again would repeat.
+            let e = Error::Internal(format!(
                 "{} answers for {} holds",
                 r.results.len(),
                 replies.len()
@@ -724,7 +726,7 @@ fn item_result(r: pb::HoldResult) -> Result<pb::Hold, Error> {
             );
             Err(Error::from_status(&status))
         }
-        None => Err(Error::Unavailable("an empty hold result".into())),
+        None => Err(Error::Internal("an empty hold result".into())),
     }
 }
 
@@ -821,6 +823,94 @@ mod tests {
             let c = at_once(turns.next(true)).await.expect("nothing is out");
             assert!(c.1.is_some());
         }
+    }
+
+    /// A server that answers every call with `code` and counts the calls.
+    #[derive(Clone)]
+    struct Failing {
+        code: tonic::Code,
+        calls: Arc<AtomicUsize>,
+    }
+
+    impl tonic::server::NamedService for Failing {
+        const NAME: &'static str = "seatd.v1.Seats";
+    }
+
+    impl tonic::codegen::Service<tonic::codegen::http::Request<tonic::body::Body>> for Failing {
+        type Response = tonic::codegen::http::Response<tonic::body::Body>;
+        type Error = std::convert::Infallible;
+        type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+        fn poll_ready(
+            &mut self,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), Self::Error>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: tonic::codegen::http::Request<tonic::body::Body>) -> Self::Future {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            let status = tonic::Status::new(self.code, "the fake server failed");
+            std::future::ready(Ok(status.into_http()))
+        }
+    }
+
+    /// Starts a [`Failing`] server on a loopback port: its address and its call count.
+    async fn failing_server(code: tonic::Code) -> (String, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let service = Failing {
+            code,
+            calls: calls.clone(),
+        };
+        let incoming = tonic::codegen::tokio_stream::wrappers::TcpListenerStream::new(listener);
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(incoming),
+        );
+        (addr, calls)
+    }
+
+    fn quick_retries() -> Options {
+        Options {
+            attempt_timeout: Duration::from_millis(500),
+            retry_budget: Duration::from_millis(800),
+            backoff_min: Duration::from_millis(10),
+            backoff_max: Duration::from_millis(50),
+            ..Options::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn internal_and_unknown_are_not_retried() {
+        for code in [tonic::Code::Internal, tonic::Code::Unknown] {
+            let (addr, calls) = failing_server(code).await;
+            let client = Client::with_options([addr.as_str()], quick_retries()).unwrap();
+            let e = client.event("x").await.unwrap_err();
+            assert_eq!(e.code(), "internal", "{e:?}");
+            assert_eq!(calls.load(Ordering::SeqCst), 1, "{code:?} was retried");
+            // Batched holds too.
+            let e = client
+                .hold("x", "u", &["A-1"], None, Some("r1"))
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), "internal", "{e:?}");
+            assert_eq!(calls.load(Ordering::SeqCst), 2, "{code:?} hold was retried");
+        }
+    }
+
+    #[tokio::test]
+    async fn unavailable_is_retried_until_the_budget_is_spent() {
+        let (addr, calls) = failing_server(tonic::Code::Unavailable).await;
+        let client = Client::with_options([addr.as_str()], quick_retries()).unwrap();
+        let e = client.event("x").await.unwrap_err();
+        assert_eq!(e.code(), "unavailable", "{e:?}");
+        assert!(
+            calls.load(Ordering::SeqCst) > 1,
+            "UNAVAILABLE was not retried"
+        );
     }
 
     #[tokio::test]

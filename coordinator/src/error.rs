@@ -6,9 +6,16 @@
 //! an expired hold is FAILED_PRECONDITION with a message starting "expired", bad input
 //! is INVALID_ARGUMENT, an unknown id is NOT_FOUND, and "no leader in time" (or a node
 //! shutting down) is UNAVAILABLE, which clients may retry with the same keys.
+//!
+//! Bad input a program must tell apart from other bad input carries a stable reason
+//! code in a `seatd.v1.ErrorReason` detail (the `REASON_*` constants), so nobody has
+//! to parse messages.
 
 use prost::Message;
 use raft_store::Refusal;
+
+/// A commit's idempotency key was already used with another hold (INVALID_ARGUMENT).
+pub const REASON_KEY_REUSED: &str = "IDEMPOTENCY_KEY_REUSED";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -97,7 +104,30 @@ fn refusal_status(r: Refusal) -> tonic::Status {
         Refusal::Expired => Status::failed_precondition("expired: the hold expired"),
         Refusal::Declined(m) => Status::failed_precondition(format!("payment declined: {m}")),
         Refusal::WrongState(m) => Status::failed_precondition(m),
+        Refusal::KeyReused => {
+            let detail = seatd_proto::v1::ErrorReason {
+                reason: REASON_KEY_REUSED.into(),
+            }
+            .encode_to_vec();
+            Status::with_details(
+                Code::InvalidArgument,
+                "idempotency key already used with another hold: use a new key for each \
+                 hold",
+                detail.into(),
+            )
+        }
     }
+}
+
+/// The reason code in an INVALID_ARGUMENT status's `ErrorReason` detail, if any.
+pub fn error_reason(status: &tonic::Status) -> Option<String> {
+    if status.code() != tonic::Code::InvalidArgument {
+        return None;
+    }
+    seatd_proto::v1::ErrorReason::decode(status.details())
+        .ok()
+        .map(|r| r.reason)
+        .filter(|r| !r.is_empty())
 }
 
 /// The seats named in an ABORTED status's `Conflict` detail.
@@ -123,10 +153,15 @@ mod tests {
             (Refusal::Expired, Code::FailedPrecondition),
             (Refusal::Declined("no".into()), Code::FailedPrecondition),
             (Refusal::WrongState("x".into()), Code::FailedPrecondition),
+            (Refusal::KeyReused, Code::InvalidArgument),
         ];
         for (r, code) in cases {
             assert_eq!(tonic::Status::from(Error::from(r)).code(), code);
         }
+        let s = tonic::Status::from(Error::from(Refusal::KeyReused));
+        assert_eq!(error_reason(&s).as_deref(), Some(REASON_KEY_REUSED));
+        let other = tonic::Status::from(Error::from(Refusal::Invalid("x".into())));
+        assert_eq!(error_reason(&other), None);
         let s = tonic::Status::from(Error::from(Refusal::Expired));
         assert!(s.message().starts_with("expired"));
         let s = tonic::Status::from(Error::from(Refusal::Conflict {

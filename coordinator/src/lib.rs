@@ -18,7 +18,8 @@
 //!   [`membership`]: moving a shard's group onto the nodes its placement names.
 //! - [`clock`], [`payment`]: the injected clock and the payment gateway;
 //!   [`admission`]: per-user hold rate limits where calls enter.
-//! - [`convert`], [`error`]: wire conversions, and the one mapping to gRPC status codes.
+//! - [`convert`], [`error`]: wire conversions, and the one mapping to gRPC status codes;
+//!   [`ids`]: the ids a process makes up for callers that leave them empty.
 
 pub mod admission;
 pub mod cli;
@@ -28,6 +29,7 @@ pub mod dev;
 pub mod error;
 pub mod frontend;
 pub mod holds;
+pub mod ids;
 pub mod membership;
 pub mod node;
 pub mod payment;

@@ -26,7 +26,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,6 +41,7 @@ use tracing::{info, warn};
 
 use crate::clock::{Clock, Stamper};
 use crate::error::Error;
+use crate::ids::IdGen;
 use crate::payment::PaymentGateway;
 use crate::peers::{ClientChannels, Links, PeerChannels};
 use crate::placement::Cluster;
@@ -157,11 +157,7 @@ impl NodeInner {
             hints: Default::default(),
             hold_limiter: crate::admission::HoldLimiter::new(settings.holds_per_user_per_s),
             gates: HashMap::new(),
-            ids: IdGen {
-                node: 0,
-                boot_ms: clock.now_ms(),
-                counter: AtomicU64::new(0),
-            },
+            ids: IdGen::new(0, clock.now_ms()),
         }
     }
 
@@ -187,20 +183,6 @@ impl NodeInner {
     /// A fresh id for a retry key or an event the caller did not name.
     pub fn fresh_id(&self, prefix: &str) -> String {
         self.ids.next(prefix)
-    }
-}
-
-/// Ids unique across nodes and restarts: node id, start time, counter.
-struct IdGen {
-    node: NodeId,
-    boot_ms: u64,
-    counter: AtomicU64,
-}
-
-impl IdGen {
-    fn next(&self, prefix: &str) -> String {
-        let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        format!("{prefix}-{}-{:x}-{n}", self.node, self.boot_ms)
     }
 }
 
@@ -373,11 +355,7 @@ impl NodeHandle {
             hints: Default::default(),
             hold_limiter: crate::admission::HoldLimiter::new(settings.holds_per_user_per_s),
             gates,
-            ids: IdGen {
-                node: id,
-                boot_ms: clock.now_ms(),
-                counter: AtomicU64::new(0),
-            },
+            ids: IdGen::new(id, clock.now_ms()),
         });
 
         let status_of = inner.clone();

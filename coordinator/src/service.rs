@@ -13,6 +13,12 @@
 //! (the gateway honours the key) and completes it, and if nobody retries, the payment
 //! deadline aborts it. A charge that cannot become an order (the checkout was aborted
 //! meanwhile) is refunded.
+//!
+//! The gateway never sees the client's idempotency key itself, only keys scoped to
+//! the hold and the checkout attempt (`payment::charge_key`, `payment::refund_key`):
+//! the state machine refuses a client key already bound to another hold of the shard,
+//! and the scoped keys keep a key reused across shards from reaching another hold's
+//! charge. A refund names the payment reference that this attempt's charge returned.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -32,7 +38,7 @@ use crate::error::Error;
 use crate::frontend::FrontCache;
 use crate::holds::{self, hold_command, validate_hold};
 use crate::node::NodeInner;
-use crate::payment::{ChargeRequest, PaymentError};
+use crate::payment::{charge_key, refund_key, ChargeRequest, PaymentError, RefundRequest};
 use crate::peers::Links;
 use crate::route::{forwarded, hops, seats_client, Mode};
 use crate::shard::Shard;
@@ -281,9 +287,11 @@ async fn commit_here(
         Reply::CheckoutStarted { .. } => {}
         other => return Err(Error::unexpected(other)),
     }
+    // BeginCheckout answered for this hold, so the machine has bound `key` to it: the
+    // gateway key names this attempt of this hold and nothing else.
     let charge = node.gateway.charge(ChargeRequest {
         token,
-        idempotency_key: key.clone(),
+        idempotency_key: charge_key(&hold, &key),
         description: hold.to_string(),
     });
     match tokio::time::timeout(node.settings.payment_timeout, charge).await {
@@ -291,7 +299,7 @@ async fn commit_here(
             let done = shard
                 .propose(Command::CompleteCheckout {
                     hold: hold.clone(),
-                    idempotency_key: key,
+                    idempotency_key: key.clone(),
                     payment_ref: payment_ref.clone(),
                 })
                 .await?;
@@ -300,9 +308,14 @@ async fn commit_here(
                 Ok(other) => Err(Error::unexpected(other)),
                 Err(refusal) => {
                     // The checkout ended without us (its payment deadline passed):
-                    // the money goes back.
+                    // the money goes back. Only this attempt's own charge: the
+                    // reference its charge just returned, under its own refund key.
                     warn!(%hold, %payment_ref, %refusal, "charged but not completed; refunding");
-                    if let Err(e) = node.gateway.refund(payment_ref).await {
+                    let refund = RefundRequest {
+                        payment_ref,
+                        idempotency_key: refund_key(&hold, &key),
+                    };
+                    if let Err(e) = node.gateway.refund(refund).await {
                         warn!(%hold, error = %e, "refund failed");
                     }
                     Err(refusal.into())

@@ -179,7 +179,9 @@ impl Buyer {
 }
 
 fn outcome(e: Error) -> (Kind, Value) {
-    if matches!(e, Error::Unavailable(_)) {
+    // A server's INTERNAL is not retried, but the command may have been applied
+    // before the server failed: its outcome is as unknown as UNAVAILABLE's.
+    if matches!(e, Error::Unavailable(_) | Error::Internal(_)) {
         (
             Kind::Info,
             Value::Unknown {

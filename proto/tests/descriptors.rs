@@ -40,7 +40,13 @@ fn descriptor_set_names_both_services_and_their_methods() {
         .expect("raft service");
     assert_eq!(
         raft.1,
-        ["Vote", "AppendEntries", "InstallSnapshot", "AppendStream"]
+        [
+            "Vote",
+            "AppendEntries",
+            "InstallSnapshot",
+            "AppendStream",
+            "LocalStatus"
+        ]
     );
 }
 

@@ -15,6 +15,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::command::{Batch, CreateEvent, SaleState};
+use crate::ids::HoldId;
 use crate::machine::event::{
     CheckoutRecord, EventState, Hold, HoldTable, Order, RequestRecord, Seat,
 };
@@ -26,7 +27,8 @@ const HEADER_BYTES: usize = 4 + 2 + 8 + 4;
 pub const PAYLOAD_BYTES_MAX: u64 = 1 << 32;
 
 const STATE_MAGIC: [u8; 4] = *b"SSM1";
-const STATE_VERSION: u16 = 1;
+/// 2: the shard-wide idempotency key bindings follow the events.
+const STATE_VERSION: u16 = 2;
 const BATCH_MAGIC: [u8; 4] = *b"SBT1";
 const BATCH_VERSION: u16 = 1;
 
@@ -126,6 +128,7 @@ struct MachineImageRef<'a> {
     applied_index: Option<u64>,
     clock_ms: u64,
     events: Vec<EventImageRef<'a>>,
+    keys: Vec<(&'a str, &'a HoldId)>,
 }
 
 #[derive(Serialize)]
@@ -147,6 +150,7 @@ struct MachineImage {
     applied_index: Option<u64>,
     clock_ms: u64,
     events: Vec<EventImage>,
+    keys: Vec<(String, HoldId)>,
 }
 
 #[derive(Deserialize)]
@@ -241,6 +245,8 @@ impl SeatMachine {
             applied_index: self.applied_index,
             clock_ms: self.clock_ms,
             events: self.events.values().map(event_image).collect(),
+            // A BTreeMap: already in key order.
+            keys: self.keys.iter().map(|(k, h)| (k.as_str(), h)).collect(),
         };
         encode_framed(STATE_MAGIC, STATE_VERSION, &image)
     }
@@ -255,7 +261,7 @@ impl SeatMachine {
         let mut machine = SeatMachine {
             applied_index: image.applied_index,
             clock_ms: image.clock_ms,
-            events: Default::default(),
+            ..SeatMachine::default()
         };
         for img in image.events {
             let id = img.def.event_id.clone();
@@ -264,6 +270,12 @@ impl SeatMachine {
                 return Err(corrupt(format!("event {id} stored twice")));
             }
         }
+        let n_keys = image.keys.len();
+        machine.keys = image.keys.into_iter().collect();
+        if machine.keys.len() != n_keys {
+            return Err(corrupt("an idempotency key bound twice".into()));
+        }
+        machine.check_keys().map_err(corrupt)?;
         Ok(machine)
     }
 

@@ -202,6 +202,12 @@ pub enum Refusal {
     /// The command does not fit the current state (gRPC FAILED_PRECONDITION).
     #[error("failed precondition: {0}")]
     WrongState(String),
+    /// The idempotency key already names a checkout of another hold, in this event or
+    /// another of the shard (gRPC INVALID_ARGUMENT, reason `IDEMPOTENCY_KEY_REUSED`):
+    /// a key names one checkout attempt of one hold, and its payment belongs to that
+    /// hold. Which hold is not said: it may be another buyer's.
+    #[error("invalid: idempotency key already used for another hold")]
+    KeyReused,
 }
 
 pub type Outcome = Result<Reply, Refusal>;

@@ -463,7 +463,7 @@ fn checkout_refusals() {
     let a = h.held("u1", "r1", &["A-1"]);
     let b = h.held("u1", "r2", &["A-2"]);
     begin(&mut h, &a, "k1").unwrap();
-    invalid(begin(&mut h, &b, "k1"), "already used for hold e.h1");
+    assert_eq!(begin(&mut h, &b, "k1"), Err(Refusal::KeyReused));
     assert!(
         matches!(begin(&mut h, &a, "k2"), Err(Refusal::WrongState(m)) if m.contains("already in progress"))
     );
@@ -510,6 +510,105 @@ fn checkout_refusals() {
     assert!(
         matches!(begin(&mut h, &b, "k5"), Err(Refusal::WrongState(m)) if m.contains("released"))
     );
+}
+
+#[test]
+fn an_idempotency_key_names_one_hold_across_the_shards_events() {
+    // The reviewer's scenario: a key that paid for a hold in one event is used again
+    // for a hold in another event of the shard (there, with a card that would be
+    // declined). It is refused before anything happens, and the first order stays.
+    let mut h = Harness::new();
+    h.ok(create("f", 1, 1, 5, Limits::default()));
+    let alice = h.held("alice", "r1", &["A-1"]);
+    begin(&mut h, &alice, "k").unwrap();
+    let Ok(Reply::Completed(order)) = complete(&mut h, &alice, "k") else {
+        panic!()
+    };
+    let Reply::Held(v) = h.ok(Command::Hold(hold_req("f", "bob", "r1", &["A-1"]))) else {
+        panic!()
+    };
+    let bob = v.hold_id;
+    let reused = Command::BeginCheckout {
+        hold: bob.clone(),
+        idempotency_key: "k".into(),
+    };
+    assert_eq!(h.run_unchanged(reused.clone()), Err(Refusal::KeyReused));
+    // Refused for good, and never with the other hold's answer.
+    assert_eq!(h.run_unchanged(reused), Err(Refusal::KeyReused));
+    assert!(matches!(
+        complete(&mut h, &bob, "k"),
+        Err(Refusal::WrongState(m)) if m.contains("no checkout")
+    ));
+    assert_eq!(h.m.order(&order.order_id).unwrap(), order);
+    assert_eq!(h.m.hold(&bob).unwrap().state, HoldState::Active);
+    // The key still answers for its own hold; bob pays under a key of his own.
+    assert_eq!(begin(&mut h, &alice, "k"), Ok(Reply::Completed(order)));
+    assert!(matches!(
+        begin(&mut h, &bob, "k2"),
+        Ok(Reply::CheckoutStarted { .. })
+    ));
+    // A refused first checkout binds its key too: it answers that hold's retries.
+    let late = h.held("carol", "r1", &["B-1"]);
+    h.at(T0 + Limits::default().hold_ttl_ms_default);
+    assert_eq!(begin(&mut h, &late, "k3"), Err(Refusal::Expired));
+    let dave = h.held("dave", "r1", &["B-2"]);
+    assert_eq!(begin(&mut h, &dave, "k3"), Err(Refusal::KeyReused));
+    // Malformed keys and unknown holds bind nothing.
+    let ghost = raft_store::HoldId {
+        event: ev("f"),
+        seq: 99,
+    };
+    assert!(matches!(
+        begin(&mut h, &ghost, "k4"),
+        Err(Refusal::NotFound(_))
+    ));
+    assert!(matches!(
+        begin(&mut h, &dave, "k4"),
+        Ok(Reply::CheckoutStarted { .. })
+    ));
+}
+
+#[test]
+fn a_key_binding_on_disk_only_still_refuses_another_hold() {
+    // The store keeps key bindings on disk only, and reads back the ones an entry may
+    // need before applying it (`cold_keys`, `warm`), as for every cold record.
+    let mut h = Harness::new();
+    h.ok(create("f", 1, 1, 5, Limits::default()));
+    let alice = h.held("alice", "r1", &["A-1"]);
+    begin(&mut h, &alice, "k").unwrap();
+    let Reply::Held(v) = h.ok(Command::Hold(hold_req("f", "bob", "r1", &["A-1"]))) else {
+        panic!()
+    };
+    let records: std::collections::BTreeMap<Vec<u8>, Vec<u8>> =
+        h.m.all_records().into_iter().collect();
+    let mut lean = SeatMachine::load_records(&records).unwrap();
+    let batch = Batch {
+        ts_ms: h.now,
+        commands: vec![Command::BeginCheckout {
+            hold: v.hold_id,
+            idempotency_key: "k".into(),
+        }],
+    };
+    // Without reading it back the binding is unknown, and the checkout would start.
+    let mut unwarmed = lean.clone();
+    assert!(matches!(
+        unwarmed.apply(h.index + 1, &batch)[0],
+        Ok(Reply::CheckoutStarted { .. })
+    ));
+    let wanted = lean.cold_keys(&batch);
+    let found: Vec<_> = wanted
+        .iter()
+        .filter_map(|k| records.get(k).map(|v| (k.clone(), v.clone())))
+        .collect();
+    assert!(!found.is_empty(), "the binding is among the keys to read");
+    lean.warm(found).unwrap();
+    assert_eq!(lean.apply(h.index + 1, &batch)[0], Err(Refusal::KeyReused));
+    lean.check_invariants().unwrap();
+    // Bindings leave memory with the other cold records.
+    let with_binding = lean.records_in_memory();
+    lean.take_changes();
+    lean.evict_cold();
+    assert_eq!(lean.records_in_memory(), with_binding - 1);
 }
 
 #[test]

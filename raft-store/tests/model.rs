@@ -404,7 +404,8 @@ fn kind_of(out: &Outcome) -> Kind {
         Ok(Reply::Released { .. }) => Kind::Released,
         Ok(Reply::Expired { .. }) => Kind::Swept,
         Ok(other) => panic!("unexpected reply {other:?}"),
-        Err(Refusal::Invalid(_)) => Kind::Invalid,
+        // A key used with another hold is bad input too (INVALID_ARGUMENT).
+        Err(Refusal::Invalid(_) | Refusal::KeyReused) => Kind::Invalid,
         Err(Refusal::NotFound(_)) => Kind::NotFound,
         Err(Refusal::Conflict { seats }) => Kind::Conflict(seats.clone()),
         Err(Refusal::Expired) => Kind::Expired,

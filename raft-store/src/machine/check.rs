@@ -11,6 +11,7 @@ use super::event::request_key;
 use super::event::{CheckoutResult, Counts, EventState, RequestRecord, SeatStatus};
 use super::SeatMachine;
 use crate::command::{HoldState, SaleState};
+use crate::ids::validate_token;
 
 macro_rules! ensure {
     ($cond:expr, $($fmt:tt)+) => {
@@ -30,6 +31,30 @@ impl SeatMachine {
                 event.def.event_id
             );
             event.check().map_err(|e| format!("event {id}: {e}"))?;
+        }
+        self.check_keys()
+    }
+
+    /// Each key binding names a hold its event granted, and agrees with the event's own
+    /// record of the key when that is in memory.
+    pub(crate) fn check_keys(&self) -> Result<(), String> {
+        for (key, hold) in &self.keys {
+            validate_token("idempotency key", key)?;
+            let event = self
+                .events
+                .get(&hold.event)
+                .ok_or(format!("key {key} bound to a hold of unknown event"))?;
+            ensure!(
+                hold.seq > 0 && hold.seq < event.next_hold_seq,
+                "key {key} bound to {hold}, never granted"
+            );
+            if let Some(rec) = event.checkouts.get(key) {
+                ensure!(
+                    rec.hold == hold.seq,
+                    "key {key} bound to {hold} but its checkout is of hold {}",
+                    rec.hold
+                );
+            }
         }
         Ok(())
     }

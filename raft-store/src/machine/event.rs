@@ -545,10 +545,7 @@ impl EventState {
     fn replay_checkout(&self, seq: u64, key: &str) -> Option<Outcome> {
         let rec = self.checkouts.get(key)?;
         if rec.hold != seq {
-            return Some(Err(Refusal::Invalid(format!(
-                "idempotency key {key:?} was already used for hold {}",
-                self.hold_id(rec.hold)
-            ))));
+            return Some(Err(Refusal::KeyReused));
         }
         Some(match &rec.result {
             CheckoutResult::Completed(o) => Ok(Reply::Completed(

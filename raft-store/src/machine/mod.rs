@@ -9,7 +9,13 @@
 //! [`SeatMachine::digest`]).
 //!
 //! Events are independent: a command touches one event (or, for `Expire`, each event in
-//! id order). Reads never change state.
+//! id order). Reads never change state. The one thing shared across a shard's events is
+//! the idempotency keys: a key names one checkout attempt of one hold, so the first
+//! `BeginCheckout` under a key binds it to its hold for good ([`SeatMachine::keys`]),
+//! and the key is refused with any other hold of any event in the shard
+//! ([`Refusal::KeyReused`]). (Keys of another shard are not known here; the payment
+//! gateway's own keys are scoped to the hold by the coordinator, so a key reused across
+//! shards cannot reach another hold's charge either.)
 
 mod check;
 pub(crate) mod event;
@@ -37,6 +43,14 @@ pub struct SeatMachine {
     /// The latest entry timestamp applied; entries stamped earlier are treated as now.
     pub(crate) clock_ms: u64,
     pub(crate) events: BTreeMap<EventId, EventState>,
+    /// The hold each idempotency key was first used to check out. Written once per
+    /// key and never changed; cold, like the other records that only answer retries
+    /// (on disk, read back for an entry that needs it: see `persist`).
+    pub(crate) keys: BTreeMap<String, HoldId>,
+    /// Keys bound since storage last took the changes.
+    pub(crate) dirty_keys: Vec<String>,
+    /// Keys in memory since the last eviction (bound or read back).
+    pub(crate) touched_keys: Vec<String>,
 }
 
 impl SeatMachine {
@@ -110,11 +124,7 @@ impl SeatMachine {
             Command::BeginCheckout {
                 hold,
                 idempotency_key,
-            } => self.event_mut(&hold.event, now_ms)?.begin_checkout(
-                hold.seq,
-                idempotency_key,
-                now_ms,
-            ),
+            } => self.begin_checkout(hold, idempotency_key, now_ms),
             Command::CompleteCheckout {
                 hold,
                 idempotency_key,
@@ -151,6 +161,28 @@ impl SeatMachine {
                 })
             }
         }
+    }
+
+    /// Starts a checkout of `hold` under `key` (or answers a retry of one). A key bound
+    /// to another hold is refused before the event looks at the command (after its
+    /// sweep, which every command on an event runs first); the first checkout decided
+    /// under a key, started or refused, binds it to its hold.
+    fn begin_checkout(&mut self, hold: &HoldId, key: &str, now_ms: u64) -> Outcome {
+        let reused = self.keys.get(key).is_some_and(|owner| owner != hold);
+        let event = self.event_mut(&hold.event, now_ms)?;
+        if reused {
+            return Err(Refusal::KeyReused);
+        }
+        let outcome = event.begin_checkout(hold.seq, key, now_ms);
+        // The event records the key with the hold whenever it decides (malformed keys
+        // and transient refusals leave no record, so they bind nothing). A key recorded
+        // before the shard kept bindings is bound by its first retry.
+        let decided = event.checkouts.get(key).is_some_and(|r| r.hold == hold.seq);
+        if decided && !self.keys.contains_key(key) {
+            self.keys.insert(key.to_string(), hold.clone());
+            self.dirty_keys.push(key.to_string());
+        }
+        outcome
     }
 
     fn create_event(&mut self, def: &CreateEvent, now_ms: u64) -> Outcome {

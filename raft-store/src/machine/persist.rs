@@ -17,8 +17,9 @@
 //! hold, `[5]E[seq u64 BE]` an order, `[6]E[key]` a hold request's first decision
 //! (a refusal, or a grant whose hold has ended: while a hold is live or committed, its
 //! request's grant is derived from the hold, which names its user and reservation id),
-//! `[7]E[key]` an idempotency key's checkout. Big-endian numbers keep RocksDB's key
-//! order equal to numeric order. A seat without a record is available at version 0,
+//! `[7]E[key]` an idempotency key's checkout. Outside any event, `[8][key]` names the
+//! hold an idempotency key is bound to, shard-wide (`SeatMachine::keys`; always cold).
+//! Big-endian numbers keep RocksDB's key order equal to numeric order. A seat without a record is available at version 0,
 //! so creating a stadium writes one record, not 100,000.
 //!
 //! Memory is bounded by the venue, not by history. What an event needs to decide lives
@@ -57,6 +58,7 @@ const KIND_HOLD: u8 = 4;
 const KIND_ORDER: u8 = 5;
 const KIND_REQUEST: u8 = 6;
 const KIND_CHECKOUT: u8 = 7;
+const KIND_KEY: u8 = 8;
 
 #[derive(Serialize, Deserialize)]
 struct MachineRecord {
@@ -89,6 +91,21 @@ fn key(kind: u8, event: &str, suffix: &[u8]) -> Vec<u8> {
     k.extend_from_slice(event.as_bytes());
     k.extend_from_slice(suffix);
     k
+}
+
+/// The key of an idempotency key's binding (`[8][key]`): shard-wide, so no event id.
+fn key_binding(idempotency_key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + idempotency_key.len());
+    k.push(KIND_KEY);
+    k.extend_from_slice(idempotency_key.as_bytes());
+    k
+}
+
+/// The idempotency key and hold of a `[8][key]` record.
+fn decode_binding(suffix: &[u8], v: &[u8]) -> Result<(String, crate::HoldId), Error> {
+    let key = std::str::from_utf8(suffix).map_err(|_| corrupt("key binding is not UTF-8"))?;
+    crate::ids::validate_token("idempotency key", key).map_err(corrupt)?;
+    Ok((key.to_string(), decode("key binding", v)?))
 }
 
 fn value<T: Serialize>(v: &T) -> Vec<u8> {
@@ -372,10 +389,12 @@ impl SeatMachine {
     /// How many hold, order, request and checkout records are in memory: bounded by the
     /// venues' seats once cold records are evicted, whatever the history.
     pub fn records_in_memory(&self) -> usize {
-        self.events
+        let events: usize = self
+            .events
             .values()
             .map(|e| e.holds.len() + e.orders.len() + e.requests.len() + e.checkouts.len())
-            .sum()
+            .sum();
+        events + self.keys.len()
     }
 
     /// Drops cold records from memory. Only call it once their records are taken by
@@ -384,6 +403,11 @@ impl SeatMachine {
     pub fn evict_cold(&mut self) {
         for event in self.events.values_mut() {
             event.evict_cold();
+        }
+        debug_assert!(self.dirty_keys.is_empty());
+        // Every key binding is cold: it only decides a checkout under the same key.
+        for key in std::mem::take(&mut self.touched_keys) {
+            self.keys.remove(&key);
         }
     }
 
@@ -404,6 +428,15 @@ impl SeatMachine {
             };
             if let Some(e) = self.events.get(event) {
                 e.cold_keys(cmd, &mut buf, &mut out);
+                if let Command::BeginCheckout {
+                    idempotency_key, ..
+                } = cmd
+                {
+                    let valid = crate::ids::validate_token("", idempotency_key).is_ok();
+                    if valid && !self.keys.contains_key(idempotency_key) {
+                        out.push(key_binding(idempotency_key));
+                    }
+                }
             }
         }
         out.sort_unstable();
@@ -418,6 +451,12 @@ impl SeatMachine {
     ) -> Result<(), Error> {
         for (k, v) in records {
             let (k, v) = (k.as_ref(), v.as_ref());
+            if let Some((&KIND_KEY, suffix)) = k.split_first() {
+                let (key, hold) = decode_binding(suffix, v)?;
+                self.keys.insert(key.clone(), hold);
+                self.touched_keys.push(key);
+                continue;
+            }
             let (kind, event, suffix) = split_key(k)?;
             let id = String::from_utf8_lossy(event);
             let e = self
@@ -499,6 +538,13 @@ impl SeatMachine {
             let created = std::mem::take(&mut event.dirty_created);
             event.take_changes(created, &mut out);
         }
+        let mut keys = std::mem::take(&mut self.dirty_keys);
+        keys.sort_unstable();
+        keys.dedup();
+        for key in keys {
+            out.push((key_binding(&key), value(&self.keys[&key])));
+            self.touched_keys.push(key);
+        }
         out
     }
 
@@ -509,6 +555,7 @@ impl SeatMachine {
             event.mark_all_dirty();
             event.dirty_created = true;
         }
+        self.dirty_keys = self.keys.keys().cloned().collect();
         self.take_changes()
     }
 
@@ -538,11 +585,18 @@ impl SeatMachine {
             value: Vec<u8>,
         }
         let mut later: Vec<Later> = Vec::new();
+        // Key bindings are cold, so only checked: each must name a hold its event granted.
+        let mut bound_events = Vec::new();
         for (k, v) in records {
             let (k, v) = (k.as_ref(), v.as_ref());
             let Some((&kind, rest)) = k.split_first() else {
                 return Err(corrupt("empty key"));
             };
+            if kind == KIND_KEY {
+                let (key, hold) = decode_binding(rest, v)?;
+                bound_events.push((key, hold));
+                continue;
+            }
             if kind == KIND_MACHINE {
                 let rec: MachineRecord = decode("machine record", v)?;
                 machine.applied_index = rec.applied_index;
@@ -575,7 +629,7 @@ impl SeatMachine {
                 other => return Err(corrupt(format!("unknown record kind {other}"))),
             }
         }
-        if !seen_machine && !staged.is_empty() {
+        if !seen_machine && (!staged.is_empty() || !bound_events.is_empty()) {
             return Err(corrupt("event records without a machine record"));
         }
         for (id, s) in staged.iter_mut() {
@@ -620,6 +674,17 @@ impl SeatMachine {
                 requests: Vec::new(),
                 checkouts: Vec::new(),
             });
+        }
+        for (key, hold) in &bound_events {
+            let granted = staged
+                .get(hold.event.as_str().as_bytes())
+                .and_then(|s| s.image.as_ref())
+                .is_some_and(|img| hold.seq > 0 && hold.seq < img.next_hold_seq);
+            if !granted {
+                return Err(corrupt(format!(
+                    "idempotency key {key:?} bound to hold {hold}, never granted"
+                )));
+            }
         }
         for Later {
             event,

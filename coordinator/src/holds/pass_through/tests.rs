@@ -264,7 +264,14 @@ impl tonic::server::UnaryService<Bytes> for FakeLeader {
     type Future = BoxFuture<Response<Bytes>, Status>;
 
     fn call(&mut self, request: Request<Bytes>) -> Self::Future {
-        let hops = hops(&request);
+        // Read as sent: `route::hops` believes the header only from a node over the
+        // peer port, and this fake leader listens in plaintext.
+        let hops: u32 = request
+            .metadata()
+            .get(crate::route::HOPS_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
         if let Ok(mut seen) = self.seen.lock() {
             seen.push((request.into_inner(), hops));
         }
