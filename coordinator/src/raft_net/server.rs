@@ -257,6 +257,10 @@ impl raft_server::Raft for RaftService {
         self.caller(&request)?;
         let digest = request.get_ref().digest;
         let status = self.local_status.clone();
+        if !digest {
+            // Metrics only: cheap, answered here (the rejoin poll asks often).
+            return Ok(tonic::Response::new(status(false)));
+        }
         // A digest encodes and hashes a shard's whole state: off the async workers.
         let view = tokio::task::spawn_blocking(move || status(digest))
             .await
