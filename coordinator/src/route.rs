@@ -116,7 +116,16 @@ impl NodeInner {
         if let Some(l) = hint.filter(|l| self.cluster.addr(*l).is_some()) {
             return Pick::Forward(l);
         }
-        let members = self.cluster.members(shard);
+        // Never itself: a node whose group failed is a member but cannot answer.
+        let members: Vec<NodeId> = self
+            .cluster
+            .members(shard)
+            .into_iter()
+            .filter(|m| *m != self.id)
+            .collect();
+        if members.is_empty() {
+            return Pick::Wait;
+        }
         let i = self.rotor.0.fetch_add(1, Ordering::Relaxed) % members.len();
         match self.cluster.addr(members[i]) {
             Some(_) => Pick::Forward(members[i]),
@@ -215,6 +224,15 @@ impl NodeInner {
                             last = format!("node {to} did not answer in time")
                         }
                     }
+                }
+                // The last hop can neither serve nor forward: waiting here would hold
+                // the sender's whole budget on one path. Say so at once, so the sender
+                // picks again with what it has learned since (a new leader, say).
+                Pick::Wait if hops >= HOPS_MAX => {
+                    return Err(Error::Unavailable(format!(
+                        "shard {shard}: node {} cannot serve or forward this call ({last})",
+                        self.id
+                    )));
                 }
                 Pick::Wait => {}
             }
