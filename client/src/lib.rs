@@ -389,9 +389,26 @@ impl Client {
         let r = pb::GetSeatMapRequest {
             event_id: event_id.into(),
             stale_ok,
+            ..Default::default()
         };
         self.call(|mut c| {
             let r = r.clone();
+            async move { c.get_seat_map(r).await }
+        })
+        .await
+    }
+
+    /// Part of an event's seat map, as `request` asks: one section's seats
+    /// (`section`), and at most `page_size` seats per answer from `page_token` (the
+    /// previous answer's `next_page_token`; empty for the first page). The last page
+    /// has an empty `next_page_token`. Each page is read on its own, at the log index
+    /// it names.
+    pub async fn seat_map_part(
+        &self,
+        request: pb::GetSeatMapRequest,
+    ) -> Result<pb::SeatMap, Error> {
+        self.call(|mut c| {
+            let r = request.clone();
             async move { c.get_seat_map(r).await }
         })
         .await

@@ -3,16 +3,25 @@
 //! Input conversions validate what the wire cannot express (id syntax, a layout row
 //! naming its seats one way only) and return `Error::Invalid`; the state machine checks
 //! the rest (limits, TTLs, seats per hold) when it applies the command, so the rules
-//! live in one place and are replicated decisions.
+//! live in one place and are replicated decisions. (The absolute caps are also checked
+//! where a call enters, by the same functions of `raft_store::limits`, so an oversized
+//! request is refused before it is proposed.)
+//!
+//! Seat maps are answered whole, by section or in pages; a page is bounded at compile
+//! time to fit gRPC's default 4 MiB ([`SEAT_MAP_PAGE_SEATS_MAX`]), a whole map is
+//! checked against the reply limit ([`whole_map_within_reply`]).
 
+use prost::Message;
 use raft_store::layout::{RowLayout, SectionLayout};
+use raft_store::limits::{SEATS_PER_EVENT_MAX, SEAT_ID_BYTES_MAX, SECTIONS_PER_EVENT_MAX};
 use raft_store::{
-    EventId, EventSummary, HoldId, HoldState, HoldView, Limits, OrderId, OrderView, SaleState,
-    SeatMap, SeatStateName, VenueLayout,
+    EventId, EventSummary, HoldId, HoldState, HoldView, Limit, Limits, OrderId, OrderView,
+    SaleState, SeatMap, SeatMapPart, SeatStateName, VenueLayout,
 };
 use seatd_proto::v1 as pb;
 
 use crate::error::Error;
+use crate::route::REPLY_BYTES_MAX;
 
 pub fn event_id(s: &str) -> Result<EventId, Error> {
     EventId::new(s).map_err(|e| Error::Invalid(e.to_string()))
@@ -161,6 +170,84 @@ pub fn order_to_pb(o: &OrderView) -> pb::Order {
     }
 }
 
+/// Most seats in one page of a seat map: `GetSeatMapRequest.page_size` is capped to
+/// it, so a page fits the 4 MiB that gRPC clients accept by default (grpcurl, most
+/// languages' stubs), not only seatd's own client.
+pub const SEAT_MAP_PAGE_SEATS_MAX: u32 = 20_000;
+/// What gRPC implementations accept by default in one received message.
+const GRPC_DEFAULT_MESSAGE_BYTES_MAX: usize = 4 << 20;
+/// Longest protobuf encoding of one `Seat` in a `SeatMap`, with its field tag and
+/// length: id (tag, length, bytes), row (tag, varint u32), state, version (tag, varint
+/// u64).
+const SEAT_PB_BYTES_MAX: usize = 2 + (2 + SEAT_ID_BYTES_MAX) + 6 + 2 + 11;
+/// Longest `RowInfo`: section index, id.
+const ROW_PB_BYTES_MAX: usize = 2 + 6 + (2 + SEAT_ID_BYTES_MAX);
+/// Longest `SectionCounts`: id and four counters.
+const SECTION_PB_BYTES_MAX: usize = 2 + (2 + SEAT_ID_BYTES_MAX) + 4 * 6;
+/// A `SeatMap`'s other fields: event id, shard, index, age, next page token.
+const SEAT_MAP_HEADER_PB_BYTES_MAX: usize = 1024;
+
+/// Longest `SeatMap` answer holding `seats` seats: every section's counts, the seats
+/// and at most one row each.
+const fn seat_map_pb_bytes_max(seats: usize) -> usize {
+    SEAT_MAP_HEADER_PB_BYTES_MAX
+        + SECTIONS_PER_EVENT_MAX * SECTION_PB_BYTES_MAX
+        + seats * (SEAT_PB_BYTES_MAX + ROW_PB_BYTES_MAX)
+}
+
+// A page fits any gRPC client's default, whatever the event. (A whole map fits the
+// reply limit for every event of realistic ids, but not for every id and version the
+// types allow: `whole_map_within_reply` checks it.)
+const _: () = assert!(
+    seat_map_pb_bytes_max(SEAT_MAP_PAGE_SEATS_MAX as usize) <= GRPC_DEFAULT_MESSAGE_BYTES_MAX
+);
+/// Seats of an event whose whole map always fits one answer, whatever its ids.
+pub const SEAT_MAP_WHOLE_SEATS_MAX: usize = 500_000;
+const _: () = assert!(seat_map_pb_bytes_max(SEAT_MAP_WHOLE_SEATS_MAX) <= REPLY_BYTES_MAX);
+const _: () = assert!(SEAT_MAP_WHOLE_SEATS_MAX <= SEATS_PER_EVENT_MAX);
+
+/// Refuses a seat map answer larger than the reply limit (only a map asked for whole
+/// can be: pages are bounded above), naming the limit, so the caller reads it by
+/// section or in pages instead of meeting a transport error.
+pub fn whole_map_within_reply(map: pb::SeatMap) -> Result<pb::SeatMap, Error> {
+    Limit::ReplyBytes.check(map.encoded_len())?;
+    Ok(map)
+}
+
+/// The part of a seat map a request asks for: its section, and its page (a page token
+/// is the index of the page's first seat, as the previous page gave it).
+pub fn seat_map_part(req: &pb::GetSeatMapRequest) -> Result<SeatMapPart, Error> {
+    if let Some(section) = &req.section {
+        Limit::SeatIdBytes.check(section.len())?;
+    }
+    let from_seat = match req.page_token.as_str() {
+        "" => 0,
+        token => parse_page_token(token).ok_or_else(|| {
+            Error::Invalid(format!(
+                "page_token {token:?} is not one a seat map answer gave"
+            ))
+        })?,
+    };
+    Ok(SeatMapPart {
+        section: req.section.clone(),
+        from_seat,
+        seats_max: (req.page_size > 0).then(|| req.page_size.min(SEAT_MAP_PAGE_SEATS_MAX)),
+    })
+}
+
+/// A page token: `p` and the index of the page's first seat. Opaque to callers.
+fn page_token(next_seat: u32) -> String {
+    format!("p{next_seat}")
+}
+
+fn parse_page_token(token: &str) -> Option<u32> {
+    let digits = token.strip_prefix('p')?;
+    if digits.is_empty() || digits.len() > 10 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
 pub fn seat_map_to_pb(m: &SeatMap, shard: u32) -> pb::SeatMap {
     pb::SeatMap {
         event_id: m.event_id.to_string(),
@@ -200,6 +287,7 @@ pub fn seat_map_to_pb(m: &SeatMap, shard: u32) -> pb::SeatMap {
             })
             .collect(),
         cache_age_ms: 0,
+        next_page_token: m.next_seat.map(page_token).unwrap_or_default(),
     }
 }
 
@@ -222,5 +310,32 @@ mod tests {
         assert!(sale(0).is_err());
         assert!(sale(99).is_err());
         assert_eq!(sale(3).unwrap(), SaleState::Cancelled);
+    }
+
+    #[test]
+    fn seat_map_requests_become_parts_and_tokens_round_trip() {
+        let req = |section: Option<&str>, page_size, token: &str| pb::GetSeatMapRequest {
+            event_id: "e".into(),
+            stale_ok: false,
+            section: section.map(Into::into),
+            page_size,
+            page_token: token.into(),
+        };
+        assert_eq!(
+            seat_map_part(&req(None, 0, "")).unwrap(),
+            SeatMapPart::default()
+        );
+        let part = seat_map_part(&req(Some("S1"), 1_000_000, &page_token(42))).unwrap();
+        assert_eq!(part.section.as_deref(), Some("S1"));
+        assert_eq!(part.from_seat, 42);
+        assert_eq!(part.seats_max, Some(SEAT_MAP_PAGE_SEATS_MAX));
+        for bad in ["42", "p", "p-1", "p99999999999", "px"] {
+            assert!(seat_map_part(&req(None, 10, bad)).is_err(), "{bad}");
+        }
+        let long = "s".repeat(SEAT_ID_BYTES_MAX + 1);
+        assert!(matches!(
+            seat_map_part(&req(Some(&long), 0, "")),
+            Err(Error::Limit(_))
+        ));
     }
 }

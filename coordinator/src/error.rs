@@ -10,18 +10,28 @@
 //! Bad input a program must tell apart from other bad input carries a stable reason
 //! code in a `seatd.v1.ErrorReason` detail (the `REASON_*` constants), so nobody has
 //! to parse messages.
+//!
+//! A request over one of the absolute caps (`raft_store::limits`) is INVALID_ARGUMENT
+//! whether the entry check or the state machine found it, with the limit in words
+//! ("limit SEATS_PER_HOLD_CAP exceeded: ...") and in the `ErrorReason` detail
+//! (reason `LIMIT_EXCEEDED`, with a `LimitExceeded` naming it) that programs match on.
 
 use prost::Message;
-use raft_store::Refusal;
+use raft_store::{Exceeded, Refusal};
 
 /// A commit's idempotency key was already used with another hold (INVALID_ARGUMENT).
 pub const REASON_KEY_REUSED: &str = "IDEMPOTENCY_KEY_REUSED";
+/// The request is over one of the limits; the detail's `limit` says which.
+pub const REASON_LIMIT_EXCEEDED: &str = "LIMIT_EXCEEDED";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The request is malformed.
     #[error("{0}")]
     Invalid(String),
+    /// The request is over one of the absolute caps; refused before it was proposed.
+    #[error(transparent)]
+    Limit(#[from] Exceeded),
     /// The state machine refused the command (a replicated decision).
     #[error(transparent)]
     Refused(#[from] Refusal),
@@ -58,6 +68,7 @@ impl From<Error> for tonic::Status {
         use tonic::{Code, Status};
         match e {
             Error::Invalid(m) => Status::invalid_argument(m),
+            Error::Limit(e) => limit_status(e),
             Error::Refused(r) => refusal_status(r),
             Error::Unavailable(m) => Status::unavailable(m),
             Error::NotLeader => Status::unavailable("leadership changed; retry"),
@@ -85,6 +96,7 @@ impl From<crate::proposer::ProposeError> for Error {
         use crate::proposer::ProposeError as P;
         match e {
             P::NotLeader(_) => Error::NotLeader,
+            P::TooLarge(e) => Error::Limit(e),
             P::Overloaded(_) => Error::Overloaded(e.to_string()),
             P::Unavailable(m) => Error::Unavailable(m),
         }
@@ -107,6 +119,7 @@ fn refusal_status(r: Refusal) -> tonic::Status {
         Refusal::KeyReused => {
             let detail = seatd_proto::v1::ErrorReason {
                 reason: REASON_KEY_REUSED.into(),
+                limit: None,
             }
             .encode_to_vec();
             Status::with_details(
@@ -116,7 +129,34 @@ fn refusal_status(r: Refusal) -> tonic::Status {
                 detail.into(),
             )
         }
+        Refusal::Limit(e) => limit_status(e),
     }
+}
+
+/// INVALID_ARGUMENT naming the limit, in the message and in a `LimitExceeded` detail.
+fn limit_status(e: Exceeded) -> tonic::Status {
+    let detail = seatd_proto::v1::ErrorReason {
+        reason: REASON_LIMIT_EXCEEDED.into(),
+        limit: Some(seatd_proto::v1::LimitExceeded {
+            limit: e.limit.name().to_string(),
+            max: e.max,
+            actual: e.actual,
+        }),
+    };
+    tonic::Status::with_details(
+        tonic::Code::InvalidArgument,
+        e.to_string(),
+        detail.encode_to_vec().into(),
+    )
+}
+
+/// The limit named in an INVALID_ARGUMENT status's `LimitExceeded` detail.
+pub fn limit_exceeded(status: &tonic::Status) -> Option<seatd_proto::v1::LimitExceeded> {
+    if status.code() != tonic::Code::InvalidArgument {
+        return None;
+    }
+    let reason = seatd_proto::v1::ErrorReason::decode(status.details()).ok()?;
+    reason.limit.filter(|_| reason.reason == REASON_LIMIT_EXCEEDED)
 }
 
 /// The reason code in an INVALID_ARGUMENT status's `ErrorReason` detail, if any.
@@ -178,5 +218,27 @@ mod tests {
             tonic::Status::from(Error::Unavailable("no leader".into())).code(),
             Code::Unavailable
         );
+    }
+
+    #[test]
+    fn limits_are_invalid_argument_with_the_limit_named_in_a_detail() {
+        use raft_store::Limit;
+        let over = Limit::SeatsPerHold.exceeded(500_000);
+        for s in [
+            tonic::Status::from(Error::Limit(over.clone())),
+            tonic::Status::from(Error::from(Refusal::Limit(over))),
+        ] {
+            assert_eq!(s.code(), Code::InvalidArgument);
+            assert!(s.message().starts_with("limit SEATS_PER_HOLD_CAP exceeded"));
+            let detail = limit_exceeded(&s).unwrap();
+            assert_eq!(detail.limit, "SEATS_PER_HOLD_CAP");
+            assert_eq!((detail.max, detail.actual), (100, 500_000));
+        }
+        assert!(limit_exceeded(&tonic::Status::invalid_argument("bad")).is_none());
+        // The two reasons share one detail type and are never taken for each other.
+        let s = tonic::Status::from(Error::Limit(Limit::SeatsPerHold.exceeded(101)));
+        assert_eq!(error_reason(&s).as_deref(), Some(REASON_LIMIT_EXCEEDED));
+        let reused = tonic::Status::from(Error::from(Refusal::KeyReused));
+        assert!(limit_exceeded(&reused).is_none());
     }
 }

@@ -34,8 +34,9 @@ use raft_store::raft::NodeId;
 pub const HOPS_HEADER: &str = "x-seatd-hops";
 /// A call is forwarded at most this often: entry node → a member → its leader.
 pub const HOPS_MAX: u32 = 2;
-/// Largest message the client API sends (a 1,000,000-seat map is about 20 MB).
-pub const REPLY_BYTES_MAX: usize = 64 << 20;
+/// Largest message the client API sends (see `raft_store::limits`, which names it in
+/// refusals).
+pub const REPLY_BYTES_MAX: usize = raft_store::limits::REPLY_BYTES_MAX;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {

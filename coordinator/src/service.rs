@@ -1,8 +1,9 @@
 //! The client API (`seatd.v1.Seats`) as a node serves it.
 //!
-//! Each handler validates what it can without state, turns the request into a
-//! command or a read, and hands it to the router (`route`), which runs it on the
-//! shard's leader (here or by forwarding). Retry keys the caller left empty (client
+//! Each handler validates what it can without state (the absolute caps of
+//! `raft_store::limits` among it, so an oversized request is refused before anything
+//! is proposed), turns the request into a command or a read, and hands it to the
+//! router (`route`), which runs it on the shard's leader (here or by forwarding). Retry keys the caller left empty (client
 //! reservation id, idempotency key, event id) are filled in here, before routing, so
 //! the router's own retries reuse them.
 //!
@@ -24,8 +25,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use raft_store::limits::check_command_bytes;
 use raft_store::raft::NodeId;
-use raft_store::{Command, HoldId, OrderView, Refusal, Reply};
+use raft_store::{Command, HoldId, Limit, OrderView, Refusal, Reply, SeatMapPart};
 use seatd_proto::v1 as pb;
 use seatd_proto::v1::seats_server::Seats;
 use std::future::Future;
@@ -420,22 +422,47 @@ impl Seats for SeatsService {
             req.event_id = self.node.fresh_id("ev");
         }
         let event = convert::event_id(&req.event_id)?;
-        let command = Command::CreateEvent(raft_store::CreateEvent {
+        let def = raft_store::CreateEvent {
             event_id: event.clone(),
             name: req.name.clone(),
             starts_at_ms: req.starts_at_ms,
             layout: convert::layout(req.layout.clone())?,
             limits: convert::limits(req.limits),
-        });
+        };
+        // The caps, where the call enters: the layout's counts and lengths (cheap, no
+        // plan built), then the command's encoded size. `apply` checks them again.
+        def.check_limits().map_err(Error::from)?;
+        let seats = def.layout.capacity() as usize;
+        let command = Command::CreateEvent(def);
+        check_command_bytes(&command).map_err(Error::from)?;
         let shard = self.node.cluster.shard_of(&event);
-        let answer = |s: &Shard, reply| match reply {
+        let answer = &|s: &Shard, reply: Reply| match reply {
             Reply::EventCreated { .. } => summary(s, &event),
             other => Err(Error::unexpected(other)),
         };
+        let event = &event;
         self.events_changed();
         let created = self
-            .write(shard, hops, command, answer, forward!(req, create_event))
-            .await;
+            .node
+            .routed(
+                shard,
+                Mode::Leader,
+                hops,
+                |s| {
+                    let command = command.clone();
+                    async move {
+                        // A clear answer on the leader when the shard is full; `apply`
+                        // decides (another creation may take the room meanwhile).
+                        s.reader.read(|m| m.check_room(event, seats))?;
+                        let reply = s.propose(command).await??;
+                        answer(&s, reply)
+                    }
+                },
+                forward!(req, create_event),
+            )
+            .await
+            .map(Response::new)
+            .map_err(Status::from);
         self.events_changed();
         created
     }
@@ -446,9 +473,7 @@ impl Seats for SeatsService {
     ) -> Result<Response<pb::ListEventsResponse>, Status> {
         let hops = hops(&request);
         let mut req = request.into_inner();
-        if req.q.len() > raft_store::limits::TEXT_BYTES_MAX {
-            return Err(Error::Invalid("query text is too long".into()).into());
-        }
+        Limit::TextBytes.check(req.q.len()).map_err(Error::from)?;
         req.limit = match req.limit {
             0 => LIST_LIMIT_DEFAULT,
             n => n.min(LIST_LIMIT_MAX),
@@ -523,10 +548,12 @@ impl Seats for SeatsService {
         let hops = hops(&request);
         let req = request.into_inner();
         let event = convert::event_id(&req.event_id)?;
+        let part = convert::seat_map_part(&req)?;
+        let whole = part == SeatMapPart::default();
         let shard = self.node.cluster.shard_of(&event);
         let read = |s: &Shard| {
-            let map = s.reader.read(|m| m.seat_map(&event))?;
-            Ok(convert::seat_map_to_pb(&map, s.id))
+            let map = s.reader.read(|m| m.seat_map_part(&event, &part))?;
+            convert::whole_map_within_reply(convert::seat_map_to_pb(&map, s.id))
         };
         if !req.stale_ok {
             return self
@@ -534,8 +561,9 @@ impl Seats for SeatsService {
                 .await;
         }
         // Any replica (or a cached answer) may do; the map names the log index it
-        // reflects and its age.
-        if let Some(hit) = self.cache.as_ref().and_then(|c| c.seat_map(&req.event_id)) {
+        // reflects and its age. Only whole maps are cached.
+        let cache = self.cache.as_ref().filter(|_| whole);
+        if let Some(hit) = cache.and_then(|c| c.seat_map(&req.event_id)) {
             return Ok(Response::new(hit));
         }
         let map = self
@@ -548,7 +576,7 @@ impl Seats for SeatsService {
                 forward!(req, get_seat_map),
             )
             .await?;
-        if let Some(c) = &self.cache {
+        if let Some(c) = cache {
             c.keep_seat_map(&map);
         }
         Ok(Response::new(map))
@@ -587,6 +615,9 @@ impl Seats for SeatsService {
         let hold = convert::hold_id(&req.hold_id)?;
         raft_store::ids::validate_token("payment token", &req.payment_token)
             .map_err(Error::Invalid)?;
+        Limit::TokenBytes
+            .check(req.idempotency_key.len())
+            .map_err(Error::from)?;
         if req.idempotency_key.is_empty() {
             req.idempotency_key = self.node.fresh_id("k");
         }
@@ -621,6 +652,9 @@ impl Seats for SeatsService {
         let hops = hops(&request);
         let req = request.into_inner();
         let hold = convert::hold_id(&req.hold_id)?;
+        Limit::TokenBytes
+            .check(req.user_id.len())
+            .map_err(Error::from)?;
         let command = Command::Release {
             hold: hold.clone(),
             user: req.user_id.clone(),

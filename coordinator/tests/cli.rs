@@ -186,6 +186,19 @@ fn exercise_contract(e: &[String]) {
         assert!(!seats[0][key].is_null(), "seat lacks {key}");
     }
     assert_eq!(seats[0]["state"], "available");
+    // One section's seats (rows D-F), with every section's counts.
+    let s2 = ok(e, &["seatmap", "contract", "--section", "S2"]);
+    let s2_seats = s2["seats"].as_array().unwrap();
+    assert_eq!(s2_seats.len(), 30);
+    assert_eq!(s2_seats[0]["id"], "D-1");
+    assert!(s2_seats.iter().all(|s| s["section"] == "S2"));
+    assert_eq!(s2["sections"].as_array().unwrap().len(), 2);
+    fails(
+        e,
+        &["seatmap", "contract", "--section", "S9"],
+        5,
+        "not_found",
+    );
 
     // hold, conflict, commit, release, hold-status, order
     let h = ok(

@@ -183,6 +183,7 @@ async fn holds_commits_releases_and_expiry_work_through_every_node() {
             .get_seat_map(pb::GetSeatMapRequest {
                 event_id: e.to_string(),
                 stale_ok: false,
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -234,6 +235,7 @@ async fn holds_commits_releases_and_expiry_work_through_every_node() {
                 .get_seat_map(pb::GetSeatMapRequest {
                     event_id: e.into(),
                     stale_ok: true,
+                    ..Default::default()
                 })
                 .await
                 .unwrap()
@@ -385,6 +387,7 @@ async fn killing_the_leader_of_a_busy_shard_loses_nothing_acknowledged() {
         .get_seat_map(pb::GetSeatMapRequest {
             event_id: event.into(),
             stale_ok: false,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -543,6 +546,7 @@ async fn a_stopped_follower_catches_up_from_the_log_and_from_a_snapshot() {
         .get_seat_map(pb::GetSeatMapRequest {
             event_id: event.into(),
             stale_ok: true,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -640,6 +644,7 @@ async fn bad_input_gets_the_right_error_and_changes_nothing() {
             .get_seat_map(pb::GetSeatMapRequest {
                 event_id: event.into(),
                 stale_ok: false,
+                ..Default::default()
             })
             .await
             .unwrap()

@@ -414,6 +414,7 @@ async fn final_state(
                 .get_seat_map(pb::GetSeatMapRequest {
                     event_id: event.clone(),
                     stale_ok: true,
+                    ..Default::default()
                 })
                 .await
                 .map_err(|e| format!("final read of {event} on node {id}: {e}"))?

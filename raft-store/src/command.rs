@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::{EventId, HoldId, OrderId};
 use crate::layout::VenueLayout;
-use crate::limits::Limits;
+use crate::limits::{Exceeded, Limit, Limits};
 
 /// Whether an event accepts new holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,6 +35,17 @@ pub struct CreateEvent {
     pub starts_at_ms: u64,
     pub layout: VenueLayout,
     pub limits: Limits,
+}
+
+impl CreateEvent {
+    /// Checks the definition against the absolute caps (name and id lengths, sections
+    /// and seats per event) without building the seat plan: linear in the layout's
+    /// rows and named seats, no allocation. The coordinator runs it where the request
+    /// enters; `apply` runs it again before the costlier checks.
+    pub fn check_limits(&self) -> Result<(), Exceeded> {
+        Limit::TextBytes.check(self.name.len())?;
+        self.layout.check_limits()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -208,6 +219,10 @@ pub enum Refusal {
     /// hold. Which hold is not said: it may be another buyer's.
     #[error("invalid: idempotency key already used for another hold")]
     KeyReused,
+    /// Over one of the absolute caps (gRPC INVALID_ARGUMENT, naming the limit).
+    /// Last: refusals are stored in request records by variant index.
+    #[error("{0}")]
+    Limit(#[from] Exceeded),
 }
 
 pub type Outcome = Result<Reply, Refusal>;
@@ -248,16 +263,35 @@ pub struct SectionCounts {
     pub sold: u32,
 }
 
-/// An event's seat map at one log index.
+/// An event's seat map at one log index: the whole map, or one part of it
+/// ([`SeatMapPart`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SeatMap {
     pub event_id: EventId,
     /// The last log index applied when the map was read.
     pub applied_index: u64,
+    /// Every section's counts, whatever part was asked for.
     pub sections: Vec<SectionCounts>,
+    /// The rows of [`SeatMap::seats`], in layout order (all rows for a whole map).
     pub rows: Vec<RowView>,
-    /// Every seat, in layout order (row by row).
+    /// The seats asked for, in layout order (row by row).
     pub seats: Vec<SeatView>,
+    /// Where the next part starts (its first seat's index in layout order), if the
+    /// part asked for has more seats than this answer holds.
+    pub next_seat: Option<u32>,
+}
+
+/// Which part of a seat map to read: seats in layout order from `from_seat`, of one
+/// section or of the whole event, at most `seats_max` of them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SeatMapPart {
+    /// Only this section's seats (a section's seats are contiguous in layout order).
+    pub section: Option<String>,
+    /// The index, in layout order, of the first seat to return (0: the first seat of
+    /// the event or section). A cursor from [`SeatMap::next_seat`].
+    pub from_seat: u32,
+    /// At most this many seats; `None` for all of them.
+    pub seats_max: Option<u32>,
 }
 
 /// An event in the event list.

@@ -15,8 +15,9 @@
 //! unique across the whole event, so numbered rows need ids unique across sections.
 //!
 //! Invariant: a [`SeatPlan`] only exists for a layout that passed every check (ids
-//! bounded and printable, no duplicates, 1..=`SEATS_PER_EVENT_MAX` seats); seats are
-//! numbered 0..n in file order, and that order is the order of every seat map.
+//! bounded and printable, no duplicates, 1..=`SEATS_PER_EVENT_MAX` seats, at most
+//! `SECTIONS_PER_EVENT_MAX` sections); seats are numbered 0..n in file order, and that
+//! order is the order of every seat map (so a section's seats are contiguous).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -24,7 +25,7 @@ use std::sync::Arc;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
-use crate::limits::{SEATS_PER_EVENT_MAX, SEAT_ID_BYTES_MAX, TEXT_BYTES_MAX};
+use crate::limits::{Exceeded, Limit, SEATS_PER_EVENT_MAX, SEAT_ID_BYTES_MAX, TEXT_BYTES_MAX};
 
 /// A venue layout as written in a layout file (and carried in a CreateEvent entry).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -155,8 +156,29 @@ impl VenueLayout {
             .fold(0u64, |acc, r| acc.saturating_add(row_len(r)))
     }
 
+    /// Checks the layout against the absolute caps: the venue name's length, the
+    /// number of sections and of seats, the length of every section, row and named
+    /// seat id. Builds nothing: the seat count first (linear in the rows), so a layout
+    /// of millions of named seats is refused before they are looked at.
+    pub fn check_limits(&self) -> Result<(), Exceeded> {
+        Limit::TextBytes.check(self.venue.len())?;
+        Limit::SectionsPerEvent.check(self.sections.len())?;
+        Limit::SeatsPerEvent.check(usize::try_from(self.capacity()).unwrap_or(usize::MAX))?;
+        for section in &self.sections {
+            Limit::SeatIdBytes.check(section.id.len())?;
+            for row in &section.rows {
+                Limit::SeatIdBytes.check(row.id.len())?;
+                for id in row.seat_ids.iter().flatten() {
+                    Limit::SeatIdBytes.check(id.len())?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Validates the layout and flattens it into seat order.
     pub fn plan(&self) -> Result<SeatPlan, String> {
+        self.check_limits().map_err(|e| e.to_string())?;
         check_name("venue name", &self.venue, TEXT_BYTES_MAX)?;
         if self.sections.is_empty() {
             return Err("layout has no sections".into());
@@ -363,8 +385,8 @@ mod tests {
                 "printable",
             ),
             (
-                r#"{"venue":"V","sections":[{"id":"S","rows":[{"id":"A","seats":3000000}]}]}"#,
-                "seats, has",
+                r#"{"venue":"V","sections":[{"id":"S","rows":[{"id":"A","seats":1000001}]}]}"#,
+                "SEATS_PER_EVENT_MAX",
             ),
         ];
         for (json, want) in cases {

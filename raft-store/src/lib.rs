@@ -40,10 +40,11 @@ pub mod storage;
 
 pub use command::{
     Batch, Command, CreateEvent, EventSummary, HoldRequest, HoldState, HoldView, OrderView,
-    Outcome, Refusal, Reply, RowView, SaleState, SeatMap, SeatStateName, SeatView, SectionCounts,
+    Outcome, Refusal, Reply, RowView, SaleState, SeatMap, SeatMapPart, SeatStateName, SeatView,
+    SectionCounts,
 };
 pub use error::Error;
 pub use ids::{EventId, HoldId, OrderId};
 pub use layout::VenueLayout;
-pub use limits::Limits;
+pub use limits::{Exceeded, Limit, Limits};
 pub use machine::{Record, SeatMachine};

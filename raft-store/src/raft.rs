@@ -6,7 +6,8 @@
 //! applying it answers one [`Outcome`] per command. Nodes are numbered and
 //! reached at a plain address (`BasicNode`). Snapshots travel as in-memory buffers:
 //! openraft sends them in chunks (`Config::snapshot_max_chunk_size`), and even a
-//! 100,000-seat event encodes to a few MB.
+//! 100,000-seat event encodes to a few MB. [`raft_config`] bounds every message by
+//! `crate::limits` (entries per AppendEntries, snapshot chunk size).
 
 use crate::command::{Batch, Outcome};
 
@@ -92,6 +93,11 @@ pub fn raft_config(
         max_in_snapshot_log_to_keep: policy.logs_kept_after_snapshot,
         // Purge in steps rather than after every entry.
         purge_batch_size: 64,
+        // Byte bounds on every message the transport carries (`limits`): at most this
+        // many entries of at most ENTRY_BYTES_MAX each per AppendEntries, snapshots in
+        // chunks of SNAPSHOT_CHUNK_BYTES_MAX.
+        max_payload_entries: crate::limits::ENTRIES_PER_APPEND_MAX as u64,
+        snapshot_max_chunk_size: crate::limits::SNAPSHOT_CHUNK_BYTES_MAX as u64,
         heartbeat_interval: timing.heartbeat_ms,
         election_timeout_min: timing.election_ms_min,
         election_timeout_max: timing.election_ms_max,

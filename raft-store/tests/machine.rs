@@ -3,8 +3,13 @@
 mod common;
 
 use common::*;
+use raft_store::limits::{
+    EVENTS_PER_SHARD_MAX, SEATS_PER_EVENT_MAX, SEAT_ID_BYTES_MAX, SECTIONS_PER_EVENT_MAX,
+    TEXT_BYTES_MAX,
+};
 use raft_store::{
-    Batch, Command, HoldState, Limits, Refusal, Reply, SaleState, SeatMachine, SeatStateName::*,
+    Batch, Command, CreateEvent, HoldState, Limit, Limits, Refusal, Reply, SaleState, SeatMachine,
+    SeatMapPart, SeatStateName::*,
 };
 
 fn conflict(seats: &[&str]) -> Refusal {
@@ -821,4 +826,177 @@ fn applying_an_old_index_is_a_bug() {
             commands: vec![],
         },
     );
+}
+
+fn limit(l: Limit, actual: usize) -> raft_store::Outcome {
+    Err(Refusal::Limit(l.exceeded(actual)))
+}
+
+#[test]
+fn an_event_over_the_caps_is_refused_and_the_largest_allowed_is_created() {
+    let mut h = Harness::new();
+    // One seat too many: refused from the layout's counts, before a plan is built.
+    // (The old limit was 2,000,000 seats, and nothing bounded a shard's events.)
+    let over = SEATS_PER_EVENT_MAX as u32 + 1;
+    assert_eq!(
+        h.run_unchanged(create("big", 1, 1, over, Limits::default())),
+        limit(Limit::SeatsPerEvent, over as usize)
+    );
+    assert_eq!(
+        h.run_unchanged(create("big", 1, 2, u32::MAX, Limits::default())),
+        limit(Limit::SeatsPerEvent, 2 * u32::MAX as usize)
+    );
+    assert_eq!(
+        h.run_unchanged(create(
+            "many",
+            SECTIONS_PER_EVENT_MAX as u32 + 1,
+            1,
+            1,
+            Limits::default()
+        )),
+        limit(Limit::SectionsPerEvent, SECTIONS_PER_EVENT_MAX + 1)
+    );
+    let Command::CreateEvent(mut def) = create("named", 1, 1, 1, Limits::default()) else {
+        unreachable!()
+    };
+    def.name = "n".repeat(TEXT_BYTES_MAX + 1);
+    assert_eq!(
+        h.run_unchanged(Command::CreateEvent(def.clone())),
+        limit(Limit::TextBytes, TEXT_BYTES_MAX + 1)
+    );
+    def.name = "Named".into();
+    def.layout.sections[0].rows[0].seats = None;
+    def.layout.sections[0].rows[0].seat_ids = Some(vec!["s".repeat(SEAT_ID_BYTES_MAX + 1)]);
+    assert_eq!(
+        h.run_unchanged(Command::CreateEvent(def)),
+        limit(Limit::SeatIdBytes, SEAT_ID_BYTES_MAX + 1)
+    );
+    assert!(h.m.seat_map(&ev("big")).is_err());
+    // Exactly at the limit: 40 sections of rows of 50 seats.
+    let rows = (SEATS_PER_EVENT_MAX / 40 / 50) as u32;
+    h.ok(create("largest", 40, rows, 50, Limits::default()));
+    let map = h.m.seat_map(&ev("largest")).unwrap();
+    assert_eq!(map.seats.len(), SEATS_PER_EVENT_MAX);
+}
+
+#[test]
+fn a_full_shard_refuses_new_events_in_apply_and_every_replica_agrees() {
+    let tiny = |n: usize| {
+        Command::CreateEvent(CreateEvent {
+            event_id: ev(&format!("e{n}")),
+            name: format!("Show {n}"),
+            starts_at_ms: T0,
+            layout: raft_store::layout::generate("Hall", 1, 1, 1),
+            limits: Limits::default(),
+        })
+    };
+    let mut m = SeatMachine::new();
+    let all: Vec<usize> = (0..EVENTS_PER_SHARD_MAX).collect();
+    for (i, chunk) in all.chunks(1_000).enumerate() {
+        let out = m.apply(
+            i as u64 + 1,
+            &Batch {
+                ts_ms: T0,
+                commands: chunk.iter().map(|&n| tiny(n)).collect(),
+            },
+        );
+        assert!(out.iter().all(Result::is_ok));
+    }
+    assert_eq!(m.event_count(), EVENTS_PER_SHARD_MAX);
+    // The next event is refused; creating an existing one again still answers as
+    // before (a client retrying its own creation is not told the shard is full).
+    let entry = Batch {
+        ts_ms: T0,
+        commands: vec![tiny(EVENTS_PER_SHARD_MAX), tiny(0)],
+    };
+    let mut replica = m.clone();
+    let out = m.apply(1_000, &entry);
+    assert_eq!(
+        out[0],
+        limit(Limit::EventsPerShard, EVENTS_PER_SHARD_MAX + 1)
+    );
+    assert!(matches!(out[1], Ok(Reply::EventCreated { .. })));
+    assert_eq!(m.event_count(), EVENTS_PER_SHARD_MAX);
+    assert_eq!(
+        m.check_room(&ev("e0"), 1),
+        Ok(()),
+        "an existing event needs no room"
+    );
+    assert!(m.check_room(&ev("new"), 1).is_err());
+    // Another replica applying the same entry decides the same, to the byte.
+    assert_eq!(replica.apply(1_000, &entry), out);
+    assert_eq!(replica.digest(), m.digest());
+    m.check_invariants().unwrap();
+}
+
+#[test]
+fn seat_map_parts_cover_every_seat_once_in_layout_order() {
+    let mut h = Harness::new();
+    h.held("u1", "r1", &["B-2", "C-5"]);
+    let whole = h.m.seat_map(&ev("e")).unwrap();
+    assert_eq!(
+        (whole.seats.len(), whole.rows.len(), whole.next_seat),
+        (20, 4, None)
+    );
+    // What a seat looks like to a reader: its id, its row, its state and version.
+    let flat = |m: &raft_store::SeatMap| -> Vec<(String, String, u32, String)> {
+        m.seats
+            .iter()
+            .map(|s| {
+                let row = &m.rows[s.row as usize];
+                (
+                    s.id.to_string(),
+                    row.id.clone(),
+                    row.section,
+                    format!("{:?}@{}", s.state, s.version),
+                )
+            })
+            .collect()
+    };
+    let read_all = |section: Option<&str>, page: u32| {
+        let mut seats = Vec::new();
+        let mut from_seat = 0;
+        loop {
+            let part = SeatMapPart {
+                section: section.map(Into::into),
+                from_seat,
+                seats_max: Some(page),
+            };
+            let map = h.m.seat_map_part(&ev("e"), &part).unwrap();
+            assert!(map.seats.len() <= page as usize);
+            assert_eq!(map.sections, whole.sections, "every part has every section");
+            seats.extend(flat(&map));
+            match map.next_seat {
+                Some(next) => from_seat = next,
+                None => return seats,
+            }
+        }
+    };
+    for page in [1, 3, 7, 20, 1000] {
+        assert_eq!(read_all(None, page), flat(&whole), "pages of {page}");
+    }
+    // A section's seats are the run of the whole map that is in that section.
+    let s2: Vec<_> = flat(&whole).into_iter().filter(|s| s.2 == 1).collect();
+    assert_eq!(s2.len(), 10);
+    assert_eq!(read_all(Some("S2"), 4), s2);
+    let part = |section: Option<&str>, from_seat| SeatMapPart {
+        section: section.map(Into::into),
+        from_seat,
+        seats_max: None,
+    };
+    assert_eq!(
+        flat(&h.m.seat_map_part(&ev("e"), &part(Some("S2"), 0)).unwrap()),
+        s2
+    );
+    assert!(matches!(
+        h.m.seat_map_part(&ev("e"), &part(Some("S9"), 0)),
+        Err(Refusal::NotFound(_))
+    ));
+    // A cursor outside the section (or the event) is refused, not clamped.
+    for (section, from) in [(Some("S2"), 3), (None, 20), (None, u32::MAX)] {
+        assert!(matches!(
+            h.m.seat_map_part(&ev("e"), &part(section, from)),
+            Err(Refusal::Invalid(_))
+        ));
+    }
 }

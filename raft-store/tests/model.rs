@@ -411,6 +411,8 @@ fn kind_of(out: &Outcome) -> Kind {
         Err(Refusal::Expired) => Kind::Expired,
         Err(Refusal::Declined(_)) => Kind::Declined,
         Err(Refusal::WrongState(_)) => Kind::WrongState,
+        // The model stays within every cap.
+        Err(Refusal::Limit(e)) => panic!("unexpected limit refusal {e}"),
     }
 }
 

@@ -18,7 +18,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use raft_store::{Command, EventId, HoldRequest, Reply};
+use raft_store::{Command, EventId, HoldRequest, Limit, Reply};
 use seatd_proto::v1 as pb;
 use tonic::transport::Channel;
 use tonic::Status;
@@ -47,6 +47,8 @@ pub(crate) fn validate_hold(
     admitted: Option<bool>,
 ) -> Result<(u32, EventId), Error> {
     let event = convert::event_id(&req.event_id)?;
+    // Before the rate limit: a request refused outright spends no budget.
+    check_hold_limits(req)?;
     if hops == 0 && !admitted.unwrap_or_else(|| node.hold_limiter.admit(&req.user_id)) {
         return Err(Error::Overloaded(format!(
             "user {:?} asked for more than {} holds per second",
@@ -64,6 +66,21 @@ pub(crate) fn validate_hold(
         )));
     }
     Ok((node.cluster.shard_of(&event), event))
+}
+
+/// Refuses a hold over the absolute caps, from its fields alone: more seats than any
+/// event allows in one hold, or an id longer than its limit. What passes encodes to at
+/// most `HOLD_BYTES_MAX`, far below `COMMAND_BYTES_MAX`; the event's own (lower) seat
+/// limit and the ids' syntax are the state machine's to check.
+fn check_hold_limits(req: &pb::HoldRequest) -> Result<(), Error> {
+    Limit::SeatsPerHold.check(req.seat_ids.len())?;
+    Limit::SeatsPerHold.check(req.expected_versions.len())?;
+    Limit::TokenBytes.check(req.user_id.len())?;
+    Limit::TokenBytes.check(req.client_reservation_id.len())?;
+    for seat in &req.seat_ids {
+        Limit::SeatIdBytes.check(seat.len())?;
+    }
+    Ok(())
 }
 
 /// The command of a hold that [`validate_hold`] accepted.
@@ -86,6 +103,7 @@ fn failure(status: Status) -> pb::HoldResult {
             code: status.code() as i32,
             message: status.message().to_string(),
             seat_ids: crate::error::conflict_seats(&status).unwrap_or_default(),
+            limit_exceeded: crate::error::limit_exceeded(&status),
         })),
     }
 }
@@ -195,9 +213,11 @@ async fn hold_group(
                             },
                             Ok(Ok(other)) => failure(Error::unexpected(other).into()),
                             Ok(Err(refusal)) => failure(Error::from(refusal).into()),
-                            Err(e @ crate::proposer::ProposeError::Overloaded(_)) => {
-                                failure(Error::from(e).into())
-                            }
+                            // Refused here, not applied anywhere: this hold alone fails.
+                            Err(
+                                e @ (crate::proposer::ProposeError::Overloaded(_)
+                                | crate::proposer::ProposeError::TooLarge(_)),
+                            ) => failure(Error::from(e).into()),
                             // Not applied here, or unknown: the group goes again.
                             Err(e) => return Err(Error::from(e)),
                         });

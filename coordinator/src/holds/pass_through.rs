@@ -24,8 +24,9 @@
 //!   node became the leader between planning and routing.
 //!
 //! Caveat: a first hop asks the rate limit for the holds of a call that the leader
-//! then refuses as a whole (undecodable fields the view skipped); that spends only
-//! the caller's own budget.
+//! then refuses as a whole (undecodable fields the view skipped), and for holds over
+//! the absolute caps (which the typed way refuses before asking); that spends only the
+//! caller's own budget.
 
 use std::convert::Infallible;
 use std::sync::Arc;

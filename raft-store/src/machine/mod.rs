@@ -27,10 +27,10 @@ use std::collections::BTreeMap;
 
 use crate::command::{
     Batch, Command, CreateEvent, EventSummary, HoldView, OrderView, Outcome, Refusal, Reply,
-    RowView, SeatMap, SeatStateName, SeatView, SectionCounts,
+    RowView, SeatMap, SeatMapPart, SeatStateName, SeatView, SectionCounts,
 };
 use crate::ids::{EventId, HoldId, OrderId};
-use crate::limits::TEXT_BYTES_MAX;
+use crate::limits::Limit;
 pub(crate) use check::Derived;
 use event::{EventState, SeatStatus};
 
@@ -198,18 +198,41 @@ impl SeatMachine {
                 )))
             };
         }
-        if def.name.is_empty() || def.name.len() > TEXT_BYTES_MAX {
-            return Err(Refusal::Invalid(format!(
-                "event name must be 1..={TEXT_BYTES_MAX} bytes"
-            )));
+        if def.name.is_empty() {
+            return Err(Refusal::Invalid("an event needs a name".into()));
         }
+        // The caps first: cheap, and they bound the work of everything after.
+        def.check_limits()?;
         def.limits.validate().map_err(Refusal::Invalid)?;
+        self.check_room(&def.event_id, def.layout.capacity() as usize)?;
         let plan = def.layout.plan().map_err(Refusal::Invalid)?;
         let event = EventState::new(def.clone(), plan, now_ms);
         self.events.insert(def.event_id.clone(), event);
         Ok(Reply::EventCreated {
             event_id: def.event_id.clone(),
         })
+    }
+
+    /// How many events the shard has (every one, cancelled ones too).
+    pub fn event_count(&self) -> usize {
+        self.events.len()
+    }
+
+    /// How many seats the shard's events have together.
+    pub fn seats(&self) -> usize {
+        self.events.values().map(|e| e.seats.len()).sum()
+    }
+
+    /// Whether the shard has room for a new event `id` of `seats` seats: at most
+    /// `EVENTS_PER_SHARD_MAX` events and `SEATS_PER_SHARD_MAX` seats together. An
+    /// event that exists needs no room (creating it again is a no-op). `apply` decides
+    /// with it; the coordinator asks it before proposing, for a clear early answer.
+    pub fn check_room(&self, id: &EventId, seats: usize) -> Result<(), crate::Exceeded> {
+        if self.events.contains_key(id) {
+            return Ok(());
+        }
+        Limit::EventsPerShard.check(self.events.len() + 1)?;
+        Limit::SeatsPerShard.check(self.seats().saturating_add(seats))
     }
 
     fn event(&self, id: &EventId) -> Result<&EventState, Refusal> {
@@ -220,12 +243,20 @@ impl SeatMachine {
 
     /// The full seat map of an event, as of [`SeatMachine::applied_index`].
     pub fn seat_map(&self, id: &EventId) -> Result<SeatMap, Refusal> {
+        self.seat_map_part(id, &SeatMapPart::default())
+    }
+
+    /// Part of an event's seat map (see [`SeatMapPart`]): every section's counts, then
+    /// up to `seats_max` seats of the section (or event) from `from_seat` on, and their
+    /// rows. Costs what it returns, plus one pass over the sections.
+    pub fn seat_map_part(&self, id: &EventId, part: &SeatMapPart) -> Result<SeatMap, Refusal> {
         let event = self.event(id)?;
         let layout = &event.def.layout;
+        let plan = &event.plan;
         let sections = event
             .counts
             .iter()
-            .zip(&event.plan.section_capacity)
+            .zip(&plan.section_capacity)
             .zip(&layout.sections)
             .map(|((c, &capacity), s)| SectionCounts {
                 section: s.id.clone(),
@@ -235,23 +266,63 @@ impl SeatMachine {
                 sold: c.sold,
             })
             .collect();
-        let rows = event
-            .plan
-            .rows
+        // The seats of the section, or of the event: sections are contiguous in
+        // layout order.
+        let (mut first, mut end) = (0u32, plan.seats.len() as u32);
+        if let Some(name) = &part.section {
+            let mut start = 0u32;
+            let found = layout
+                .sections
+                .iter()
+                .zip(&plan.section_capacity)
+                .find(|(s, &cap)| {
+                    if s.id == *name {
+                        return true;
+                    }
+                    start += cap;
+                    false
+                });
+            let Some((_, &cap)) = found else {
+                return Err(Refusal::NotFound(format!("section {name:?} in event {id}")));
+            };
+            (first, end) = (start, start + cap);
+        }
+        if part.from_seat != 0 {
+            if !(first..end).contains(&part.from_seat) {
+                return Err(Refusal::Invalid(format!(
+                    "seat map cursor {} is outside {first}..{end}",
+                    part.from_seat
+                )));
+            }
+            first = part.from_seat;
+        }
+        let last = match part.seats_max {
+            // At least one seat, so a reader following cursors always moves on.
+            Some(max) => end.min(first.saturating_add(max.max(1))),
+            None => end,
+        };
+        let range = first as usize..last as usize;
+        // Seats are in row order, so a part's rows are one run of the plan's rows.
+        let first_row = plan.seats.get(range.start).map_or(0, |s| s.1);
+        let rows = plan
+            .seats
+            .get(range.clone())
+            .and_then(|seats| seats.last())
+            .map_or(&[][..], |last| {
+                &plan.rows[first_row as usize..=last.1 as usize]
+            })
             .iter()
             .map(|(section, id)| RowView {
                 section: *section,
                 id: id.to_string(),
             })
             .collect();
-        let seats = event
-            .plan
-            .seats
+        let seats = plan.seats[range.clone()]
             .iter()
-            .zip(&event.seats)
+            .zip(&event.seats[range])
             .map(|((seat_id, row), seat)| SeatView {
                 id: seat_id.clone(),
-                row: *row,
+                row: *row - first_row,
                 state: match seat.status {
                     SeatStatus::Available => SeatStateName::Available,
                     SeatStatus::Held(_) => SeatStateName::Held,
@@ -266,6 +337,7 @@ impl SeatMachine {
             sections,
             rows,
             seats,
+            next_seat: (last < end).then_some(last),
         })
     }
 

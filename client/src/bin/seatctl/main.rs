@@ -48,6 +48,9 @@ enum Command {
         /// Accept a map from any replica or a frontend's cache (it says how old).
         #[arg(long)]
         stale: bool,
+        /// Only this section's seats (every section's counts are still shown).
+        #[arg(long)]
+        section: Option<String>,
     },
     /// Hold seats for a user.
     Hold(HoldArgs),
@@ -200,8 +203,19 @@ async fn run(cli: &Cli, client: &Client) -> Result<(Value, String), Error> {
             };
             (events_json(&list), text)
         }
-        Command::Seatmap { event, stale } => {
-            let map = client.seat_map(event, *stale).await?;
+        Command::Seatmap {
+            event,
+            stale,
+            section,
+        } => {
+            let map = client
+                .seat_map_part(pb::GetSeatMapRequest {
+                    event_id: event.clone(),
+                    stale_ok: *stale,
+                    section: section.clone(),
+                    ..Default::default()
+                })
+                .await?;
             (seat_map_json(&map), seat_map_text(&map))
         }
         Command::Hold(args) => {
