@@ -1,10 +1,13 @@
 //! How fast the pure state machine decides: holds applied per second on a
-//! 100,000-seat event, and the time to produce that event's seat map.
+//! 100,000-seat event, the time to produce that event's seat map, and the time to
+//! apply the creation of the largest event allowed (`SEATS_PER_EVENT_MAX` seats,
+//! numbered rows and named seats), which one apply must do under the state lock.
 //!
-//! Run: `cargo bench -p seatd-raft-store --bench apply`
+//! Run: `cargo bench -p seatd-raft-store --no-default-features --bench apply`
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use raft_store::layout::preset;
+use raft_store::layout::{generate, preset, RowLayout, SectionLayout, VenueLayout};
+use raft_store::limits::SEATS_PER_EVENT_MAX;
 use raft_store::{Batch, Command, CreateEvent, EventId, HoldRequest, Limits, SeatMachine};
 
 // The seatd binary uses mimalloc too; measure with the allocator we ship.
@@ -109,5 +112,65 @@ fn bench(c: &mut Criterion) {
     c.bench_function("encode_100k", |b| b.iter(|| half_held.encode()));
 }
 
-criterion_group!(benches, bench);
+/// The largest event allowed: 40 sections of rows of 50 numbered seats
+/// (`SEATS_PER_EVENT_MAX` seats), or, when `named`, the most named seats that fit
+/// `COMMAND_BYTES_MAX` with short names (40 × 100 rows × 100 = 400,000 seats named
+/// `S{section}-{n}`, 4 to 8 bytes).
+fn largest_event(named: bool) -> Command {
+    let layout = if named {
+        VenueLayout {
+            venue: "Named".into(),
+            sections: (0..40)
+                .map(|s| SectionLayout {
+                    id: format!("S{s}"),
+                    rows: (0..100)
+                        .map(|r| RowLayout {
+                            id: format!("S{s}R{r}"),
+                            seats: None,
+                            first: None,
+                            seat_ids: Some(
+                                (0..100).map(|n| format!("S{s}-{}", r * 100 + n)).collect(),
+                            ),
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }
+    } else {
+        generate("Numbered", 40, (SEATS_PER_EVENT_MAX / 40 / 50) as u32, 50)
+    };
+    let command = Command::CreateEvent(CreateEvent {
+        event_id: EventId::new("largest").unwrap(),
+        name: "Largest".into(),
+        starts_at_ms: T0,
+        layout,
+        limits: Limits::default(),
+    });
+    assert!(raft_store::limits::check_command_bytes(&command).is_ok());
+    command
+}
+
+fn bench_create(c: &mut Criterion) {
+    let mut group = c.benchmark_group("create_event");
+    group.sample_size(10);
+    for (name, named) in [("largest_numbered", false), ("largest_named", true)] {
+        let entry = Batch {
+            ts_ms: T0,
+            commands: vec![largest_event(named)],
+        };
+        group.bench_function(name, |b| {
+            b.iter_batched(
+                SeatMachine::new,
+                |mut m| {
+                    assert!(m.apply(1, &entry)[0].is_ok());
+                    m
+                },
+                BatchSize::LargeInput,
+            )
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench, bench_create);
 criterion_main!(benches);

@@ -3,9 +3,12 @@
 //! - entries appended per second for 1, 16 and 256 commands per entry, by 1, 8 and 32
 //!   groups appending concurrently, and how many appends one WAL sync covers;
 //! - commands applied per second through the state machine store (records written to
-//!   RocksDB in the same batch as the applied id).
+//!   RocksDB in the same batch as the applied id);
+//! - how long applying the creation of the largest event allowed takes through the
+//!   store (the state lock is held for all of it), and its write to land.
 //!
-//! Run: `cargo bench -p seatd-raft-store --bench store` (`SEATD_BENCH_SECS` per case, default 3).
+//! Run: `cargo bench -p seatd-raft-store --bench store [-- FILTER]` (`SEATD_BENCH_SECS`
+//! per case, default 3; FILTER `append`, `apply` or `create` runs only those cases).
 
 use std::time::{Duration, Instant};
 
@@ -111,8 +114,94 @@ async fn apply_case(secs: Duration, per_entry: u64) {
     );
 }
 
+/// Applies the creation of the largest event allowed through a group's state
+/// machine store, `rounds` times on fresh groups: 40 sections of rows of 50 numbered
+/// seats (`SEATS_PER_EVENT_MAX`), or, when `named`, the most named seats that fit
+/// `COMMAND_BYTES_MAX` with short names (400,000).
+async fn create_case(rounds: u32, named: bool) {
+    use raft_store::layout::{generate, RowLayout, SectionLayout, VenueLayout};
+    use raft_store::limits::SEATS_PER_EVENT_MAX;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let layout = if named {
+        VenueLayout {
+            venue: "Named".into(),
+            sections: (0..40)
+                .map(|s| SectionLayout {
+                    id: format!("S{s}"),
+                    rows: (0..100)
+                        .map(|r| RowLayout {
+                            id: format!("S{s}R{r}"),
+                            seats: None,
+                            first: None,
+                            seat_ids: Some(
+                                (0..100).map(|n| format!("S{s}-{}", r * 100 + n)).collect(),
+                            ),
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }
+    } else {
+        generate("Numbered", 40, (SEATS_PER_EVENT_MAX / 40 / 50) as u32, 50)
+    };
+    let seats = layout.capacity();
+    let create = Command::CreateEvent(CreateEvent {
+        event_id: EventId::new("largest").unwrap(),
+        name: "Largest".into(),
+        starts_at_ms: T0,
+        layout,
+        limits: Limits::default(),
+    });
+    let bytes = raft_store::limits::command_bytes(&create);
+    let (mut applies, mut cpu, mut landed) = (Vec::new(), Vec::new(), Vec::new());
+    for g in 0..rounds {
+        let (_, mut sm) = store.group(100 + g).unwrap();
+        let entries = vec![entry(1, vec![create.clone()])];
+        let start = Instant::now();
+        let cpu_start = thread_cpu();
+        // Nothing in `apply` awaits: it runs on this thread from start to end.
+        let out = sm.apply(entries).await.unwrap();
+        cpu.push(thread_cpu() - cpu_start);
+        applies.push(start.elapsed());
+        assert!(out[0][0].is_ok(), "{:?}", out[0][0]);
+        // The next apply waits for this one's records to be written.
+        sm.apply(vec![entry(2, vec![])]).await.unwrap();
+        landed.push(start.elapsed());
+    }
+    let ms = |v: &[Duration]| {
+        v.iter()
+            .map(|d| format!("{:.1}", d.as_secs_f64() * 1e3))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    println!(
+        "create seats={seats} named={named} command_bytes={bytes} apply_cpu_ms=[{}] apply_ms=[{}] written_ms=[{}]",
+        ms(&cpu),
+        ms(&applies),
+        ms(&landed)
+    );
+}
+
+/// The CPU time this thread has used.
+fn thread_cpu() -> Duration {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a valid timespec for the call to fill in.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
 fn main() {
-    // `cargo bench` passes `--bench`; accept and ignore arguments.
+    // `cargo bench` passes `--bench`; a plain argument selects cases by name.
+    let filter = std::env::args()
+        .skip(1)
+        .find(|a| !a.starts_with("--"))
+        .unwrap_or_default();
+    let run = |case: &str| case.contains(filter.as_str());
     let secs = std::env::var("SEATD_BENCH_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -123,13 +212,21 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
-        for per_entry in [1, 16, 256] {
-            for groups in [1, 8, 32] {
-                append_case(secs, groups, per_entry).await;
+        if run("append") {
+            for per_entry in [1, 16, 256] {
+                for groups in [1, 8, 32] {
+                    append_case(secs, groups, per_entry).await;
+                }
             }
         }
-        for per_entry in [1, 16, 256] {
-            apply_case(secs, per_entry).await;
+        if run("apply") {
+            for per_entry in [1, 16, 256] {
+                apply_case(secs, per_entry).await;
+            }
+        }
+        if run("create") {
+            create_case(5, false).await;
+            create_case(5, true).await;
         }
     });
 }

@@ -77,8 +77,8 @@ pub struct SeatPlan {
     /// Numbered rows by row id, so `A-10` resolves by arithmetic: a small map that
     /// stays in cache even for a stadium, instead of one entry per seat.
     numbered_rows: FxHashMap<Box<str>, NumberedRow>,
-    /// Seats of rows that name their seats.
-    named_seats: FxHashMap<Box<str>, u32>,
+    /// Seats of rows that name their seats (the ids shared with `seats`).
+    named_seats: FxHashMap<Arc<str>, u32>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,22 +93,25 @@ struct NumberedRow {
 impl SeatPlan {
     /// The index of the seat with this id, if the event has it.
     pub fn seat_index(&self, id: &str) -> Option<u32> {
-        if let Some((row, digits)) = id.rsplit_once('-') {
-            // Only the canonical spelling `{row}-{n}` (no sign, no leading zero) names a
-            // numbered seat; anything else can only be a named seat.
-            let canonical = !digits.is_empty()
-                && digits.len() <= 10
-                && digits.bytes().all(|b| b.is_ascii_digit())
-                && (digits == "0" || !digits.starts_with('0'));
-            if canonical {
-                if let (Some(r), Ok(n)) = (self.numbered_rows.get(row), digits.parse::<u32>()) {
-                    if n >= r.first && n - r.first < r.count {
-                        return Some(r.start + (n - r.first));
-                    }
-                }
-            }
+        self.numbered_index(id)
+            .or_else(|| self.named_seats.get(id).copied())
+    }
+
+    /// The index of the numbered seat with this id, if a numbered row has it.
+    fn numbered_index(&self, id: &str) -> Option<u32> {
+        let (row, digits) = id.rsplit_once('-')?;
+        // Only the canonical spelling `{row}-{n}` (no sign, no leading zero) names a
+        // numbered seat; anything else can only be a named seat.
+        let canonical = !digits.is_empty()
+            && digits.len() <= 10
+            && digits.bytes().all(|b| b.is_ascii_digit())
+            && (digits == "0" || !digits.starts_with('0'));
+        if !canonical {
+            return None;
         }
-        self.named_seats.get(id).copied()
+        let r = self.numbered_rows.get(row)?;
+        let n = digits.parse::<u32>().ok()?;
+        (n >= r.first && n - r.first < r.count).then(|| r.start + (n - r.first))
     }
 }
 
@@ -177,6 +180,13 @@ impl VenueLayout {
     }
 
     /// Validates the layout and flattens it into seat order.
+    ///
+    /// Runs inside `apply` when an event is created (and when a stored event is
+    /// loaded), so its cost is per seat and small: a numbered seat costs its id's one
+    /// allocation and nothing else. Duplicates are found without a set of every seat
+    /// id: numbered rows are unique by row id and `{row}-{n}` names one row and number,
+    /// so numbered seats cannot collide with each other; named seats are checked
+    /// against each other (the named-seat map) and against the numbered rows.
     pub fn plan(&self) -> Result<SeatPlan, String> {
         self.check_limits().map_err(|e| e.to_string())?;
         check_name("venue name", &self.venue, TEXT_BYTES_MAX)?;
@@ -201,16 +211,23 @@ impl VenueLayout {
                 "layout must have 1..={SEATS_PER_EVENT_MAX} seats, has {capacity}"
             ));
         }
+        let rows = self.sections.iter().map(|s| s.rows.len()).sum();
+        let named = self
+            .sections
+            .iter()
+            .flat_map(|s| s.rows.iter())
+            .map(|r| r.seat_ids.as_ref().map_or(0, Vec::len))
+            .sum();
+        // Sized once: growing a map of 200,000 seats rehashes every one of them.
         let mut plan = SeatPlan {
-            rows: Vec::new(),
+            rows: Vec::with_capacity(rows),
             seats: Vec::with_capacity(capacity as usize),
             section_capacity: Vec::with_capacity(self.sections.len()),
-            numbered_rows: FxHashMap::default(),
-            named_seats: FxHashMap::default(),
+            numbered_rows: FxHashMap::with_capacity_and_hasher(rows, Default::default()),
+            named_seats: FxHashMap::with_capacity_and_hasher(named, Default::default()),
         };
         let mut section_ids = HashSet::new();
-        let mut seat_ids: HashSet<Arc<str>> = HashSet::with_capacity(capacity as usize);
-        // (`seat_ids` exists only while planning, to refuse duplicates.)
+        let mut id = String::with_capacity(SEAT_ID_BYTES_MAX);
         for (s_idx, section) in self.sections.iter().enumerate() {
             check_id("section id", &section.id)?;
             if !section_ids.insert(section.id.as_str()) {
@@ -221,39 +238,49 @@ impl VenueLayout {
                 check_id("row id", &row.id)?;
                 let row_idx = plan.rows.len() as u32;
                 plan.rows.push((s_idx as u32, row.id.as_str().into()));
-                let mut add = |seats: &mut Vec<(Arc<str>, u32)>, id: Arc<str>| {
-                    check_id("seat id", &id)?;
-                    if !seat_ids.insert(id.clone()) {
-                        return Err(format!("duplicate seat id {id:?}"));
-                    }
-                    seats.push((id, row_idx));
-                    Ok(seats.len() as u32 - 1)
-                };
                 match (row.seats, &row.seat_ids, row.first) {
                     (Some(n), None, first) if n > 0 => {
                         let first = first.unwrap_or(1);
                         let last = first.checked_add(n - 1).ok_or("seat numbers overflow")?;
-                        let start = plan.seats.len() as u32;
-                        for num in first..=last {
-                            add(&mut plan.seats, format!("{}-{num}", row.id).into())?;
-                        }
+                        // The row id is printable ASCII and so are digits: only the
+                        // length can be wrong, and the last number is the longest.
+                        id.clear();
+                        id.push_str(&row.id);
+                        id.push('-');
+                        let prefix = id.len();
+                        push_decimal(&mut id, last);
+                        check_id("seat id", &id)?;
                         let numbered = NumberedRow {
-                            start,
+                            start: plan.seats.len() as u32,
                             first,
                             count: n,
                         };
-                        if plan
-                            .numbered_rows
-                            .insert(row.id.as_str().into(), numbered)
-                            .is_some()
+                        if let Some(prev) =
+                            plan.numbered_rows.insert(row.id.as_str().into(), numbered)
                         {
+                            // Overlapping numbers name the same seats.
+                            let prev_last = prev.first + (prev.count - 1);
+                            let shared = first.max(prev.first);
+                            if shared <= last.min(prev_last) {
+                                return Err(format!("duplicate seat id \"{}-{shared}\"", row.id));
+                            }
                             return Err(format!("numbered row id {:?} used twice", row.id));
+                        }
+                        for num in first..=last {
+                            id.truncate(prefix);
+                            push_decimal(&mut id, num);
+                            plan.seats.push((Arc::from(id.as_str()), row_idx));
                         }
                     }
                     (None, Some(ids), None) if !ids.is_empty() => {
-                        for id in ids {
-                            let idx = add(&mut plan.seats, id.as_str().into())?;
-                            plan.named_seats.insert(id.as_str().into(), idx);
+                        for name in ids {
+                            check_id("seat id", name)?;
+                            let name: Arc<str> = name.as_str().into();
+                            let idx = plan.seats.len() as u32;
+                            if plan.named_seats.insert(name.clone(), idx).is_some() {
+                                return Err(format!("duplicate seat id {name:?}"));
+                            }
+                            plan.seats.push((name, row_idx));
                         }
                     }
                     _ => unreachable!("rows were checked to be well formed"),
@@ -262,8 +289,38 @@ impl VenueLayout {
             plan.section_capacity
                 .push((plan.seats.len() - before) as u32);
         }
+        // Named seats against numbered rows, in file order (so the error names the
+        // same seat on every replica); numbered rows all exist by now.
+        let named = self
+            .sections
+            .iter()
+            .flat_map(|s| s.rows.iter())
+            .flat_map(|r| r.seat_ids.iter().flatten());
+        for name in named {
+            if plan.numbered_index(name).is_some() {
+                return Err(format!("duplicate seat id {name:?}"));
+            }
+        }
         debug_assert_eq!(plan.seats.len() as u64, capacity);
         Ok(plan)
+    }
+}
+
+/// Appends `n` in decimal: what `{n}` formats, without the formatting machinery
+/// (it is done once per numbered seat when an event is created).
+fn push_decimal(s: &mut String, mut n: u32) {
+    let mut digits = [0u8; 10];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in &digits[at..] {
+        s.push(d as char);
     }
 }
 
@@ -384,6 +441,23 @@ mod tests {
                 r#"{"venue":"V","sections":[{"id":"S","rows":[{"id":"A","seat_ids":["x y"]}]}]}"#,
                 "printable",
             ),
+            // A named seat that a numbered row also has, whichever comes first.
+            (
+                r#"{"venue":"V","sections":[{"id":"S","rows":[{"id":"N","seat_ids":["A-2"]},{"id":"A","seats":3}]}]}"#,
+                "duplicate seat id \"A-2\"",
+            ),
+            (
+                r#"{"venue":"V","sections":[{"id":"S","rows":[{"id":"A","seats":3,"first":0},{"id":"N","seat_ids":["A-0"]}]}]}"#,
+                "duplicate seat id \"A-0\"",
+            ),
+            (
+                r#"{"venue":"V","sections":[{"id":"S","rows":[{"id":"N","seat_ids":["x","y"]},{"id":"M","seat_ids":["y"]}]}]}"#,
+                "duplicate seat id \"y\"",
+            ),
+            (
+                r#"{"venue":"V","sections":[{"id":"S","rows":[{"id":"ABCDEFGHIJKLMNOPQRSTUVWXYZ-1234","seats":10}]}]}"#,
+                "must be 1..=32 bytes",
+            ),
             (
                 r#"{"venue":"V","sections":[{"id":"S","rows":[{"id":"A","seats":1000001}]}]}"#,
                 "SEATS_PER_EVENT_MAX",
@@ -395,6 +469,12 @@ mod tests {
                 .unwrap_err();
             assert!(err.contains(want), "{json}: {err}");
         }
+        // Not duplicates: a named id that only looks numbered, or is outside the row.
+        let json = r#"{"venue":"V","sections":[{"id":"S","rows":[{"id":"A","seats":3},{"id":"N","seat_ids":["A-02","A-4","A-0","A--1"]}]}]}"#;
+        let plan = VenueLayout::from_json(json).unwrap().plan().unwrap();
+        assert_eq!(plan.seat_index("A-02"), Some(3));
+        assert_eq!(plan.seat_index("A-2"), Some(1));
+        assert_eq!(plan.seat_index("A--1"), Some(6));
         assert!(VenueLayout::from_json(r#"{"venue":"V","sections":[],"x":1}"#).is_err());
         assert!(VenueLayout::from_json("{").is_err());
     }
