@@ -107,10 +107,11 @@ pub const ENTRIES_PER_APPEND_MAX: usize = (RAFT_MESSAGE_BYTES_MAX - MESSAGE_HEAD
 pub const APPEND_ENTRIES_BYTES_MAX: usize =
     ENTRIES_PER_APPEND_MAX * (ENTRY_BYTES_MAX + ENTRY_LOG_ID_BYTES_MAX) + MESSAGE_HEADER_BYTES_MAX;
 /// Largest answer of the client API (`coordinator::route`, and the client library's
-/// decoding limit). A whole seat map of the largest event fits it unless its seat ids
-/// are long (1,000,000 seats with ids of 8 bytes: about 22 MB; with ids of 32 bytes,
-/// about 46 MB); one that does not is refused, naming this limit, and is read by
-/// section or in pages.
+/// decoding limit). A whole seat map of the largest event fits it in practice
+/// (1,000,000 seats with ids of up to 7 bytes: 15 MB measured; with ids of 32 bytes,
+/// about 43 MB by the encoding's sizes) but not for every id and version the types
+/// allow; one that does not fit is refused, naming this limit, and is read by section
+/// or in pages.
 pub const REPLY_BYTES_MAX: usize = 64 << 20;
 /// Snapshot bytes per InstallSnapshot message (openraft's `snapshot_max_chunk_size`,
 /// its default).
