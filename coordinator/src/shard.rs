@@ -2,8 +2,11 @@
 //! batching queue, and two background duties.
 //!
 //! - The expiry ticker: about once a second, if this replica leads the shard and some
-//!   hold's deadline has passed by the leader's clock, propose `Expire`, so seats come
-//!   back even when no command touches their event.
+//!   hold's deadline has passed in log time (the time the leader's next stamp would
+//!   carry, see `clock`; not its wall clock, which may be far off), propose `Expire`,
+//!   so seats come back even when no command touches their event. On every replica it
+//!   also shows the stamper the applied stamp, so a new leader's log time counts from
+//!   when it last saw log time move.
 //! - The watcher: one log line per notable Raft event (role or leader change,
 //!   snapshot built or installed, log purged), never per request; and the one place
 //!   that notices the group stopped by itself (a panic in openraft's core, a fatal
@@ -60,6 +63,8 @@ impl Shard {
         stop: watch::Receiver<bool>,
         failures: FailureReport,
     ) -> std::sync::Arc<Self> {
+        // Each term this replica leads starts its log time from the applied stamp.
+        let stamper = stamper.following(raft.metrics());
         let proposer = Proposer::start(id, raft.clone(), stamper.clone());
         let shard = std::sync::Arc::new(Self {
             id,
@@ -203,11 +208,12 @@ async fn expire_ticker(
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
+        stamper.tick();
         if !shard.leader().1 {
             continue;
         }
         let due = shard.reader.read(|m| m.next_deadline_ms());
-        if due.is_some_and(|d| d <= stamper.now_ms()) {
+        if due.is_some_and(|d| d <= stamper.log_now_ms()) {
             match shard.propose(Command::Expire).await {
                 Ok(Ok(raft_store::Reply::Expired {
                     holds_expired,

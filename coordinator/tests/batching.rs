@@ -1,6 +1,7 @@
 //! The proposer on a real single-node Raft group: concurrent commands share log
 //! entries, batching changes no answer (commands that conflict inside one entry are
-//! decided in log order), and stamps never go backwards even when the clock does.
+//! decided in log order), stamps never go backwards even when the wall clock does,
+//! and a wall clock that jumps an hour ahead expires no hold.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,12 +18,29 @@ use raft_store::raft::{raft_config, LogPolicy, RaftTiming, TypeConfig};
 use raft_store::storage::{MachineReader, Store};
 use raft_store::{Command, CreateEvent, EventId, HoldRequest, Limits, Refusal, Reply};
 
-/// A clock the test sets by hand.
-struct HandClock(AtomicU64);
+/// Clocks the test sets by hand: the wall clock (ms since the epoch) and the
+/// monotonic one (ms since the test began).
+struct HandClock(AtomicU64, AtomicU64);
+
+impl HandClock {
+    fn new(wall_ms: u64) -> Arc<Self> {
+        Arc::new(Self(AtomicU64::new(wall_ms), AtomicU64::new(0)))
+    }
+
+    /// Real time passes: both clocks move.
+    fn pass(&self, ms: u64) {
+        self.0.fetch_add(ms, Ordering::Relaxed);
+        self.1.fetch_add(ms, Ordering::Relaxed);
+    }
+}
 
 impl Clock for HandClock {
     fn now_ms(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
+    }
+
+    fn monotonic(&self) -> Duration {
+        Duration::from_millis(self.1.load(Ordering::Relaxed))
     }
 }
 
@@ -65,8 +83,9 @@ fn hold(user: &str, seat: &str) -> Command {
 async fn concurrent_commands_share_entries_and_conflicts_resolve_in_log_order() {
     let dir = tempfile::tempdir().unwrap();
     let (_store, raft, reader) = single_node(dir.path()).await;
-    let clock = Arc::new(HandClock(AtomicU64::new(T0)));
-    let proposer = Proposer::start(0, raft.clone(), Stamper::new(clock.clone(), reader.clone()));
+    let clock = HandClock::new(T0);
+    let stamper = Stamper::new(clock.clone(), reader.clone()).following(raft.metrics());
+    let proposer = Proposer::start(0, raft.clone(), stamper);
     let created = proposer
         .propose(Command::CreateEvent(CreateEvent {
             event_id: EventId::new("flash").unwrap(),
@@ -129,8 +148,8 @@ async fn concurrent_commands_share_entries_and_conflicts_resolve_in_log_order() 
 async fn stamps_never_go_backwards_when_the_clock_does() {
     let dir = tempfile::tempdir().unwrap();
     let (_store, raft, reader) = single_node(dir.path()).await;
-    let clock = Arc::new(HandClock(AtomicU64::new(T0)));
-    let stamper = Stamper::new(clock.clone(), reader.clone());
+    let clock = HandClock::new(T0);
+    let stamper = Stamper::new(clock.clone(), reader.clone()).following(raft.metrics());
     let proposer = Proposer::start(0, raft.clone(), stamper.clone());
     proposer
         .propose(Command::CreateEvent(CreateEvent {
@@ -162,4 +181,70 @@ async fn stamps_never_go_backwards_when_the_clock_does() {
         matches!(late, Err(ProposeError::Unavailable(_))),
         "{late:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wall_clock_an_hour_ahead_expires_no_hold() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_store, raft, reader) = single_node(dir.path()).await;
+    let clock = HandClock::new(T0);
+    let stamper = Stamper::new(clock.clone(), reader.clone()).following(raft.metrics());
+    let proposer = Proposer::start(0, raft.clone(), stamper.clone());
+    proposer
+        .propose(Command::CreateEvent(CreateEvent {
+            event_id: EventId::new("flash").unwrap(),
+            name: "Flash sale".into(),
+            starts_at_ms: T0,
+            layout: generate("Hall", 1, 2, 10),
+            limits: Limits::default(),
+        }))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut minute = hold("a", "A-1");
+    if let Command::Hold(h) = &mut minute {
+        h.ttl_ms = Some(60_000);
+    }
+    let Ok(Reply::Held(first)) = proposer.propose(minute).await.unwrap() else {
+        panic!("hold refused");
+    };
+    assert_eq!(first.expires_at_ms, T0 + 60_000);
+    // Ten seconds later the leader's wall clock jumps an hour ahead (NTP, a VM
+    // migration, a bad --clock-skew-ms).
+    clock.pass(10_000);
+    clock.0.fetch_add(3_600_000, Ordering::Relaxed);
+    let Ok(Reply::Held(second)) = proposer.propose(hold("b", "A-2")).await.unwrap() else {
+        panic!("hold refused");
+    };
+    // Log time moved with the monotonic clock (plus 10 ms of slew), not the hour.
+    assert_eq!(second.created_at_ms, T0 + 10_010);
+    let expire = proposer.propose(Command::Expire).await.unwrap();
+    assert!(
+        matches!(
+            expire,
+            Ok(Reply::Expired {
+                holds_expired: 0,
+                ..
+            })
+        ),
+        "{expire:?}"
+    );
+    let still = reader.read(|m| m.hold(&first.hold_id).unwrap());
+    assert_eq!(still.state, raft_store::HoldState::Active, "expired early");
+    assert!(stamper.log_now_ms() < first.expires_at_ms);
+    // Its minute passes by the monotonic clock: then it expires.
+    clock.pass(50_000);
+    assert!(stamper.log_now_ms() >= first.expires_at_ms);
+    let expire = proposer.propose(Command::Expire).await.unwrap();
+    assert!(
+        matches!(
+            expire,
+            Ok(Reply::Expired {
+                holds_expired: 1,
+                ..
+            })
+        ),
+        "{expire:?}"
+    );
+    raft.shutdown().await.unwrap();
 }
