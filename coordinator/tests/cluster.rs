@@ -6,7 +6,8 @@
 //! identical state; a killed leader is replaced and loses nothing acknowledged; a
 //! lagging follower catches up from the log and, after the log was purged, from a
 //! snapshot (also with an empty data dir); a full restart keeps everything; bad input
-//! gets the right error and changes nothing.
+//! gets the right error and changes nothing; a leader whose wall clock is an hour fast
+//! expires no hold early.
 
 mod support;
 
@@ -1111,4 +1112,75 @@ async fn a_node_added_by_rolling_restart_takes_its_share_of_the_shards() {
             .into_inner();
         assert_eq!(&again, h);
     }
+}
+
+/// Finding 7 of issue 18: a leader whose wall clock was an hour fast stamped its
+/// entries an hour ahead, so its first entry expired every hold and checkout. Log time
+/// now follows the leader's monotonic clock from the applied stamp (see `clock`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_an_hour_fast_expires_no_hold_early() {
+    const HOUR_MS: u64 = 3_600_000;
+    let _serial = SERIAL.lock().await;
+    let c = TestCluster::start(3, 1, &[]);
+    c.wait_ready(READY).await;
+    let mut client = c.client(1).await;
+    client
+        .create_event(create("skew", layout(1, 2, 10), None))
+        .await
+        .unwrap();
+    // Both followers come back with their wall clocks an hour fast.
+    let first_leader = c.leaders().await[&0];
+    for n in [1, 2, 3].into_iter().filter(|&n| n != first_leader) {
+        assert_eq!(c.terminate(n), Some(0));
+        c.spawn_with(n, &[&format!("--clock-skew-ms={HOUR_MS}")]);
+        c.wait_ready(READY).await;
+        c.wait_converged(CONVERGE).await;
+    }
+    assert_eq!(c.leaders().await[&0], first_leader, "leadership moved");
+    // A hold for a minute, granted by the leader with the right time.
+    let mut via = c.client(first_leader).await;
+    let mut minute = hold("skew", "ann", &["A-1"], "r1");
+    minute.ttl_ms = Some(60_000);
+    let held = via.hold(minute).await.unwrap().into_inner();
+    let real_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
+    assert!(held.expires_at_ms <= real_ms() + 60_000);
+    // Its leader dies: a node whose clock is an hour fast leads and stamps entries
+    // (holds on the same event, and its expiry ticker every second).
+    c.kill(first_leader);
+    c.wait_ready(READY).await;
+    let fast_leader = c.leaders().await[&0];
+    assert_ne!(fast_leader, first_leader);
+    let mut via = c.client(fast_leader).await;
+    for (i, seat) in ["A-2", "A-3", "B-1"].iter().enumerate() {
+        let later = via
+            .hold(hold("skew", &format!("u{i}"), &[seat], "r"))
+            .await
+            .unwrap()
+            .into_inner();
+        // Stamped in log time, near real time, not an hour ahead.
+        assert!(
+            later.created_at_ms < real_ms() + 5_000,
+            "stamped {} ms ahead",
+            later.created_at_ms.saturating_sub(real_ms())
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let still = via
+        .get_hold(pb::GetHoldRequest {
+            hold_id: held.hold_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(real_ms() < held.expires_at_ms, "the test took too long");
+    assert_eq!(
+        state_of(&still),
+        pb::HoldState::Active,
+        "a 60 s hold expired early under a leader an hour fast"
+    );
 }

@@ -119,6 +119,11 @@ impl TestCluster {
     }
 
     pub fn spawn(&self, id: u64) {
+        self.spawn_with(id, &[]);
+    }
+
+    /// Starts node `id` with `extra` flags after the cluster's own (a skewed clock).
+    pub fn spawn_with(&self, id: u64, extra: &[&str]) {
         let peers = self.peers();
         let shards = self.shards.to_string();
         let p = &self.nodes[&id];
@@ -138,6 +143,7 @@ impl TestCluster {
             .arg(self.certs())
             .args(["--peers", &peers, "--shards", &shards])
             .args(&self.extra)
+            .args(extra)
             .env(
                 "RUST_LOG",
                 std::env::var("SEATD_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
