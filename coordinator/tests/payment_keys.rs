@@ -39,11 +39,24 @@ const SHARDS: u32 = 8;
 const TOKEN_LATE: &str = "tok_late";
 
 /// A clock the test moves by hand (entries are stamped with it).
-struct HandClock(AtomicU64);
+/// A clock the test moves: wall-clock milliseconds and a monotonic count, moved
+/// together as real time would move them.
+struct HandClock(AtomicU64, AtomicU64);
+
+impl HandClock {
+    fn pass(&self, ms: u64) {
+        self.0.fetch_add(ms, Ordering::SeqCst);
+        self.1.fetch_add(ms, Ordering::SeqCst);
+    }
+}
 
 impl Clock for HandClock {
     fn now_ms(&self) -> u64 {
         self.0.load(Ordering::SeqCst)
+    }
+
+    fn monotonic(&self) -> Duration {
+        Duration::from_millis(self.1.load(Ordering::SeqCst))
     }
 }
 
@@ -117,7 +130,7 @@ async fn one_node(dir: &std::path::Path) -> OneNode {
     let peer_addr = peer_listener.local_addr().unwrap().to_string();
     let certs = dir.join("certs");
     coordinator::tls::write_certs(&certs, &[1]).unwrap();
-    let clock = Arc::new(HandClock(AtomicU64::new(T0)));
+    let clock = Arc::new(HandClock(AtomicU64::new(T0), AtomicU64::new(0)));
     let gateway = Arc::new(Recorder::default());
     let node = NodeHandle::start(
         NodeConfig {
@@ -267,7 +280,7 @@ async fn a_reused_key_never_reaches_another_buyers_charge() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    clock.0.store(T0 + 3 * 60_000, Ordering::SeqCst);
+    clock.pass(3 * 60_000);
     gateway.release_late.notify_one();
     let late = dave_commit.await.unwrap().unwrap_err();
     assert_eq!(late.code(), Code::FailedPrecondition, "{late:?}");

@@ -54,6 +54,14 @@ pub fn append(rpc: &AppendEntriesRequest<TypeConfig>, from: NodeId) -> Result<()
     vote(&rpc.vote, from)?;
     log_id(rpc.prev_log_id.as_ref(), "prev_log_id")?;
     log_id(rpc.leader_commit.as_ref(), "leader_commit")?;
+    // openraft sends at most `max_payload_entries` per message (raft_store::raft).
+    let entries_max = raft_store::limits::ENTRIES_PER_APPEND_MAX;
+    if rpc.entries.len() > entries_max {
+        return Err(format!(
+            "{} entries in one AppendEntries, beyond {entries_max}",
+            rpc.entries.len()
+        ));
+    }
     for e in &rpc.entries {
         log_id(Some(&e.log_id), "entry")?;
         if e.log_id.leader_id.term > rpc.vote.leader_id.term {
@@ -106,5 +114,28 @@ mod tests {
         assert!(vote_request(&vote_req(5, 3, None), 2).is_err());
         assert!(vote_request(&vote_req(5, 2, Some((4, u64::MAX))), 2).is_err());
         assert!(vote_request(&vote_req(5, 2, Some((u64::MAX, 1))), 2).is_err());
+    }
+
+    fn append_req(entries: usize) -> AppendEntriesRequest<TypeConfig> {
+        let entries = (1..=entries as u64)
+            .map(|i| openraft::Entry {
+                log_id: LogId::new(CommittedLeaderId::new(5, 2), i),
+                payload: openraft::EntryPayload::Blank,
+            })
+            .collect();
+        AppendEntriesRequest {
+            vote: vote_req(5, 2, None).vote,
+            prev_log_id: None,
+            leader_commit: None,
+            entries,
+        }
+    }
+
+    #[test]
+    fn an_append_longer_than_openraft_sends_is_refused() {
+        let most = raft_store::limits::ENTRIES_PER_APPEND_MAX;
+        assert!(append(&append_req(most), 2).is_ok());
+        assert!(append(&append_req(most + 1), 2).is_err());
+        assert!(append(&append_req(1), 3).is_err(), "sent in another's name");
     }
 }

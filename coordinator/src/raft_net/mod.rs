@@ -37,7 +37,11 @@ pub use gate::{GateBook, VoteGate};
 pub use server::{LocalStatusFn, RaftService};
 
 /// Largest Raft message either side accepts: a batch entry list or a snapshot chunk.
-pub const MESSAGE_BYTES_MAX: usize = 64 << 20;
+pub const MESSAGE_BYTES_MAX: usize = raft_store::limits::RAFT_MESSAGE_BYTES_MAX;
+
+// The largest message openraft may send under the log's limits must pass the transport.
+const _: () = assert!(MESSAGE_BYTES_MAX >= raft_store::limits::APPEND_ENTRIES_BYTES_MAX);
+const _: () = assert!(MESSAGE_BYTES_MAX >= raft_store::limits::INSTALL_SNAPSHOT_BYTES_MAX);
 
 /// Messages a pipe buffers in each direction. The sender waits for each reply, so one
 /// is enough; two lets the next request be queued while the reply is being read.
