@@ -10,6 +10,11 @@
 //! indexes are left out and recomputed on load, and a loaded image must pass the full
 //! invariant check. Two machines in the same state therefore encode to the same bytes,
 //! which is what [`SeatMachine::digest`] relies on.
+//!
+//! Format versions: a state image is never stored (snapshots and the store are
+//! records, see `machine::persist`); it is only compared (digests) and decoded by
+//! tests, so a new version does not read old ones. Version 2 added the shard-wide
+//! idempotency key bindings, version 3 the retention queue (`machine::retention`).
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -19,6 +24,7 @@ use crate::ids::HoldId;
 use crate::machine::event::{
     CheckoutRecord, EventState, Hold, HoldTable, Order, RequestRecord, Seat,
 };
+use crate::machine::retention::{Retention, RetentionEntry, RetentionState};
 use crate::machine::SeatMachine;
 use crate::Error;
 
@@ -27,8 +33,9 @@ const HEADER_BYTES: usize = 4 + 2 + 8 + 4;
 pub const PAYLOAD_BYTES_MAX: u64 = 1 << 32;
 
 const STATE_MAGIC: [u8; 4] = *b"SSM1";
-/// 2: the shard-wide idempotency key bindings follow the events.
-const STATE_VERSION: u16 = 2;
+/// 2: the shard-wide idempotency key bindings follow the events. 3: then the
+/// retention queue.
+const STATE_VERSION: u16 = 3;
 const BATCH_MAGIC: [u8; 4] = *b"SBT1";
 const BATCH_VERSION: u16 = 1;
 
@@ -129,6 +136,10 @@ struct MachineImageRef<'a> {
     clock_ms: u64,
     events: Vec<EventImageRef<'a>>,
     keys: Vec<(&'a str, &'a HoldId)>,
+    retention: RetentionState,
+    /// The queue entries in memory, by position (every one, in a machine that never
+    /// evicts; none in a store's between entries).
+    retention_window: Vec<(u64, &'a RetentionEntry)>,
 }
 
 #[derive(Serialize)]
@@ -151,6 +162,8 @@ struct MachineImage {
     clock_ms: u64,
     events: Vec<EventImage>,
     keys: Vec<(String, HoldId)>,
+    retention: RetentionState,
+    retention_window: Vec<(u64, RetentionEntry)>,
 }
 
 #[derive(Deserialize)]
@@ -247,6 +260,8 @@ impl SeatMachine {
             events: self.events.values().map(event_image).collect(),
             // A BTreeMap: already in key order.
             keys: self.keys.iter().map(|(k, h)| (k.as_str(), h)).collect(),
+            retention: self.retention.state,
+            retention_window: self.retention.window.iter().map(|(&p, e)| (p, e)).collect(),
         };
         encode_framed(STATE_MAGIC, STATE_VERSION, &image)
     }
@@ -258,9 +273,16 @@ impl SeatMachine {
             what: "state image",
             detail,
         };
+        let mut retention = Retention::stored(image.retention);
+        let n_window = image.retention_window.len();
+        retention.window = image.retention_window.into_iter().collect();
+        if retention.window.len() != n_window {
+            return Err(corrupt("a retention entry stored twice".into()));
+        }
         let mut machine = SeatMachine {
             applied_index: image.applied_index,
             clock_ms: image.clock_ms,
+            retention,
             ..SeatMachine::default()
         };
         for img in image.events {
@@ -276,6 +298,7 @@ impl SeatMachine {
             return Err(corrupt("an idempotency key bound twice".into()));
         }
         machine.check_keys().map_err(corrupt)?;
+        machine.check_retention().map_err(corrupt)?;
         Ok(machine)
     }
 

@@ -329,6 +329,15 @@ impl Limits {
     }
 }
 
+/// How long, in log time (entry timestamps, never a wall clock), the state machine
+/// keeps a decision that only answers retries: a refused hold request, the request
+/// of a hold that was released or expired, a refused checkout. After it, the record
+/// is purged and a retry is decided as a new request (see `machine::retention`).
+/// One day: 2,880 times the client library's default retry budget (30 s), and at
+/// least `HOLD_TTL_MS_CAP`, so no hold that refused a checkout can still be active
+/// when that refusal is forgotten (asserted at compile time there).
+pub const DECISION_RETENTION_MS: u64 = 24 * 60 * 60 * 1000;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -999,4 +999,197 @@ fn seat_map_parts_cover_every_seat_once_in_layout_order() {
             Err(Refusal::Invalid(_))
         ));
     }
+
+// ---------------------------------------------------------------------------------
+// Retention: decisions that only answer retries are forgotten after
+// DECISION_RETENTION_MS of log time, a bounded number per entry.
+
+use raft_store::limits::{DECISION_RETENTION_MS, HOLD_TTL_MS_CAP};
+
+/// Applies one entry of `commands` stamped `ts_ms`, checks every invariant, and
+/// returns the answers.
+fn entry(h: &mut Harness, ts_ms: u64, commands: Vec<Command>) -> Vec<raft_store::Outcome> {
+    h.index += 1;
+    h.now = ts_ms;
+    let out = h.m.apply(h.index, &Batch { ts_ms, commands });
+    h.m.check_invariants().unwrap();
+    out
+}
+
+#[test]
+fn ten_thousand_refused_holds_are_forgotten_after_the_retention_a_bounded_number_per_entry() {
+    let mut h = Harness::new();
+    h.held("owner", "r", &["A-1"]);
+    let memory_before = h.m.records_in_memory();
+    let image_bytes_before = h.m.encode().len();
+    // 10,000 requests for a taken seat, each with a fresh id: each refusal is recorded.
+    for chunk in 0..10 {
+        let refused: Vec<Command> = (0..1000)
+            .map(|i| {
+                let user = format!("u{}", chunk * 1000 + i);
+                Command::Hold(hold_req("e", &user, "r", &["A-1"]))
+            })
+            .collect();
+        let out = entry(&mut h, T0, refused);
+        assert!(out.iter().all(|o| *o == Err(conflict(&["A-1"]))));
+    }
+    assert_eq!(h.m.records_awaiting_purge(), 10_000);
+    assert_eq!(h.m.records_in_memory(), memory_before + 10_000);
+    let ttl_ms = Limits::default().hold_ttl_ms_default;
+    assert_eq!(
+        h.m.next_deadline_ms(),
+        Some(T0 + ttl_ms),
+        "the owner's hold first"
+    );
+
+    // At exactly the retention nothing is forgotten: a retry still hears "conflict"
+    // though the seat is free by now (the owner's hold expired long ago).
+    let retry = Command::Hold(hold_req("e", "u0", "r", &["A-1"]));
+    h.at(T0 + DECISION_RETENTION_MS);
+    h.ok(Command::Expire);
+    assert_eq!(h.run_unchanged(retry.clone()), Err(conflict(&["A-1"])));
+    // The owner's hold expired at that time: its grant now waits too.
+    assert_eq!(h.m.records_awaiting_purge(), 10_001);
+    // The leader proposes `Expire` when this passes, so an idle shard forgets too.
+    assert_eq!(h.m.next_deadline_ms(), Some(T0 + DECISION_RETENTION_MS + 1));
+
+    // One millisecond later the refusals go, oldest first, at most the budget per
+    // entry: an entry without commands forgets `purge_budget_records(0)`.
+    let budget = SeatMachine::purge_budget_records(0);
+    assert!((1..10_000).contains(&budget));
+    let mut entries = 0;
+    while h.m.records_awaiting_purge() > 1 {
+        let before = h.m.records_awaiting_purge();
+        entry(&mut h, T0 + DECISION_RETENTION_MS + 1, vec![]);
+        let purged = before - h.m.records_awaiting_purge();
+        assert!(purged >= 1 && purged as usize <= budget, "purged {purged}");
+        entries += 1;
+    }
+    assert_eq!(entries, 10_000usize.div_ceil(budget));
+    assert_eq!(
+        h.m.next_deadline_ms(),
+        Some(T0 + 2 * DECISION_RETENTION_MS + 1),
+        "the owner's grant, forgotten a retention after its hold expired"
+    );
+    // Only the owner's expired hold and its grant are left: memory is back to what it
+    // was before the refusals, and so is the state image.
+    assert_eq!(h.m.records_in_memory(), memory_before);
+    assert!(h.m.encode().len() <= image_bytes_before + 1_000);
+    // A retry now is a new request, decided on the seat as it is.
+    let Ok(Reply::Held(v)) = h.run(retry) else {
+        panic!("a retry after the retention is decided anew")
+    };
+    assert_eq!(v.user.as_ref(), "u0");
+}
+
+#[test]
+fn a_retry_gets_the_first_answer_within_the_retention_and_a_new_decision_after() {
+    let mut h = Harness::new();
+    // A refusal: the seat is taken when first asked for.
+    let taken = h.held("owner", "r", &["A-1"]);
+    let refused = Command::Hold(hold_req("e", "late", "r", &["A-1"]));
+    assert_eq!(h.run(refused.clone()), Err(conflict(&["A-1"])));
+    h.ok(Command::Release {
+        hold: taken,
+        user: "owner".into(),
+    });
+    // A grant whose hold ended.
+    let granted = Command::Hold(hold_req("e", "buyer", "r", &["B-1"]));
+    let first = h.run(granted.clone());
+    let Ok(Reply::Held(view)) = &first else {
+        panic!("{first:?}")
+    };
+    h.ok(Command::Release {
+        hold: view.hold_id.clone(),
+        user: "buyer".into(),
+    });
+    // A declined payment: its idempotency key's refusal.
+    let paid = h.held("payer", "r", &["C-1"]);
+    begin(&mut h, &paid, "k1").unwrap();
+    let declined = abort(&mut h, &paid, "k1");
+    assert!(declined.is_ok(), "{declined:?}");
+    let retry_key = Command::BeginCheckout {
+        hold: paid.clone(),
+        idempotency_key: "k1".into(),
+    };
+    let was_declined = Err(Refusal::Declined("card declined".into()));
+    assert_eq!(h.run_unchanged(retry_key.clone()), was_declined);
+
+    // Within the retention every retry hears the first answer and changes nothing.
+    for at in [T0 + 60_000, T0 + DECISION_RETENTION_MS] {
+        h.at(at);
+        h.ok(Command::Expire);
+        assert_eq!(h.run_unchanged(refused.clone()), Err(conflict(&["A-1"])));
+        assert_eq!(h.run_unchanged(granted.clone()), first);
+        assert_eq!(h.run_unchanged(retry_key.clone()), was_declined);
+    }
+
+    // After it, each is a new request, decided on the state as it is now.
+    h.at(T0 + DECISION_RETENTION_MS + 1);
+    let Ok(Reply::Held(again)) = h.run(refused) else {
+        panic!("A-1 is free: a new decision grants it")
+    };
+    assert_eq!(again.seats, vec![("A-1".into(), 3)]);
+    let Ok(Reply::Held(second)) = h.run(granted) else {
+        panic!("a new decision for the same reservation id")
+    };
+    assert_ne!(
+        second.hold_id, view.hold_id,
+        "a new hold, not the first one"
+    );
+    // The hold whose payment was declined expired long ago: the key now hears that.
+    assert_eq!(h.run(retry_key), Err(Refusal::Expired));
+}
+
+#[test]
+fn a_live_holds_request_is_never_forgotten_however_long_it_lives() {
+    // The longest-lived hold the caps allow: a TTL of HOLD_TTL_MS_CAP, checked out at
+    // its last moment with a payment deadline of the same cap.
+    let longest = Limits {
+        hold_ttl_ms_max: HOLD_TTL_MS_CAP,
+        checkout_ttl_ms: HOLD_TTL_MS_CAP,
+        ..Limits::default()
+    };
+    let mut h = Harness::new();
+    h.ok(create("long", 1, 1, 5, longest));
+    let mut request = hold_req("long", "buyer", "r", &["A-1"]);
+    request.ttl_ms = Some(HOLD_TTL_MS_CAP);
+    let first = h.run(Command::Hold(request.clone()));
+    let Ok(Reply::Held(view)) = &first else {
+        panic!("{first:?}")
+    };
+    let id = view.hold_id.clone();
+    // Refusals around it, so that purging is busy while the hold lives.
+    let refusals: Vec<Command> = (0..200)
+        .map(|i| Command::Hold(hold_req("long", &format!("u{i}"), "r", &["A-1"])))
+        .collect();
+    entry(&mut h, T0, refusals.clone());
+    h.at(T0 + HOLD_TTL_MS_CAP - 1);
+    begin(&mut h, &id, "k").unwrap();
+    let retry = Command::Hold(request);
+    for at in [
+        T0 + DECISION_RETENTION_MS + 1,
+        T0 + DECISION_RETENTION_MS + HOLD_TTL_MS_CAP / 2,
+        T0 + HOLD_TTL_MS_CAP + HOLD_TTL_MS_CAP - 2,
+    ] {
+        // Enough entries to forget everything due, then the retry.
+        for _ in 0..10 {
+            entry(&mut h, at, vec![]);
+        }
+        assert_eq!(h.m.hold(&id).unwrap().state.name(), "checking_out");
+        assert_eq!(h.run_unchanged(retry.clone()), first, "at {at}");
+    }
+    assert_eq!(h.m.records_awaiting_purge(), 0, "the refusals are gone");
+    assert!(matches!(
+        complete(&mut h, &id, "k"),
+        Ok(Reply::Completed(_))
+    ));
+    // A committed hold's request is derived from the hold, which stays with its order.
+    let much_later = T0 + 30 * DECISION_RETENTION_MS;
+    for _ in 0..10 {
+        entry(&mut h, much_later, vec![]);
+    }
+    h.at(much_later);
+    assert_eq!(h.run_unchanged(retry), first);
+    assert_eq!(h.m.records_awaiting_purge(), 0);
 }

@@ -1,13 +1,17 @@
 //! Property tests: random interleavings of holds, checkouts, releases, expiries and
 //! clock movements by several users on an 8-seat venue, checked after every step
 //! against the invariants and against a reference model written here, separately and
-//! as plainly as possible (vectors and linear scans, no indexes).
+//! as plainly as possible (vectors and linear scans, no indexes). Clock jumps of about
+//! the decision retention exercise forgetting: the model drops a record that only
+//! answers retries once more than `DECISION_RETENTION_MS` passed since it became so,
+//! and a retry after that is decided as new.
 
 mod common;
 
 use common::{ev, hold_req, T0};
 use proptest::prelude::*;
 use raft_store::layout::{RowLayout, SectionLayout};
+use raft_store::limits::DECISION_RETENTION_MS;
 use raft_store::{
     Batch, Command, CreateEvent, HoldId, HoldState, Limits, Outcome, Refusal, Reply, SeatMachine,
     SeatStateName, VenueLayout,
@@ -75,6 +79,11 @@ enum Op {
     Advance {
         ms: i64,
     },
+    /// The clock jumps by about the retention, to just before, at or just after the
+    /// moment some record is forgotten.
+    Retention {
+        extra_ms: i64,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -88,6 +97,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Expire),
         // Whole half-seconds, so stamps often land exactly on a deadline.
         3 => (-4i64..12).prop_map(|n| Op::Advance { ms: n * 500 }),
+        1 => (-3i64..4).prop_map(|n| Op::Retention { extra_ms: n * 500 }),
     ]
 }
 
@@ -153,8 +163,11 @@ struct Model {
     seats: Vec<(Owner, u64)>,
     holds: Vec<MHold>,  // hold seq n is holds[n - 1]
     orders: Vec<usize>, // order seq n is orders[n - 1], naming its hold seq
-    requests: Vec<((u8, u8), Kind)>,
-    keys: Vec<(u8, usize, Kind)>, // key, hold seq, Started | Completed | a refusal
+    /// Each with the time it came to only answer retries (a refusal at once, a grant
+    /// when its hold ended).
+    requests: Vec<((u8, u8), Kind, Option<u64>)>,
+    /// Key, hold seq, Started | Completed | a refusal (with the time of the refusal).
+    keys: Vec<(u8, usize, Kind, Option<u64>)>,
 }
 
 impl Model {
@@ -171,6 +184,29 @@ impl Model {
             assert_eq!(self.seats[s].0, Owner::Hold(seq));
             self.seats[s] = (Owner::Free, self.seats[s].1 + 1);
         }
+        // The hold ended: its grant only answers retries from now on.
+        let now = self.now;
+        let request = self
+            .requests
+            .iter_mut()
+            .find(|r| matches!(r.1, Kind::Held { seq: s, .. } if s == seq))
+            .expect("an ended hold's request is remembered");
+        request.2 = Some(now);
+    }
+
+    /// Forgets what only answered retries for more than the retention.
+    fn forget(&mut self) {
+        let now = self.now;
+        let due = |since: &Option<u64>| since.is_some_and(|t| now > t + DECISION_RETENTION_MS);
+        self.requests.retain(|r| !due(&r.2));
+        self.keys.retain(|k| !due(&k.3));
+    }
+
+    /// How many records wait to be forgotten.
+    fn awaiting_purge(&self) -> u64 {
+        let n = self.requests.iter().filter(|r| r.2.is_some()).count()
+            + self.keys.iter().filter(|k| k.3.is_some()).count();
+        n as u64
     }
 
     fn sweep(&mut self) {
@@ -190,7 +226,7 @@ impl Model {
                         self.holds[seq - 1].state = MState::Active;
                         Kind::WrongState
                     };
-                    self.keys.iter_mut().find(|k| k.0 == key).unwrap().2 = refusal;
+                    self.set_key(key, seq, refusal);
                 }
                 _ => {}
             }
@@ -219,7 +255,7 @@ impl Model {
         ttl: Option<u64>,
         cas: Option<u64>,
     ) -> Kind {
-        if let Some((_, k)) = self.requests.iter().find(|(r, _)| *r == (user, crid)) {
+        if let Some((_, k, _)) = self.requests.iter().find(|(r, _, _)| *r == (user, crid)) {
             return k.clone();
         }
         let ttl = ttl.unwrap_or(LIMITS.hold_ttl_ms_default);
@@ -268,12 +304,13 @@ impl Model {
                 }
             }
         };
-        self.requests.push(((user, crid), kind.clone()));
+        let refused = (!matches!(kind, Kind::Held { .. })).then_some(self.now);
+        self.requests.push(((user, crid), kind.clone(), refused));
         kind
     }
 
     fn key_record(&self, key: u8, seq: usize) -> Option<Kind> {
-        let (_, hold, kind) = self.keys.iter().find(|k| k.0 == key)?;
+        let (_, hold, kind, _) = self.keys.iter().find(|k| k.0 == key)?;
         Some(if *hold != seq {
             Kind::Invalid
         } else {
@@ -282,9 +319,14 @@ impl Model {
     }
 
     fn set_key(&mut self, key: u8, seq: usize, kind: Kind) {
+        let refused =
+            (!matches!(kind, Kind::Started { .. } | Kind::Completed { .. })).then_some(self.now);
         match self.keys.iter_mut().find(|k| k.0 == key) {
-            Some(k) => k.2 = kind,
-            None => self.keys.push((key, seq, kind)),
+            Some(k) => {
+                k.2 = kind;
+                k.3 = refused;
+            }
+            None => self.keys.push((key, seq, kind, refused)),
         }
     }
 
@@ -481,11 +523,13 @@ fn command(op: &Op, model: &Model) -> Option<(Command, usize)> {
             )
         }
         Op::Expire => (Command::Expire, 0),
-        Op::Advance { .. } => return None,
+        Op::Advance { .. } | Op::Retention { .. } => return None,
     })
 }
 
 fn model_step(model: &mut Model, op: &Op, seq: usize) -> Kind {
+    // As the machine does: forget first, then expire, then decide.
+    model.forget();
     model.sweep();
     match op {
         Op::Hold {
@@ -505,7 +549,7 @@ fn model_step(model: &mut Model, op: &Op, seq: usize) -> Kind {
             model.release(seq, user[1..].parse().unwrap())
         }
         Op::Expire => Kind::Swept,
-        Op::Advance { .. } => unreachable!(),
+        Op::Advance { .. } | Op::Retention { .. } => unreachable!(),
     }
 }
 
@@ -546,11 +590,26 @@ fn compare(m: &SeatMachine, model: &Model) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+type Disk = std::collections::BTreeMap<Vec<u8>, Vec<u8>>;
+
+/// Takes the machine's changes and makes them on `disk`, as storage does.
+fn store_changes(m: &mut SeatMachine, disk: &mut Disk) {
+    let changes = m.take_changes();
+    for k in &changes.deletes {
+        disk.remove(k);
+    }
+    let deleted: std::collections::BTreeSet<&Vec<u8>> = changes.deletes.iter().collect();
+    for (k, v) in changes.puts {
+        assert!(!deleted.contains(&k), "a record both written and deleted");
+        disk.insert(k, v);
+    }
+}
+
 /// Applies `batch` the way the store does: read back the cold records it may need,
 /// apply, write the changes, evict the cold records.
 fn apply_lean(
     m: &mut SeatMachine,
-    disk: &mut std::collections::BTreeMap<Vec<u8>, Vec<u8>>,
+    disk: &mut Disk,
     index: u64,
     batch: &Batch,
 ) -> Vec<raft_store::Outcome> {
@@ -571,7 +630,7 @@ fn apply_lean(
         m.warm(found).unwrap();
     }
     let out = m.apply(index, batch);
-    disk.extend(m.take_changes());
+    store_changes(m, disk);
     m.evict_cold();
     out
 }
@@ -588,7 +647,8 @@ proptest! {
         let mut versions_before: Vec<u64> = vec![0; 8];
         let mut wall = T0;
         // What storage would hold: the records handed over after each entry.
-        let mut disk: std::collections::BTreeMap<Vec<u8>, Vec<u8>> = m.take_changes().into_iter().collect();
+        let mut disk = Disk::new();
+        store_changes(&mut m, &mut disk);
         // A second machine that keeps only hot records in memory, as the store does,
         // reading cold ones back from its own disk before each entry.
         let mut lean = m.clone();
@@ -597,6 +657,13 @@ proptest! {
         for op in &ops {
             if let Op::Advance { ms } = op {
                 wall = (wall as i64 + ms).max(T0 as i64) as u64;
+                continue;
+            }
+            if let Op::Retention { extra_ms } = op {
+                wall = (wall as i64 + DECISION_RETENTION_MS as i64 + extra_ms) as u64;
+                // The lean replica restarts from its records (as after a crash, or a
+                // snapshot installed): it must forget the same records at the same time.
+                lean = SeatMachine::load_records(&lean_disk).map_err(|e| TestCaseError::fail(e.to_string()))?;
                 continue;
             }
             let (cmd, seq) = command(op, &model).unwrap();
@@ -612,7 +679,8 @@ proptest! {
             let want = model_step(&mut model, op, seq);
             prop_assert_eq!(kind_of(&got), want, "op {:?}", op);
             compare(&m, &model)?;
-            disk.extend(m.take_changes());
+            prop_assert_eq!(m.records_awaiting_purge(), model.awaiting_purge(), "records queued to be forgotten");
+            store_changes(&mut m, &mut disk);
             let reloaded = SeatMachine::load_records(&disk).map_err(|e| TestCaseError::fail(e.to_string()))?;
             let mut hot = m.clone();
             hot.evict_cold();
@@ -653,6 +721,10 @@ proptest! {
             .filter_map(|(op, &d)| {
                 if let Op::Advance { ms } = op {
                     model.now = model.now.max((model.now as i64 + ms) as u64);
+                    return None;
+                }
+                if let Op::Retention { extra_ms } = op {
+                    model.now = (model.now as i64 + DECISION_RETENTION_MS as i64 + extra_ms) as u64;
                     return None;
                 }
                 let (cmd, seq) = command(op, &model)?;

@@ -518,3 +518,257 @@ fn decided_requests_are_answered_from_disk_after_eviction_a_restart_and_a_snapsh
         assert_eq!(again[0], first, "after a snapshot");
     });
 }
+
+// ---------------------------------------------------------------------------------
+// Retention on the store: purged records leave the disk, identically on every replica.
+
+use raft_store::limits::DECISION_RETENTION_MS;
+
+fn entry_at(index: u64, ts_ms: u64, commands: Vec<Command>) -> Entry<TypeConfig> {
+    Entry {
+        log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+        payload: EntryPayload::Normal(Batch { ts_ms, commands }.into()),
+    }
+}
+
+/// Every state machine record of `group` in the closed store at `path`, in key order
+/// (keys without the group prefix).
+fn sm_records(path: &std::path::Path, group: u32) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let opts = rocksdb::Options::default();
+    let db =
+        rocksdb::DB::open_cf_for_read_only(&opts, path.join("db"), ["log", "meta", "sm"], false)
+            .unwrap();
+    let prefix = group.to_be_bytes();
+    db.prefix_iterator_cf(db.cf_handle("sm").unwrap(), prefix)
+        .map(|item| item.unwrap())
+        .take_while(|(k, _)| k.starts_with(&prefix))
+        .map(|(k, v)| (k[4..].to_vec(), v.to_vec()))
+        .collect()
+}
+
+/// How many records of `kind` (the first key byte: 6 a hold request's decision, 7 a
+/// checkout, 9 a retention queue entry) are among `records`.
+fn count_kind(records: &[(Vec<u8>, Vec<u8>)], kind: u8) -> usize {
+    records
+        .iter()
+        .filter(|(k, _)| k.first() == Some(&kind))
+        .count()
+}
+
+const REFUSALS: u64 = 3_000;
+
+/// The history every replica shares up to the snapshot: an event, a hold on A-1 by
+/// "owner", `REFUSALS` requests for A-1 with fresh ids, the owner's payment declined,
+/// and the owner's hold released. `REFUSALS + 2` records then only answer retries.
+fn history_before_snapshot() -> Vec<Entry<TypeConfig>> {
+    let owner = raft_store::HoldId {
+        event: common::ev("ev"),
+        seq: 1,
+    };
+    let mut out = vec![
+        entry_at(1, T0, vec![create("ev", 1, 4, 10, Limits::default())]),
+        entry_at(
+            2,
+            T0,
+            vec![Command::Hold(hold_req("ev", "owner", "r", &["A-1"]))],
+        ),
+    ];
+    for chunk in 0..REFUSALS / 1000 {
+        let refused = (0..1000)
+            .map(|i| {
+                let user = format!("u{}", chunk * 1000 + i);
+                Command::Hold(hold_req("ev", &user, "r", &["A-1"]))
+            })
+            .collect();
+        out.push(entry_at(3 + chunk, T0, refused));
+    }
+    let next = 3 + REFUSALS / 1000;
+    out.push(entry_at(
+        next,
+        T0 + 1_000,
+        vec![
+            Command::BeginCheckout {
+                hold: owner.clone(),
+                idempotency_key: "k1".into(),
+            },
+            Command::AbortCheckout {
+                hold: owner.clone(),
+                idempotency_key: "k1".into(),
+                reason: "declined".into(),
+            },
+        ],
+    ));
+    out.push(entry_at(
+        next + 1,
+        T0 + 2_000,
+        vec![Command::Release {
+            hold: owner,
+            user: "owner".into(),
+        }],
+    ));
+    out
+}
+
+/// The history after the snapshot: the retention runs out, the backlog is forgotten
+/// by entries without commands, then the first refusal, the owner's request and the
+/// declined key are retried.
+fn history_after_snapshot(first_index: u64) -> Vec<Entry<TypeConfig>> {
+    let retries = || {
+        vec![
+            Command::Hold(hold_req("ev", "u0", "r", &["A-1"])),
+            Command::Hold(hold_req("ev", "owner", "r", &["A-1"])),
+            Command::BeginCheckout {
+                hold: raft_store::HoldId {
+                    event: common::ev("ev"),
+                    seq: 1,
+                },
+                idempotency_key: "k1".into(),
+            },
+        ]
+    };
+    let mut index = first_index;
+    let mut at = |ts_ms: u64, commands: Vec<Command>| {
+        index += 1;
+        entry_at(index - 1, ts_ms, commands)
+    };
+    // At exactly the retention of the oldest, every retry hears its first answer.
+    let mut out = vec![at(T0 + DECISION_RETENTION_MS, retries())];
+    let backlog = (REFUSALS + 2) as usize;
+    let purge_entries = backlog.div_ceil(SeatMachine::purge_budget_records(0));
+    for _ in 0..purge_entries {
+        out.push(at(T0 + DECISION_RETENTION_MS + 2_001, vec![]));
+    }
+    out.push(at(T0 + DECISION_RETENTION_MS + 2_002, retries()));
+    out
+}
+
+#[test]
+fn retention_forgets_the_same_records_on_replicas_restored_from_a_snapshot_or_restarted() {
+    let dir = tempfile::tempdir().unwrap();
+    let before = history_before_snapshot();
+    let after = history_after_snapshot(before.len() as u64 + 1);
+    let paths = ["a", "b", "c"].map(|n| dir.path().join(n));
+    rt().block_on(async {
+        // Replica a applies the whole history; b and c start from a's snapshot.
+        let store_a = Store::open(&paths[0]).unwrap();
+        let (_, mut a) = store_a.group(1).unwrap();
+        let first = a.apply(before.clone()).await.unwrap();
+        assert!(first[2..2 + (REFUSALS / 1000) as usize]
+            .iter()
+            .flatten()
+            .all(|o| matches!(o, Err(raft_store::Refusal::Conflict { .. }))));
+        let snap = a.build_snapshot().await.unwrap();
+        let mut stores = vec![store_a];
+        let mut replicas = vec![a];
+        for path in &paths[1..] {
+            let store = Store::open(path).unwrap();
+            let (_, mut sm) = store.group(1).unwrap();
+            sm.install_snapshot(&snap.meta, snap.snapshot.clone())
+                .await
+                .unwrap();
+            stores.push(store);
+            replicas.push(sm);
+        }
+        assert_eq!(
+            replicas[0].reader().read(|m| m.records_awaiting_purge()),
+            REFUSALS + 2
+        );
+        let mut answers = Vec::new();
+        for (n, e) in after.iter().enumerate() {
+            if n == after.len() / 2 {
+                // c restarts in the middle of the backlog, from its records.
+                replicas.pop();
+                stores.pop();
+                let store = Store::open(&paths[2]).unwrap();
+                let (_, sm) = store.group(1).unwrap();
+                stores.push(store);
+                replicas.push(sm);
+            }
+            let mut outs = Vec::new();
+            for sm in &mut replicas {
+                outs.push(sm.apply(vec![e.clone()]).await.unwrap());
+            }
+            assert!(outs.iter().all(|o| *o == outs[0]), "entry {n}: {outs:?}");
+            let digests: Vec<_> = replicas
+                .iter()
+                .map(|sm| sm.reader().read(|m| m.digest()))
+                .collect();
+            assert!(digests.iter().all(|d| *d == digests[0]), "entry {n}");
+            answers.push(outs.swap_remove(0).remove(0));
+        }
+        // Within the retention, the first answers.
+        let (within, last) = (&answers[0], answers.last().unwrap());
+        assert!(
+            matches!(&within[0], Err(raft_store::Refusal::Conflict { .. })),
+            "{within:?}"
+        );
+        assert!(matches!(&within[1], Ok(raft_store::Reply::Held(v)) if v.hold_id.seq == 1));
+        assert!(
+            matches!(&within[2], Err(raft_store::Refusal::Declined(_))),
+            "{within:?}"
+        );
+        // After it, new decisions: the seat is free, so u0 gets it, and the owner, who
+        // asks again with the same id, finds it taken; the key hears what the hold is.
+        assert!(
+            matches!(&last[0], Ok(raft_store::Reply::Held(v)) if v.user.as_ref() == "u0"),
+            "{last:?}"
+        );
+        assert!(
+            matches!(&last[1], Err(raft_store::Refusal::Conflict { .. })),
+            "{last:?}"
+        );
+        assert!(
+            matches!(&last[2], Err(raft_store::Refusal::WrongState(m)) if m.contains("released")),
+            "{last:?}"
+        );
+        for sm in &replicas {
+            // Only the three new decisions wait now: the owner's refusal, the key's.
+            assert_eq!(sm.reader().read(|m| m.records_awaiting_purge()), 2);
+        }
+    });
+    // The disks agree record for record, and the backlog left them.
+    let records = paths.each_ref().map(|p| sm_records(p, 1));
+    assert_eq!(records[0], records[1]);
+    assert_eq!(records[0], records[2]);
+    assert_eq!(count_kind(&records[0], 6), 1, "the owner's new refusal");
+    assert_eq!(count_kind(&records[0], 7), 1, "k1's new refusal");
+    assert_eq!(count_kind(&records[0], 9), 2, "their two queue entries");
+}
+
+#[test]
+fn purged_records_leave_the_disk_and_a_retry_after_a_restart_is_new() {
+    let dir = tempfile::tempdir().unwrap();
+    let before = history_before_snapshot();
+    let after = history_after_snapshot(before.len() as u64 + 1);
+    rt().block_on(async {
+        let store = Store::open(dir.path()).unwrap();
+        let (_, mut sm) = store.group(1).unwrap();
+        sm.apply(before).await.unwrap();
+    });
+    let stored = sm_records(dir.path(), 1);
+    assert_eq!(count_kind(&stored, 6), REFUSALS as usize + 1);
+    assert_eq!(count_kind(&stored, 7), 1);
+    assert_eq!(count_kind(&stored, 9), REFUSALS as usize + 2);
+    let (purges, retries) = after.split_at(after.len() - 1);
+    rt().block_on(async {
+        let store = Store::open(dir.path()).unwrap();
+        let (_, mut sm) = store.group(1).unwrap();
+        sm.apply(purges.to_vec()).await.unwrap();
+        assert_eq!(sm.reader().read(|m| m.records_awaiting_purge()), 0);
+    });
+    let stored = sm_records(dir.path(), 1);
+    assert_eq!(count_kind(&stored, 6), 0);
+    assert_eq!(count_kind(&stored, 7), 0);
+    assert_eq!(count_kind(&stored, 9), 0);
+    // The filter, rebuilt from the disk, no longer knows the purged requests; one that
+    // did (without a restart) would only read and find nothing, as the test above does.
+    rt().block_on(async {
+        let store = Store::open(dir.path()).unwrap();
+        let (_, mut sm) = store.group(1).unwrap();
+        let out = sm.apply(retries.to_vec()).await.unwrap();
+        assert!(
+            matches!(&out[0][0], Ok(raft_store::Reply::Held(_))),
+            "{out:?}"
+        );
+    });
+}

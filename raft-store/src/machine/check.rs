@@ -3,10 +3,17 @@
 //! `apply` asserts the local invariants of each change as it makes it; this walks the
 //! whole state. Tests run it after every step, and decoding a snapshot runs it before
 //! trusting the bytes, so it returns an error rather than panicking.
+//!
+//! The retention queue is checked against the records (`check_retention`): its shape
+//! always, each entry in memory against the record it names when that is in memory
+//! too, and, when the whole queue is in memory (a machine that never evicts), a one to
+//! one match between the queue and the records that only answer retries.
 
 use std::collections::{BTreeSet, HashMap};
 
 use super::event::request_key;
+use super::persist::{is_cold_checkout, is_cold_hold};
+use super::retention::{Retained, QUEUE_POSITIONS_MAX};
 
 use super::event::{CheckoutResult, Counts, EventState, RequestRecord, SeatStatus};
 use super::SeatMachine;
@@ -31,6 +38,120 @@ impl SeatMachine {
                 event.def.event_id
             );
             event.check().map_err(|e| format!("event {id}: {e}"))?;
+            ensure!(
+                event.retired.is_empty(),
+                "event {id} has records retired but not queued"
+            );
+        }
+        self.check_retention()
+    }
+
+    /// The retention queue's invariants (see `machine::retention`).
+    pub(crate) fn check_retention(&self) -> Result<(), String> {
+        let r = &self.retention;
+        let s = &r.state;
+        ensure!(
+            s.head <= s.tail && s.tail <= QUEUE_POSITIONS_MAX,
+            "retention head {} and tail {} out of order or range",
+            s.head,
+            s.tail
+        );
+        ensure!(
+            s.head < s.tail || s.head_decided_at_ms == 0,
+            "an empty retention queue has a head time"
+        );
+        if let Some((&first, _)) = r.window.first_key_value() {
+            ensure!(
+                first >= s.head,
+                "retention entry {first} is before the head {}",
+                s.head
+            );
+        }
+        if let Some((&last, _)) = r.window.last_key_value() {
+            ensure!(
+                last < s.tail,
+                "retention entry {last} is past the tail {}",
+                s.tail
+            );
+        }
+        if let Some(e) = r.window.get(&s.head) {
+            ensure!(
+                e.decided_at_ms == s.head_decided_at_ms,
+                "retention head decided at {} ms, the queue says {}",
+                e.decided_at_ms,
+                s.head_decided_at_ms
+            );
+        }
+        let mut previous: Option<(u64, u64)> = None;
+        for (&pos, e) in &r.window {
+            ensure!(
+                e.decided_at_ms >= s.head_decided_at_ms && e.decided_at_ms <= self.clock_ms,
+                "retention entry {pos} decided at {} ms, outside {}..={} ms",
+                e.decided_at_ms,
+                s.head_decided_at_ms,
+                self.clock_ms
+            );
+            if let Some((p, t)) = previous {
+                ensure!(
+                    e.decided_at_ms >= t,
+                    "retention entry {pos} is older than entry {p}"
+                );
+            }
+            previous = Some((pos, e.decided_at_ms));
+            let event = self.events.get(&e.event).ok_or(format!(
+                "retention entry {pos} names unknown event {}",
+                e.event
+            ))?;
+            match &e.target {
+                Retained::Request(key) => {
+                    let rec = event.requests.get(key.as_str());
+                    ensure!(
+                        rec.is_none_or(|rec| !event.is_derived_request(rec)),
+                        "retention entry {pos} names request {key:?} of a live or committed hold"
+                    );
+                }
+                Retained::Checkout(key) => {
+                    let rec = event.checkouts.get(key);
+                    ensure!(
+                        rec.is_none_or(is_cold_checkout),
+                        "retention entry {pos} names checkout {key:?} that is not refused"
+                    );
+                }
+            }
+        }
+        // With the whole queue in memory, every record in memory that only answers
+        // retries is named by it, once. (Not the converse: a store keeps the records
+        // it names on disk.)
+        if r.window.len() as u64 == s.tail - s.head {
+            let mut named = BTreeSet::new();
+            for (pos, e) in &r.window {
+                ensure!(
+                    named.insert((&e.event, &e.target)),
+                    "retention entry {pos} names a record queued before"
+                );
+            }
+            for (id, event) in &self.events {
+                for (key, rec) in &event.requests {
+                    if event.is_derived_request(rec) {
+                        continue;
+                    }
+                    let target = Retained::Request(key.to_string());
+                    ensure!(
+                        named.contains(&(id, &target)),
+                        "event {id}: request {key:?} only answers retries but is not queued"
+                    );
+                }
+                for (key, rec) in &event.checkouts {
+                    if !is_cold_checkout(rec) {
+                        continue;
+                    }
+                    let target = Retained::Checkout(key.clone());
+                    ensure!(
+                        named.contains(&(id, &target)),
+                        "event {id}: checkout {key:?} is refused but not queued"
+                    );
+                }
+            }
         }
         self.check_keys()
     }
@@ -241,11 +362,11 @@ impl EventState {
             let mut key = String::new();
             request_key(&mut key, &hold.user, &hold.client_reservation_id);
             // A live or committed hold's grant is kept in memory (it has no record
-            // while the hold is hot); an ended hold's may be on disk only.
+            // while the hold is hot); an ended hold's may be on disk only, or forgotten
+            // after the retention and the request decided anew since.
             let rec = self.requests.get(key.as_str());
-            let ended = super::persist::is_cold_hold(hold);
             ensure!(
-                rec.map_or(ended, |r| *r == RequestRecord::Granted(seq)),
+                is_cold_hold(hold) || rec == Some(&RequestRecord::Granted(seq)),
                 "hold {seq}'s request record says {rec:?}"
             );
         }

@@ -16,6 +16,9 @@
 //! Retries are answered from records: `(user, client_reservation_id)` remembers the
 //! first decision of a hold; an idempotency key remembers how its checkout went.
 //! Malformed input is refused without a record (the same input is refused again).
+//! A record that from then on only answers retries (a refusal, an ended hold's grant)
+//! is listed in [`EventState::retired`] the moment it becomes so, and the machine
+//! queues it to be forgotten after `DECISION_RETENTION_MS` (see `machine::retention`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -24,6 +27,7 @@ use rustc_hash::FxHashMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::retention::Retained;
 use crate::command::{
     CreateEvent, HoldRequest, HoldState, HoldView, OrderView, Outcome, Refusal, Reply, SaleState,
 };
@@ -106,6 +110,12 @@ pub(crate) struct Dirty {
     pub orders: Vec<u64>,
     pub requests: Vec<Arc<str>>,
     pub checkouts: Vec<String>,
+    /// Request and checkout records purged (see `machine::retention`): their records
+    /// must leave the disk too, unless decided anew meanwhile. Until storage takes the
+    /// changes, the disk may still hold them, so nothing may read them back from there
+    /// (`cold_keys` skips them).
+    pub purged_requests: BTreeSet<Arc<str>>,
+    pub purged_checkouts: BTreeSet<String>,
 }
 
 /// Counters per section, indexed like `SeatPlan::section_capacity`.
@@ -145,6 +155,10 @@ pub(crate) struct EventState {
     /// Records in memory that may be cold: changed or read back since the last
     /// eviction. Eviction looks at these only, so it costs what the entries touched.
     pub touched: Touched,
+    /// Records that became retention-only during the command being applied, in the
+    /// order they did; the machine moves them to its retention queue after each
+    /// command, so this is empty between commands.
+    pub retired: Vec<Retained>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -228,6 +242,7 @@ impl EventState {
             },
             dirty_created: true,
             touched: Touched::default(),
+            retired: Vec::new(),
         }
     }
 
@@ -286,14 +301,29 @@ impl EventState {
 
     fn set_checkout(&mut self, key: &str, hold: u64, result: CheckoutResult) {
         self.dirty.checkouts.push(key.to_string());
+        self.retire_checkout_if_refused(key, &result);
         self.checkouts
             .insert(key.to_string(), CheckoutRecord { hold, result });
     }
 
     fn set_checkout_result(&mut self, key: &str, result: CheckoutResult) {
         self.dirty.checkouts.push(key.to_string());
+        self.retire_checkout_if_refused(key, &result);
         let rec = self.checkouts.get_mut(key).expect("checkout record exists");
+        debug_assert_eq!(
+            rec.result,
+            CheckoutResult::InProgress,
+            "only a checkout in progress ends"
+        );
         rec.result = result;
+    }
+
+    /// A refused checkout is final (`replay_checkout` answers every later use of its
+    /// key), so from now on its record only answers retries.
+    fn retire_checkout_if_refused(&mut self, key: &str, result: &CheckoutResult) {
+        if let CheckoutResult::Refused(_) = result {
+            self.retired.push(Retained::Checkout(key.to_string()));
+        }
     }
 
     /// Gives a live hold's seats back and moves it to `end` (released or expired).
@@ -327,6 +357,8 @@ impl EventState {
             .expect("a live hold's request is in memory");
         assert_eq!(*rec, RequestRecord::Granted(seq), "hold {seq}'s request");
         self.dirty.requests.push(key.clone());
+        // The hold can never be live again, so its grant now only answers retries.
+        self.retired.push(Retained::Request(key.to_string()));
     }
 
     /// Expires holds and aborts checkouts whose deadline is ≤ `now_ms`.
@@ -436,6 +468,7 @@ impl EventState {
             Ok(other) => unreachable!("hold decided {other:?}"),
             Err(r) => {
                 self.dirty.requests.push(key.clone());
+                self.retired.push(Retained::Request(key.to_string()));
                 RequestRecord::Refused(r.clone())
             }
         };

@@ -16,12 +16,19 @@
 //! ([`Refusal::KeyReused`]). (Keys of another shard are not known here; the payment
 //! gateway's own keys are scoped to the hold by the coordinator, so a key reused across
 //! shards cannot reach another hold's charge either.)
+//!
+//! Each entry first forgets the decisions whose retention ran out (`retention`): at
+//! most a bounded number, oldest first, chosen from replicated state only.
 
 mod check;
 pub(crate) mod event;
 mod persist;
+pub(crate) mod retention;
 
-pub use persist::{is_request_key, Record};
+pub use persist::Record;
+// Only the storage layer asks what a record key is.
+#[cfg(feature = "storage")]
+pub use persist::{is_request_key, is_retention_key};
 
 use std::collections::BTreeMap;
 
@@ -33,6 +40,7 @@ use crate::ids::{EventId, HoldId, OrderId};
 use crate::limits::Limit;
 pub(crate) use check::Derived;
 use event::{EventState, SeatStatus};
+use retention::{purge_budget_records, Retention};
 
 /// The replicated state of one shard: every event in it.
 #[derive(Clone, Debug, Default)]
@@ -51,6 +59,8 @@ pub struct SeatMachine {
     pub(crate) dirty_keys: Vec<String>,
     /// Keys in memory since the last eviction (bound or read back).
     pub(crate) touched_keys: Vec<String>,
+    /// Decisions kept only to answer retries, queued to be forgotten in log time.
+    pub(crate) retention: Retention,
 }
 
 impl SeatMachine {
@@ -77,13 +87,16 @@ impl SeatMachine {
         self.clock_ms
     }
 
-    /// The earliest hold or payment deadline of any event, if any hold is live: the
-    /// leader proposes `Expire` once its clock passes it, so seats come back without a
-    /// read touching them.
+    /// The earliest log time at which an entry changes state by time alone: a hold or
+    /// payment deadline of any event, or the moment the oldest decision kept for
+    /// retries is due to be forgotten (`retention`). The leader proposes `Expire` once
+    /// its clock passes it, so seats come back without a read touching them, and an
+    /// idle shard still forgets (a bounded number per entry).
     pub fn next_deadline_ms(&self) -> Option<u64> {
         self.events
             .values()
             .filter_map(|e| e.deadlines.first().map(|&(ms, _)| ms))
+            .chain(self.retention.head_due_at_ms())
             .min()
     }
 
@@ -92,10 +105,17 @@ impl SeatMachine {
         self.advance(index);
         self.clock_ms = self.clock_ms.max(batch.ts_ms);
         let now_ms = self.clock_ms;
+        // Before the commands, so a retry in this entry of a request forgotten now is
+        // decided as new, on every replica alike.
+        self.purge_due(now_ms, purge_budget_records(batch.commands.len()));
         batch
             .commands
             .iter()
-            .map(|c| self.apply_command(c, now_ms))
+            .map(|c| {
+                let outcome = self.apply_command(c, now_ms);
+                self.queue_retired(command_event(c), now_ms);
+                outcome
+            })
             .collect()
     }
 
@@ -387,6 +407,20 @@ impl SeatMachine {
         found.sort_by(|a, b| (a.starts_at_ms, &a.event_id).cmp(&(b.starts_at_ms, &b.event_id)));
         found.truncate(limit);
         found
+    }
+}
+
+/// The event a command may change records of; `None` for every event (`Expire`).
+fn command_event(cmd: &Command) -> Option<&EventId> {
+    match cmd {
+        Command::CreateEvent(def) => Some(&def.event_id),
+        Command::SetSale { event_id, .. } => Some(event_id),
+        Command::Hold(req) => Some(&req.event_id),
+        Command::BeginCheckout { hold, .. }
+        | Command::CompleteCheckout { hold, .. }
+        | Command::AbortCheckout { hold, .. }
+        | Command::Release { hold, .. } => Some(&hold.event),
+        Command::Expire => None,
     }
 }
 

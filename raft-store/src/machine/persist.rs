@@ -18,9 +18,19 @@
 //! (a refusal, or a grant whose hold has ended: while a hold is live or committed, its
 //! request's grant is derived from the hold, which names its user and reservation id),
 //! `[7]E[key]` an idempotency key's checkout. Outside any event, `[8][key]` names the
-//! hold an idempotency key is bound to, shard-wide (`SeatMachine::keys`; always cold).
-//! Big-endian numbers keep RocksDB's key order equal to numeric order. A seat without a record is available at version 0,
-//! so creating a stadium writes one record, not 100,000.
+//! hold an idempotency key is bound to, shard-wide (`SeatMachine::keys`; always cold);
+//! and for the machine's retention queue (`machine::retention`), `[9]` its head, tail,
+//! head time and checksum, and `[10][position u64 BE]` a queued record (its event,
+//! kind, key and decision time).
+//! Big-endian numbers keep RocksDB's key order equal to numeric order. A seat without
+//! a record is available at version 0, so creating a stadium writes one record, not
+//! 100,000.
+//!
+//! Records are written and, since retention, deleted: [`SeatMachine::take_changes`]
+//! gives both, for disjoint keys. A request or checkout record the queue purges is
+//! deleted unless it was decided anew in the same changes, and a queue entry is
+//! deleted once purged. A store written before retention has no `[9]` record: its
+//! queue is empty, and its records are kept as they were.
 //!
 //! Memory is bounded by the venue, not by history. What an event needs to decide lives
 //! in memory: seats, live and committed holds, orders (each holds a sold seat, so there
@@ -33,7 +43,8 @@
 //! ([`SeatMachine::cold_keys`], [`SeatMachine::warm`]). Decisions never depend on what
 //! happens to be cached: a record is in memory, in the write in flight, or on disk
 //! (storage's readers wait for the write before reading the disk), and `cold_keys`
-//! names every record `apply` may read.
+//! names every record `apply` may read (including the queue entries a purge needs,
+//! and excluding records purged whose deletion is not written yet).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -44,6 +55,7 @@ use super::event::{
     request_key, CheckoutRecord, CheckoutResult, EventState, Hold, Order, RequestRecord, Seat,
     SeatStatus,
 };
+use super::retention::{Retention, RetentionEntry, RetentionState, QUEUE_POSITIONS_MAX};
 use super::SeatMachine;
 use crate::codec::{restore_event, EventImage};
 use crate::command::{Batch, Command, HoldState};
@@ -59,6 +71,8 @@ const KIND_ORDER: u8 = 5;
 const KIND_REQUEST: u8 = 6;
 const KIND_CHECKOUT: u8 = 7;
 const KIND_KEY: u8 = 8;
+const KIND_RETENTION_STATE: u8 = 9;
+const KIND_RETENTION_ENTRY: u8 = 10;
 
 #[derive(Serialize, Deserialize)]
 struct MachineRecord {
@@ -77,10 +91,33 @@ struct Counters {
 /// One record: key and value bytes.
 pub type Record = (Vec<u8>, Vec<u8>);
 
+/// What storage must do to a machine's records after an apply: write `puts`, delete
+/// `deletes`. No key is in both, so their order does not matter.
+#[derive(Debug, Default)]
+pub struct Changes {
+    pub puts: Vec<Record>,
+    pub deletes: Vec<Vec<u8>>,
+}
+
 /// Whether a record key (without the storage's group prefix) is a hold request's
 /// decision: the storage layer keeps a filter of those it has on disk.
+#[cfg_attr(not(feature = "storage"), allow(dead_code))]
 pub fn is_request_key(key: &[u8]) -> bool {
     key.first() == Some(&KIND_REQUEST)
+}
+
+/// Whether a record key is a retention queue entry: one that [`SeatMachine::cold_keys`]
+/// names must be stored (the queue's positions `head..tail` all are), so storage
+/// reports a missing one as damage instead of applying without it.
+pub fn is_retention_key(key: &[u8]) -> bool {
+    key.first() == Some(&KIND_RETENTION_ENTRY)
+}
+
+fn retention_key(pos: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9);
+    k.push(KIND_RETENTION_ENTRY);
+    k.extend_from_slice(&pos.to_be_bytes());
+    k
 }
 
 fn key(kind: u8, event: &str, suffix: &[u8]) -> Vec<u8> {
@@ -177,8 +214,9 @@ impl EventState {
         }
     }
 
-    /// Records for everything marked dirty, clearing the marks.
-    fn take_changes(&mut self, with_def: bool, out: &mut Vec<Record>) {
+    /// Records for everything marked dirty, and deletions of the records purged,
+    /// clearing the marks.
+    fn take_changes(&mut self, with_def: bool, out: &mut Vec<Record>, deletes: &mut Vec<Vec<u8>>) {
         let id = self.def.event_id.as_str();
         let dirty = std::mem::take(&mut self.dirty);
         self.touched.holds.extend(&dirty.holds);
@@ -214,18 +252,31 @@ impl EventState {
             |s| s.to_be_bytes().to_vec(),
             |s| &self.orders[s],
         );
-        emit(
-            &mut out_kind(out, KIND_REQUEST, id),
-            dirty.requests,
-            |k| k.as_bytes().to_vec(),
-            |k| &self.requests[k],
-        );
-        emit(
-            &mut out_kind(out, KIND_CHECKOUT, id),
-            dirty.checkouts,
-            |k| k.as_bytes().to_vec(),
-            |k| &self.checkouts[k],
-        );
+        // A request or checkout changed or purged is written as it is in memory, or
+        // deleted when it has no record of its own now: purged (and not decided anew),
+        // or decided anew as a live hold's grant, which is derived from the hold.
+        let mut requests = dirty.requests;
+        requests.extend(dirty.purged_requests);
+        requests.sort_unstable();
+        requests.dedup();
+        for k in requests {
+            let at = key(KIND_REQUEST, id, k.as_bytes());
+            match self.requests.get(&k) {
+                Some(r) if !self.is_derived_request(r) => out.push((at, value(r))),
+                _ => deletes.push(at),
+            }
+        }
+        let mut checkouts = dirty.checkouts;
+        checkouts.extend(dirty.purged_checkouts);
+        checkouts.sort_unstable();
+        checkouts.dedup();
+        for k in checkouts {
+            let at = key(KIND_CHECKOUT, id, k.as_bytes());
+            match self.checkouts.get(&k) {
+                Some(c) => out.push((at, value(c))),
+                None => deletes.push(at),
+            }
+        }
     }
 
     fn mark_all_dirty(&mut self) {
@@ -250,6 +301,82 @@ impl EventState {
         d.orders = self.orders.keys().copied().collect();
         d.requests = requests;
         d.checkouts = self.checkouts.keys().cloned().collect();
+    }
+}
+
+/// What loading saw of the retention queue's entries, to check them against its state
+/// without keeping them: the queue's positions `head..tail`, each once, the head's
+/// time, times that never decrease (where entries come in position order, as they do
+/// from RocksDB) and none after the machine's clock.
+#[derive(Default)]
+struct QueueSeen {
+    count: u64,
+    first: Option<(u64, u64)>,
+    last: Option<(u64, u64)>,
+    previous: Option<(u64, u64)>,
+    latest_ms: u64,
+}
+
+impl QueueSeen {
+    fn see(&mut self, pos: u64, decided_at_ms: u64) -> Result<(), Error> {
+        if let Some((p, t)) = self.previous {
+            if p.checked_add(1) == Some(pos) && decided_at_ms < t {
+                return Err(corrupt(format!(
+                    "retention entry {pos} is older than the one before it"
+                )));
+            }
+        }
+        self.previous = Some((pos, decided_at_ms));
+        self.count += 1;
+        if self.first.is_none_or(|(p, _)| pos < p) {
+            self.first = Some((pos, decided_at_ms));
+        }
+        if self.last.is_none_or(|(p, _)| pos > p) {
+            self.last = Some((pos, decided_at_ms));
+        }
+        self.latest_ms = self.latest_ms.max(decided_at_ms);
+        Ok(())
+    }
+
+    fn check(&self, s: &RetentionState, clock_ms: u64) -> Result<(), Error> {
+        let bad = |detail: String| Err(corrupt(format!("retention queue: {detail}")));
+        if s.head > s.tail || s.tail > QUEUE_POSITIONS_MAX {
+            return bad(format!(
+                "head {} and tail {} out of order or range",
+                s.head, s.tail
+            ));
+        }
+        if self.count != s.tail - s.head {
+            return bad(format!(
+                "{} entries stored for positions {}..{}",
+                self.count, s.head, s.tail
+            ));
+        }
+        match (self.first, self.last) {
+            (Some((first, first_ms)), Some((last, _))) => {
+                if first != s.head || last.checked_add(1) != Some(s.tail) {
+                    return bad(format!(
+                        "entries {first}..={last} stored for positions {}..{}",
+                        s.head, s.tail
+                    ));
+                }
+                if first_ms != s.head_decided_at_ms {
+                    return bad(format!(
+                        "head decided at {first_ms} ms, the state says {}",
+                        s.head_decided_at_ms
+                    ));
+                }
+            }
+            _ if s.head_decided_at_ms != 0 => return bad("an empty queue has a head time".into()),
+            _ => {}
+        }
+        if self.latest_ms > clock_ms {
+            return bad(format!(
+                "an entry decided at {} ms, after the machine's clock {clock_ms} ms",
+                self.latest_ms
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -302,7 +429,7 @@ pub(super) fn is_cold_hold(h: &Hold) -> bool {
     matches!(h.state, HoldState::Released | HoldState::Expired)
 }
 
-fn is_cold_checkout(c: &CheckoutRecord) -> bool {
+pub(super) fn is_cold_checkout(c: &CheckoutRecord) -> bool {
     matches!(c.result, CheckoutResult::Refused(_))
 }
 
@@ -335,7 +462,7 @@ impl EventState {
 
     /// Whether a request's record is derived from a hot hold (a live or committed one
     /// names its request): such a record is neither written nor evicted.
-    fn is_derived_request(&self, r: &RequestRecord) -> bool {
+    pub(super) fn is_derived_request(&self, r: &RequestRecord) -> bool {
         match r {
             RequestRecord::Granted(seq) => self.holds.get(seq).is_some_and(|h| !is_cold_hold(h)),
             RequestRecord::Refused(_) => false,
@@ -354,6 +481,9 @@ impl EventState {
             Command::Hold(req) => {
                 request_key(buf, &req.user, &req.client_reservation_id);
                 match self.requests.get(buf.as_str()) {
+                    // Purged by an entry whose deletion is not written yet: the disk
+                    // still has the record, which no longer exists.
+                    None if self.dirty.purged_requests.contains(buf.as_str()) => {}
                     None => out.push(key(KIND_REQUEST, id, buf.as_bytes())),
                     Some(RequestRecord::Granted(seq)) => want_hold(*seq, out),
                     Some(RequestRecord::Refused(_)) => {}
@@ -375,6 +505,7 @@ impl EventState {
             } => {
                 want_hold(hold.seq, out);
                 match self.checkouts.get(idempotency_key) {
+                    None if self.dirty.purged_checkouts.contains(idempotency_key) => {}
                     None => out.push(key(KIND_CHECKOUT, id, idempotency_key.as_bytes())),
                     Some(rec) => want_hold(rec.hold, out),
                 }
@@ -409,13 +540,24 @@ impl SeatMachine {
         for key in std::mem::take(&mut self.touched_keys) {
             self.keys.remove(&key);
         }
+        // Queue entries are records too: written, and read back when a purge needs them.
+        let r = &mut self.retention;
+        debug_assert!(r.taken_head == r.state.head && r.taken_tail == r.state.tail);
+        r.window.clear();
     }
 
     /// Keys of stored records that applying `batch` may read and that are not in
     /// memory. Reading them and handing them to [`SeatMachine::warm`] may reveal more
-    /// (a request's hold): call again until it names nothing new.
+    /// (a request's hold): call again until it names nothing new. Retention queue
+    /// entries among them ([`is_retention_key`]) are always stored.
     pub fn cold_keys(&self, batch: &Batch) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
+        let now_ms = self.clock_ms.max(batch.ts_ms);
+        for pos in self.retention.positions_read(now_ms, batch.commands.len()) {
+            if !self.retention.window.contains_key(&pos) {
+                out.push(retention_key(pos));
+            }
+        }
         let mut buf = String::new();
         for cmd in &batch.commands {
             let event = match cmd {
@@ -457,6 +599,19 @@ impl SeatMachine {
                 self.touched_keys.push(key);
                 continue;
             }
+            if is_retention_key(k) {
+                let pos = seq_of(&k[1..])?;
+                let s = &self.retention.state;
+                if !(s.head..s.tail).contains(&pos) {
+                    return Err(corrupt(format!(
+                        "retention entry {pos} read back outside the queue {}..{}",
+                        s.head, s.tail
+                    )));
+                }
+                let entry: RetentionEntry = decode("retention entry", v)?;
+                self.retention.window.insert(pos, entry);
+                continue;
+            }
             let (kind, event, suffix) = split_key(k)?;
             let id = String::from_utf8_lossy(event);
             let e = self
@@ -477,15 +632,23 @@ impl SeatMachine {
                 KIND_REQUEST => {
                     let key = std::str::from_utf8(suffix)
                         .map_err(|_| corrupt("request key is not UTF-8"))?;
+                    let record = decode("request record", v)?;
+                    // A record purged but not yet deleted from the disk is gone.
+                    if e.dirty.purged_requests.contains(key) {
+                        continue;
+                    }
                     let key: Arc<str> = key.into();
-                    e.requests.insert(key.clone(), decode("request record", v)?);
+                    e.requests.insert(key.clone(), record);
                     e.touched.requests.push(key);
                 }
                 KIND_CHECKOUT => {
                     let key = std::str::from_utf8(suffix)
                         .map_err(|_| corrupt("checkout key is not UTF-8"))?;
-                    e.checkouts
-                        .insert(key.to_string(), decode("checkout record", v)?);
+                    let record = decode("checkout record", v)?;
+                    if e.dirty.purged_checkouts.contains(key) {
+                        continue;
+                    }
+                    e.checkouts.insert(key.to_string(), record);
                     e.touched.checkouts.push(key.to_string());
                 }
                 other => return Err(corrupt(format!("record kind {other} is never cold"))),
@@ -524,19 +687,37 @@ impl SeatMachine {
     }
 
     /// The records changed since the last call (or since the machine was loaded), as
-    /// `(key, value)` pairs to write; always includes the machine record. Events
-    /// created since the last call include their definition.
-    pub fn take_changes(&mut self) -> Vec<Record> {
-        let mut out = vec![(
-            vec![KIND_MACHINE],
-            value(&MachineRecord {
-                applied_index: self.applied_index,
-                clock_ms: self.clock_ms,
-            }),
-        )];
+    /// `(key, value)` pairs to write, and the keys of records to delete (purged by
+    /// retention); always includes the machine record and the retention queue's state.
+    /// Events created since the last call include their definition.
+    pub fn take_changes(&mut self) -> Changes {
+        let mut out = vec![
+            (
+                vec![KIND_MACHINE],
+                value(&MachineRecord {
+                    applied_index: self.applied_index,
+                    clock_ms: self.clock_ms,
+                }),
+            ),
+            (vec![KIND_RETENTION_STATE], value(&self.retention.state)),
+        ];
+        let mut deletes = Vec::new();
+        let r = &mut self.retention;
+        // Entries written before and purged since the last call (those also queued
+        // since were never written), and entries queued since and not purged.
+        let written = r.taken_tail.min(r.state.head);
+        deletes.extend((r.taken_head..written).map(retention_key));
+        let queued = r.taken_tail.max(r.state.head);
+        out.extend(
+            r.window
+                .range(queued..)
+                .map(|(&pos, entry)| (retention_key(pos), value(entry))),
+        );
+        r.taken_head = r.state.head;
+        r.taken_tail = r.state.tail;
         for event in self.events.values_mut() {
             let created = std::mem::take(&mut event.dirty_created);
-            event.take_changes(created, &mut out);
+            event.take_changes(created, &mut out, &mut deletes);
         }
         let mut keys = std::mem::take(&mut self.dirty_keys);
         keys.sort_unstable();
@@ -545,18 +726,20 @@ impl SeatMachine {
             out.push((key_binding(&key), value(&self.keys[&key])));
             self.touched_keys.push(key);
         }
-        out
+        Changes { puts: out, deletes }
     }
 
     /// Every record of the machine (for rewriting a group's state wholesale, as when a
-    /// snapshot is installed).
+    /// snapshot is installed): those in memory, which is all of them in a machine that
+    /// never evicted.
     pub fn all_records(&mut self) -> Vec<Record> {
         for event in self.events.values_mut() {
             event.mark_all_dirty();
             event.dirty_created = true;
         }
         self.dirty_keys = self.keys.keys().cloned().collect();
-        self.take_changes()
+        self.retention.taken_tail = self.retention.state.head;
+        self.take_changes().puts
     }
 
     /// Rebuilds a machine from all of its records, in any order, keeping the cold ones
@@ -576,6 +759,8 @@ impl SeatMachine {
         }
         let mut machine = SeatMachine::default();
         let mut seen_machine = false;
+        let mut retention: Option<RetentionState> = None;
+        let mut queue = QueueSeen::default();
         let mut staged: BTreeMap<Vec<u8>, Staged> = BTreeMap::new();
         // Records that belong to an event image, kept until every image exists.
         struct Later {
@@ -602,6 +787,20 @@ impl SeatMachine {
                 machine.applied_index = rec.applied_index;
                 machine.clock_ms = rec.clock_ms;
                 seen_machine = true;
+                continue;
+            }
+            if kind == KIND_RETENTION_STATE {
+                if !rest.is_empty() {
+                    return Err(corrupt("retention state key"));
+                }
+                retention = Some(decode("retention state", v)?);
+                continue;
+            }
+            if kind == KIND_RETENTION_ENTRY {
+                // Queued records stay on disk, like the cold records they name; the
+                // queue's shape is checked below.
+                let entry: RetentionEntry = decode("retention entry", v)?;
+                queue.see(seq_of(rest)?, entry.decided_at_ms)?;
                 continue;
             }
             let Some((&len, rest)) = rest.split_first() else {
@@ -632,6 +831,13 @@ impl SeatMachine {
         if !seen_machine && (!staged.is_empty() || !bound_events.is_empty()) {
             return Err(corrupt("event records without a machine record"));
         }
+        if !seen_machine && (retention.is_some() || queue.count > 0) {
+            return Err(corrupt("retention records without a machine record"));
+        }
+        // No retention state: a store written before retention, whose queue is empty.
+        let retention = retention.unwrap_or_default();
+        queue.check(&retention, machine.clock_ms)?;
+        machine.retention = Retention::stored(retention);
         for (id, s) in staged.iter_mut() {
             let name = String::from_utf8_lossy(id);
             let def = s

@@ -15,9 +15,17 @@
 //! installed snapshot's, which starts a new filter), and the records read when a group
 //! opens. A "maybe" costs only the read it would have cost anyway.
 //!
+//! A "maybe" never means "decided": only a record read back from RocksDB decides a
+//! retry. That is what keeps the filter right across retention (`machine::retention`):
+//! a purged request record is deleted from the disk but stays in the filter (a Bloom
+//! filter cannot forget), so its retry reads RocksDB, finds nothing, and is decided as
+//! a new request, as it should be once the retention ran out. The invariant above
+//! only needs a superset of the records on disk, which deleting keeps.
+//!
 //! Caveats: the filter has a fixed size (`FILTER_BITS`) and nothing is ever removed,
 //! so after millions of decided requests most answers are "maybe" and the store reads
-//! RocksDB as it did before. It lives in memory only and is rebuilt when a group opens.
+//! RocksDB as it did before. It lives in memory only and is rebuilt when a group opens,
+//! from the records then on disk, so purged keys leave it only then.
 //! A node gives filters to at most `FILTER_BYTES_PER_NODE_MAX / FILTER_BYTES` groups
 //! (the first to store a request record); the others answer "maybe" to everything.
 

@@ -18,6 +18,13 @@
 //! A new hold request, which has no record, is not looked for at all: a filter of
 //! the request records on disk says so (`filter`).
 //!
+//! Retention (`machine::retention`): the machine purges records that only answer
+//! retries once their retention ran out, and `take_changes` names them for deletion;
+//! the same batch deletes them. The filter cannot forget a key, so a purged request
+//! stays "maybe decided" there: its retry reads RocksDB, finds nothing and is decided
+//! as new, which is the intended meaning of a retry after the retention. Nothing takes
+//! "in the filter" for "decided": only a record read back decides.
+//!
 //! A snapshot is every record of the group, read from a RocksDB snapshot taken under
 //! the state lock (so it matches the applied id exactly) and framed with a checksum;
 //! the latest one is stored in the group's metadata so a restarted node can still serve
@@ -39,7 +46,7 @@ use super::{
 };
 use crate::command::{Batch, HoldView, Outcome, Refusal};
 use crate::ids::HoldId;
-use crate::machine::{is_request_key, Record, SeatMachine};
+use crate::machine::{is_request_key, is_retention_key, Record, SeatMachine};
 use crate::raft::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 use crate::Error;
 
@@ -218,8 +225,20 @@ impl StateMachineStore {
             let values = self.inner.db.multi_get_cf(full.iter().map(|k| (cf, k)));
             let mut found = Vec::new();
             for (k, v) in keys.iter().zip(values) {
-                if let Some(v) = v.map_err(|e| super::db_error(&self.inner.path, e))? {
-                    found.push((k.clone(), v));
+                match v.map_err(|e| super::db_error(&self.inner.path, e))? {
+                    Some(v) => found.push((k.clone(), v)),
+                    // The queue's entries between its head and tail are all stored: a
+                    // purge must never run without the one it needs.
+                    None if is_retention_key(k) => {
+                        return Err(Error::Corrupt {
+                            what: "state machine records",
+                            detail: format!(
+                                "group {}: a retention queue entry is missing",
+                                self.group
+                            ),
+                        })
+                    }
+                    None => {}
                 }
             }
             if found.is_empty() {
@@ -254,17 +273,19 @@ impl StateMachineStore {
         Ok(records)
     }
 
-    /// The batch that writes the machine's changed records with the applied id and
-    /// membership (after deleting all of the group's records, with `wipe`). The only
-    /// place record batches are built, so the only place a request record can head
-    /// for the disk: its key enters `stored_requests` here, before any apply can look
-    /// for it (the filter's invariant).
+    /// The batch that writes the machine's changed records and deletes its purged ones
+    /// (disjoint keys) with the applied id and membership (after deleting all of the
+    /// group's records, with `wipe`). The only place record batches are built, so the
+    /// only place a request record can head for the disk: its key enters
+    /// `stored_requests` here, before any apply can look for it (the filter's
+    /// invariant). A deleted key stays in the filter, which only costs a read.
     fn record_batch(
         &self,
         stored_requests: &mut KeyFilter,
         membership: &StoredMembership,
         last_applied: Option<&LogId>,
         records: Vec<crate::machine::Record>,
+        deletes: Vec<Vec<u8>>,
         wipe: bool,
     ) -> WriteBatch {
         let mut batch = WriteBatch::default();
@@ -272,6 +293,9 @@ impl StateMachineStore {
         if wipe {
             let (from, to) = group_range(self.group);
             batch.delete_range_cf(sm, from, to);
+        }
+        for k in deletes {
+            batch.delete_cf(sm, prefixed(self.group, &k));
         }
         for (k, v) in records {
             if is_request_key(&k) {
@@ -394,12 +418,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             }
             st.last_applied = Some(entry.log_id);
         }
-        let records = st.machine.take_changes();
+        let changes = st.machine.take_changes();
         let batch = self.record_batch(
             &mut st.stored_requests,
             &st.membership,
             st.last_applied.as_ref(),
-            records,
+            changes.puts,
+            changes.deletes,
             false,
         );
         self.inner
@@ -455,6 +480,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             &meta.last_membership,
             meta.last_log_id.as_ref(),
             records,
+            Vec::new(),
             true,
         );
         self.write_now(batch).map_err(write_err)?;
