@@ -14,7 +14,8 @@
 //! Format versions: a state image is never stored (snapshots and the store are
 //! records, see `machine::persist`); it is only compared (digests) and decoded by
 //! tests, so a new version does not read old ones. Version 2 added the shard-wide
-//! idempotency key bindings, version 3 the retention queue (`machine::retention`).
+//! idempotency key bindings, version 3 the retention queue (`machine::retention`). [`decode_framed_versions`] reads a range
+//! of versions for kinds that are stored, such as the store's snapshots.
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -49,12 +50,13 @@ fn frame(magic: [u8; 4], version: u16, payload: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The payload of framed `bytes` and its format version, one of `versions`.
 fn unframe<'a>(
     what: &'static str,
     magic: [u8; 4],
-    version: u16,
+    versions: std::ops::RangeInclusive<u16>,
     bytes: &'a [u8],
-) -> Result<&'a [u8], Error> {
+) -> Result<(&'a [u8], u16), Error> {
     let corrupt = |detail: String| Error::Corrupt { what, detail };
     if bytes.len() < HEADER_BYTES {
         return Err(corrupt(format!(
@@ -67,11 +69,11 @@ fn unframe<'a>(
         return Err(corrupt(format!("bad magic {:?}", &header[0..4])));
     }
     let found = u16::from_le_bytes([header[4], header[5]]);
-    if found != version {
+    if !versions.contains(&found) {
         return Err(Error::UnsupportedFormat {
             what,
             found,
-            supported: version,
+            supported: *versions.end(),
         });
     }
     let mut len = [0u8; 8];
@@ -88,7 +90,7 @@ fn unframe<'a>(
     if u32::from_le_bytes(crc) != crc32fast::hash(payload) {
         return Err(corrupt("checksum mismatch".into()));
     }
-    Ok(payload)
+    Ok((payload, found))
 }
 
 pub(crate) fn encode_framed<T: Serialize>(magic: [u8; 4], version: u16, value: &T) -> Vec<u8> {
@@ -103,7 +105,18 @@ pub(crate) fn decode_framed<T: DeserializeOwned>(
     version: u16,
     bytes: &[u8],
 ) -> Result<T, Error> {
-    let payload = unframe(what, magic, version, bytes)?;
+    decode_framed_versions(what, magic, version..=version, bytes).map(|(value, _)| value)
+}
+
+/// [`decode_framed`] for a kind whose payload type is the same in each of `versions`
+/// (what differs is read by the caller); also returns the version found.
+pub(crate) fn decode_framed_versions<T: DeserializeOwned>(
+    what: &'static str,
+    magic: [u8; 4],
+    versions: std::ops::RangeInclusive<u16>,
+    bytes: &[u8],
+) -> Result<(T, u16), Error> {
+    let (payload, version) = unframe(what, magic, versions, bytes)?;
     let (value, rest) = postcard::take_from_bytes(payload).map_err(|e| Error::Corrupt {
         what,
         detail: format!("undecodable payload: {e}"),
@@ -114,7 +127,7 @@ pub(crate) fn decode_framed<T: DeserializeOwned>(
             detail: format!("{} trailing bytes", rest.len()),
         });
     }
-    Ok(value)
+    Ok((value, version))
 }
 
 impl Batch {

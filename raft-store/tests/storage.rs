@@ -772,3 +772,112 @@ fn purged_records_leave_the_disk_and_a_retry_after_a_restart_is_new() {
         );
     });
 }
+
+/// Unsigned LEB128, as postcard writes lengths.
+fn read_varint(bytes: &[u8], at: &mut usize) -> usize {
+    let (mut value, mut shift) = (0usize, 0);
+    loop {
+        let b = bytes[*at];
+        *at += 1;
+        value |= ((b & 0x7f) as usize) << shift;
+        if b & 0x80 == 0 {
+            return value;
+        }
+        shift += 7;
+    }
+}
+
+fn write_varint(out: &mut Vec<u8>, mut value: usize) {
+    while value >= 0x80 {
+        out.push((value as u8) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+/// A snapshot as a node built before retention would have: format version 1, and no
+/// retention records (kinds 8 and 9) among its records.
+fn as_version_1_snapshot(v2: &[u8]) -> Vec<u8> {
+    assert_eq!(&v2[..4], b"SSR1");
+    assert_eq!(u16::from_le_bytes([v2[4], v2[5]]), 2);
+    let payload = &v2[18..];
+    let mut at = 0;
+    let n = read_varint(payload, &mut at);
+    let mut kept = Vec::new();
+    for _ in 0..n {
+        let start = at;
+        let k_len = read_varint(payload, &mut at);
+        let kind = payload[at];
+        at += k_len;
+        let v_len = read_varint(payload, &mut at);
+        at += v_len;
+        if kind != 8 && kind != 9 {
+            kept.push(&payload[start..at]);
+        }
+    }
+    assert_eq!(at, payload.len());
+    let mut body = Vec::new();
+    write_varint(&mut body, kept.len());
+    for record in kept {
+        body.extend_from_slice(record);
+    }
+    let mut out = b"SSR1".to_vec();
+    out.extend_from_slice(&1u16.to_le_bytes());
+    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+#[test]
+fn a_snapshot_and_a_directory_from_before_retention_are_still_read() {
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        let store = Store::open(dir.path().join("new")).unwrap();
+        let (_, mut sm) = store.group(1).unwrap();
+        sm.apply(history_before_snapshot()).await.unwrap();
+        let snap = sm.build_snapshot().await.unwrap();
+        let old = as_version_1_snapshot(snap.snapshot.get_ref());
+        // A node of this build installs a snapshot an older node stored or sent.
+        let other = Store::open(dir.path().join("old")).unwrap();
+        let (_, mut copy) = other.group(1).unwrap();
+        copy.install_snapshot(&snap.meta, Box::new(std::io::Cursor::new(old)))
+            .await
+            .unwrap();
+        // Its records were never queued, so they are kept as they always were.
+        assert_eq!(copy.reader().read(|m| m.records_awaiting_purge()), 0);
+        let next = before_len() + 1;
+        let out = copy.apply(history_after_snapshot(next)).await.unwrap();
+        assert!(
+            matches!(
+                &out.last().unwrap()[0],
+                Err(raft_store::Refusal::Conflict { .. })
+            ),
+            "a record written before retention still answers: {out:?}"
+        );
+        // A damaged or future version is still refused.
+        let mut future = snap.snapshot.get_ref().clone();
+        future[4] = 9;
+        let (_, mut third) = other.group(2).unwrap();
+        let err = third
+            .install_snapshot(&snap.meta, Box::new(std::io::Cursor::new(future)))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("format version 9"), "{err}");
+    });
+    // A directory marked format 1 (before retention) opens and is marked format 2, so
+    // an older build refuses it by its marker rather than by its records.
+    let path = dir.path().join("old");
+    std::fs::write(path.join("FORMAT"), "seatd-store 1\n").unwrap();
+    let store = Store::open(&path).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(path.join("FORMAT")).unwrap(),
+        "seatd-store 2\n"
+    );
+    drop(store);
+}
+
+fn before_len() -> u64 {
+    history_before_snapshot().len() as u64
+}

@@ -45,8 +45,12 @@ use sync::Syncer;
 use writer::Writer;
 
 /// The data directory's format marker; bump the number on an incompatible change.
+/// Format 2 may hold the retention queue's records (`machine::retention`), which a
+/// build of format 1 would refuse as unknown records; this build opens a format 1
+/// directory (it has no queue) and marks it format 2 before writing to it.
 const FORMAT_FILE: &str = "FORMAT";
-const FORMAT_LINE: &str = "seatd-store 1";
+const FORMAT_LINE: &str = "seatd-store 2";
+const FORMAT_LINES_UPGRADED: [&str; 1] = ["seatd-store 1"];
 
 const CF_LOG: &str = "log";
 const CF_META: &str = "meta";
@@ -108,6 +112,14 @@ impl Store {
         let marker = path.join(FORMAT_FILE);
         match std::fs::read_to_string(&marker) {
             Ok(text) if text.trim_end() == FORMAT_LINE => {}
+            Ok(text) if FORMAT_LINES_UPGRADED.contains(&text.trim_end()) => {
+                // Written aside and renamed over, so a crash leaves one marker or the
+                // other, both of which this build opens.
+                let aside = path.join(format!("{FORMAT_FILE}.new"));
+                std::fs::write(&aside, format!("{FORMAT_LINE}\n"))
+                    .and_then(|()| std::fs::rename(&aside, &marker))
+                    .map_err(|e| open_err(format!("cannot upgrade {FORMAT_FILE}: {e}")))?;
+            }
             Ok(text) => {
                 return Err(open_err(format!(
                     "data format {:?} is not {FORMAT_LINE:?}, the one this build reads",

@@ -108,7 +108,12 @@ fn read_lock(state: &RwLock<SmState>) -> RwLockReadGuard<'_, SmState> {
 }
 
 const SNAPSHOT_MAGIC: [u8; 4] = *b"SSR1";
-const SNAPSHOT_VERSION: u16 = 1;
+/// Version 2 may hold the retention queue's records (`machine::persist`); version 1,
+/// written before retention, holds none, and is still read (its queue is empty), so a
+/// snapshot stored by an older node can still be installed. A node older than version
+/// 2 refuses a version 2 snapshot instead of misreading it.
+const SNAPSHOT_VERSION: u16 = 2;
+const SNAPSHOT_VERSION_OLDEST: u16 = 1;
 
 /// A snapshot's data: every record of the group, framed and checksummed.
 fn encode_snapshot_records(records: &[Record]) -> Vec<u8> {
@@ -116,7 +121,14 @@ fn encode_snapshot_records(records: &[Record]) -> Vec<u8> {
 }
 
 fn decode_snapshot_records(data: &[u8]) -> Result<Vec<Record>, Error> {
-    crate::codec::decode_framed("snapshot", SNAPSHOT_MAGIC, SNAPSHOT_VERSION, data)
+    // The payload is the same list of records in both versions.
+    crate::codec::decode_framed_versions(
+        "snapshot",
+        SNAPSHOT_MAGIC,
+        SNAPSHOT_VERSION_OLDEST..=SNAPSHOT_VERSION,
+        data,
+    )
+    .map(|(records, _)| records)
 }
 
 #[derive(Serialize, Deserialize)]
