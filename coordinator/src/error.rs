@@ -156,7 +156,9 @@ pub fn limit_exceeded(status: &tonic::Status) -> Option<seatd_proto::v1::LimitEx
         return None;
     }
     let reason = seatd_proto::v1::ErrorReason::decode(status.details()).ok()?;
-    reason.limit.filter(|_| reason.reason == REASON_LIMIT_EXCEEDED)
+    reason
+        .limit
+        .filter(|_| reason.reason == REASON_LIMIT_EXCEEDED)
 }
 
 /// The reason code in an INVALID_ARGUMENT status's `ErrorReason` detail, if any.

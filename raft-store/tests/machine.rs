@@ -999,6 +999,7 @@ fn seat_map_parts_cover_every_seat_once_in_layout_order() {
             Err(Refusal::Invalid(_))
         ));
     }
+}
 
 // ---------------------------------------------------------------------------------
 // Retention: decisions that only answer retries are forgotten after
@@ -1192,4 +1193,33 @@ fn a_live_holds_request_is_never_forgotten_however_long_it_lives() {
     h.at(much_later);
     assert_eq!(h.run_unchanged(retry), first);
     assert_eq!(h.m.records_awaiting_purge(), 0);
+}
+
+#[test]
+fn a_refused_checkouts_key_is_forgotten_with_its_binding() {
+    let mut h = Harness::new();
+    let paid = h.held("payer", "r", &["C-1"]);
+    begin(&mut h, &paid, "k1").unwrap();
+    assert!(abort(&mut h, &paid, "k1").is_ok(), "declined");
+    // Within the retention the key belongs to the declined hold.
+    let other = h.held("other", "r", &["D-1"]);
+    assert_eq!(h.run_unchanged(reuse(&other)), Err(Refusal::KeyReused));
+
+    // After it the refusal and the binding go together (the entry that holds D-2
+    // purges them first), so the key is free for a new hold...
+    h.at(T0 + DECISION_RETENTION_MS + 1);
+    let later = h.held("other", "r2", &["D-2"]);
+    let Ok(Reply::CheckoutStarted { hold_id, .. }) = h.run(reuse(&later)) else {
+        panic!("k1 was forgotten: a new checkout under it starts")
+    };
+    assert_eq!(hold_id, later);
+    // ...and bound to that hold now: the first hold may not take it back.
+    assert_eq!(h.run_unchanged(reuse(&paid)), Err(Refusal::KeyReused));
+
+    fn reuse(hold: &raft_store::HoldId) -> Command {
+        Command::BeginCheckout {
+            hold: hold.clone(),
+            idempotency_key: "k1".into(),
+        }
+    }
 }

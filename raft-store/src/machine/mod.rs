@@ -59,6 +59,9 @@ pub struct SeatMachine {
     pub(crate) dirty_keys: Vec<String>,
     /// Keys in memory since the last eviction (bound or read back).
     pub(crate) touched_keys: Vec<String>,
+    /// Keys whose binding was forgotten with their refused checkout since storage last
+    /// took the changes (deleted from disk unless bound again meanwhile).
+    pub(crate) purged_keys: Vec<String>,
     /// Decisions kept only to answer retries, queued to be forgotten in log time.
     pub(crate) retention: Retention,
 }

@@ -535,7 +535,7 @@ impl SeatMachine {
         for event in self.events.values_mut() {
             event.evict_cold();
         }
-        debug_assert!(self.dirty_keys.is_empty());
+        debug_assert!(self.dirty_keys.is_empty() && self.purged_keys.is_empty());
         // Every key binding is cold: it only decides a checkout under the same key.
         for key in std::mem::take(&mut self.touched_keys) {
             self.keys.remove(&key);
@@ -722,6 +722,13 @@ impl SeatMachine {
         let mut keys = std::mem::take(&mut self.dirty_keys);
         keys.sort_unstable();
         keys.dedup();
+        // A binding forgotten and bound again in the same changes is written, not
+        // deleted: puts and deletes stay disjoint.
+        let mut purged = std::mem::take(&mut self.purged_keys);
+        purged.sort_unstable();
+        purged.dedup();
+        purged.retain(|k| keys.binary_search(k).is_err());
+        deletes.extend(purged.iter().map(|k| key_binding(k)));
         for key in keys {
             out.push((key_binding(&key), value(&self.keys[&key])));
             self.touched_keys.push(key);

@@ -52,6 +52,14 @@
 //! snapshots: a replica restored from a snapshot purges the same records at the same
 //! log time, and replicas that queued or purged differently have different digests.
 //!
+//! A refused checkout's idempotency key binding (`SeatMachine::keys`) is forgotten
+//! with its record: the binding was made by that record's decision, so after both go
+//! the key is unknown to the shard, as if never used (its hold can no longer be active,
+//! see above). The binding is cold, so it is deleted without being read back. Caveat:
+//! a record written before bindings existed may share its key with a binding made
+//! later for another hold; purging the old record forgets that binding too (on every
+//! replica alike), and the key's own checkout record still answers its retries.
+//!
 //! Memory: a store keeps no queue entry in memory between entries (they are written
 //! with the apply's records and evicted with the cold ones), only the four numbers.
 //! Disk: one queue record per retention-only record, deleted with it.
@@ -244,8 +252,15 @@ impl SeatMachine {
             };
             // An unknown event cannot have records; the entry is dropped all the same,
             // on every replica alike.
-            if let Some(event) = self.events.get_mut(&entry.event) {
-                event.forget(&entry.target);
+            let forgot = self
+                .events
+                .get_mut(&entry.event)
+                .is_some_and(|event| event.forget(&entry.target));
+            // A refused checkout's key is forgotten whole: its binding to the hold goes
+            // with the record (which made it), so a key's records stay bounded too.
+            if let (true, Retained::Checkout(key)) = (forgot, &entry.target) {
+                self.keys.remove(key);
+                self.purged_keys.push(key.clone());
             }
             purged += 1;
         }
@@ -280,8 +295,8 @@ impl EventState {
     /// Drops a queued record from memory and marks it for deletion from the disk. A
     /// record that is not retention-only (a live or committed hold's grant, a checkout
     /// in progress or completed) is never dropped: queueing one would be a bug, which
-    /// `check_invariants` reports.
-    fn forget(&mut self, target: &Retained) {
+    /// `check_invariants` reports. Returns whether it was dropped.
+    fn forget(&mut self, target: &Retained) -> bool {
         match target {
             Retained::Request(key) => {
                 let derived = self
@@ -290,13 +305,14 @@ impl EventState {
                     .is_some_and(|r| self.is_derived_request(r));
                 debug_assert!(!derived, "a live or committed hold's request was queued");
                 if derived {
-                    return;
+                    return false;
                 }
                 let key: Arc<str> = match self.requests.remove_entry(key.as_str()) {
                     Some((k, _)) => k,
                     None => key.as_str().into(),
                 };
                 self.dirty.purged_requests.insert(key);
+                true
             }
             Retained::Checkout(key) => {
                 let open = self
@@ -305,10 +321,11 @@ impl EventState {
                     .is_some_and(|c| !super::persist::is_cold_checkout(c));
                 debug_assert!(!open, "a checkout in progress or completed was queued");
                 if open {
-                    return;
+                    return false;
                 }
                 self.checkouts.remove(key);
                 self.dirty.purged_checkouts.insert(key.clone());
+                true
             }
         }
     }
