@@ -547,7 +547,8 @@ fn sm_records(path: &std::path::Path, group: u32) -> Vec<(Vec<u8>, Vec<u8>)> {
 }
 
 /// How many records of `kind` (the first key byte: 6 a hold request's decision, 7 a
-/// checkout, 9 a retention queue entry) are among `records`.
+/// checkout, 8 an idempotency key's binding, 10 a retention queue entry) are among
+/// `records`.
 fn count_kind(records: &[(Vec<u8>, Vec<u8>)], kind: u8) -> usize {
     records
         .iter()
@@ -732,7 +733,8 @@ fn retention_forgets_the_same_records_on_replicas_restored_from_a_snapshot_or_re
     assert_eq!(records[0], records[2]);
     assert_eq!(count_kind(&records[0], 6), 1, "the owner's new refusal");
     assert_eq!(count_kind(&records[0], 7), 1, "k1's new refusal");
-    assert_eq!(count_kind(&records[0], 9), 2, "their two queue entries");
+    assert_eq!(count_kind(&records[0], 8), 1, "k1 bound again, by its new refusal");
+    assert_eq!(count_kind(&records[0], 10), 2, "their two queue entries");
 }
 
 #[test]
@@ -748,7 +750,8 @@ fn purged_records_leave_the_disk_and_a_retry_after_a_restart_is_new() {
     let stored = sm_records(dir.path(), 1);
     assert_eq!(count_kind(&stored, 6), REFUSALS as usize + 1);
     assert_eq!(count_kind(&stored, 7), 1);
-    assert_eq!(count_kind(&stored, 9), REFUSALS as usize + 2);
+    assert_eq!(count_kind(&stored, 8), 1, "k1 bound to the owner's hold");
+    assert_eq!(count_kind(&stored, 10), REFUSALS as usize + 2);
     let (purges, retries) = after.split_at(after.len() - 1);
     rt().block_on(async {
         let store = Store::open(dir.path()).unwrap();
@@ -759,7 +762,8 @@ fn purged_records_leave_the_disk_and_a_retry_after_a_restart_is_new() {
     let stored = sm_records(dir.path(), 1);
     assert_eq!(count_kind(&stored, 6), 0);
     assert_eq!(count_kind(&stored, 7), 0);
-    assert_eq!(count_kind(&stored, 9), 0);
+    assert_eq!(count_kind(&stored, 8), 0, "k1's binding went with its refusal");
+    assert_eq!(count_kind(&stored, 10), 0);
     // The filter, rebuilt from the disk, no longer knows the purged requests; one that
     // did (without a restart) would only read and find nothing, as the test above does.
     rt().block_on(async {
@@ -796,7 +800,7 @@ fn write_varint(out: &mut Vec<u8>, mut value: usize) {
 }
 
 /// A snapshot as a node built before retention would have: format version 1, and no
-/// retention records (kinds 8 and 9) among its records.
+/// retention records (kinds 9 and 10) among its records.
 fn as_version_1_snapshot(v2: &[u8]) -> Vec<u8> {
     assert_eq!(&v2[..4], b"SSR1");
     assert_eq!(u16::from_le_bytes([v2[4], v2[5]]), 2);
@@ -811,7 +815,7 @@ fn as_version_1_snapshot(v2: &[u8]) -> Vec<u8> {
         at += k_len;
         let v_len = read_varint(payload, &mut at);
         at += v_len;
-        if kind != 8 && kind != 9 {
+        if kind != 9 && kind != 10 {
             kept.push(&payload[start..at]);
         }
     }
