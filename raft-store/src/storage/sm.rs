@@ -203,6 +203,11 @@ impl StateMachineStore {
         })
     }
 
+    /// The membership the applied entries left in force.
+    pub fn membership(&self) -> crate::raft::StoredMembership {
+        read_lock(&self.state).membership.clone()
+    }
+
     pub fn reader(&self) -> MachineReader {
         MachineReader {
             inner: self.inner.clone(),
@@ -351,8 +356,32 @@ impl StateMachineStore {
     }
 }
 
+/// Runs `work` on tokio's blocking pool: RocksDB reads and writes, the wait for a
+/// group's write in flight and the state machine's own work block, and must never
+/// stall an async worker (other shards' Raft, the servers). A dropped caller leaves
+/// the work to finish as a whole, under the state lock, so state stays consistent. A
+/// panic in it (a broken invariant) is raised again in the caller, as if it ran there.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(v) => v,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => panic!("a storage task was cancelled: {e}"),
+    }
+}
+
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
+    // openraft's StorageError, which its storage traits return, is large by design.
+    #[allow(clippy::result_large_err)]
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let this = self.clone();
+        blocking(move || this.build_snapshot_now()).await
+    }
+}
+
+impl StateMachineStore {
+    // openraft's StorageError, which its storage traits return, is large by design.
+    #[allow(clippy::result_large_err)]
+    fn build_snapshot_now(&self) -> Result<Snapshot<TypeConfig>, StorageError> {
         // The RocksDB snapshot is taken under the state lock, so its records are
         // exactly those of `last_applied`; reading them needs no lock.
         let (data, last_applied, membership) = {
@@ -400,11 +429,55 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Ok((st.last_applied, st.membership.clone()))
     }
 
+    // openraft's StorageError, which its storage traits return, is large by design.
+    #[allow(clippy::result_large_err)]
     async fn apply<I>(&mut self, entries: I) -> Result<Vec<Vec<Outcome>>, StorageError>
     where
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let this = self.clone();
+        blocking(move || this.apply_now(entries)).await
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    // openraft's StorageError, which its storage traits return, is large by design.
+    #[allow(clippy::result_large_err)]
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let this = self.clone();
+        let meta = meta.clone();
+        blocking(move || this.install_snapshot_now(&meta, snapshot.into_inner())).await
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        let stored: Option<StoredSnapshot> = self
+            .inner
+            .get_meta(self.group, META_SNAPSHOT)
+            .map_err(|e| sm_io(ErrorVerb::Read, e))?;
+        Ok(stored.map(|s| Snapshot {
+            meta: s.meta,
+            snapshot: Box::new(Cursor::new(s.data)),
+        }))
+    }
+}
+
+impl StateMachineStore {
+    /// `apply`'s work, on a blocking thread.
+    // openraft's StorageError, which its storage traits return, is large by design.
+    #[allow(clippy::result_large_err)]
+    fn apply_now(&self, entries: Vec<Entry>) -> Result<Vec<Vec<Outcome>>, StorageError> {
         let mut guard = self.state.write().unwrap_or_else(|p| p.into_inner());
         let st = &mut *guard;
         // Cold records the last apply dropped are read back from disk below.
@@ -448,21 +521,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         st.machine.evict_cold();
         Ok(replies)
     }
+}
 
-    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        self.clone()
-    }
-
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
-    }
-
-    async fn install_snapshot(
-        &mut self,
-        meta: &SnapshotMeta,
-        snapshot: Box<Cursor<Vec<u8>>>,
-    ) -> Result<(), StorageError> {
-        let data = snapshot.into_inner();
+impl StateMachineStore {
+    /// `install_snapshot`'s work, on a blocking thread.
+    // openraft's StorageError, which its storage traits return, is large by design.
+    #[allow(clippy::result_large_err)]
+    fn install_snapshot_now(&self, meta: &SnapshotMeta, data: Vec<u8>) -> Result<(), StorageError> {
         let read_err = |e: Error| -> StorageError {
             StorageIOError::read_snapshot(Some(meta.signature()), &e).into()
         };
@@ -506,16 +571,5 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         })
         .map_err(write_err)?;
         Ok(())
-    }
-
-    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        let stored: Option<StoredSnapshot> = self
-            .inner
-            .get_meta(self.group, META_SNAPSHOT)
-            .map_err(|e| sm_io(ErrorVerb::Read, e))?;
-        Ok(stored.map(|s| Snapshot {
-            meta: s.meta,
-            snapshot: Box::new(Cursor::new(s.data)),
-        }))
     }
 }

@@ -30,8 +30,9 @@
 //! A job the thread drops unfinished (it panicked) fails its group rather than leaving
 //! it waiting forever.
 //!
-//! Caveat: waiting is a blocking wait, inside async `apply` and reads, as the inline
-//! write it replaces was. The write usually finished long before (an entry's whole
+//! Waiting is a blocking wait: `apply`, snapshot builds and installs run on tokio's
+//! blocking pool (`sm`), never on an async worker. A read of a hold evicted to disk
+//! waits too, usually not at all: the write finished long before (an entry's whole
 //! replication round trip passes between two applies). One queue serves every group,
 //! so a group may wait behind other groups' writes.
 //!
