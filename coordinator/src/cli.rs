@@ -43,6 +43,23 @@ enum Command {
     /// Creates a cluster CA and node certificates for the peer port (keeps existing
     /// files, so it can be run again to add nodes).
     Certs(CertsArgs),
+    /// Last resort, on a STOPPED node, when most replicas of a shard lost their disks:
+    /// makes this node's copy the shard's only voter. Entries that only the lost
+    /// replicas held are gone for good. See README, "Re-forming a shard".
+    Reform(ReformArgs),
+}
+
+#[derive(Args)]
+struct ReformArgs {
+    /// The stopped node's data directory (the most advanced surviving copy).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// The shard to re-form.
+    #[arg(long)]
+    shard: u32,
+    /// Confirms that acknowledged writes only the lost replicas held may be lost.
+    #[arg(long)]
+    yes: bool,
 }
 
 #[derive(Args)]
@@ -315,6 +332,35 @@ async fn shutdown_signal() -> anyhow::Result<()> {
     Ok(())
 }
 
+fn run_reform(args: ReformArgs) -> anyhow::Result<()> {
+    if !args.yes {
+        bail!(
+            "seatd reform makes {}'s copy of shard {} the shard's only voter: entries \
+             that only other replicas held are lost for good. Run it only on a stopped \
+             node with the most advanced surviving copy, when most replicas lost their \
+             disks, and confirm with --yes",
+            args.data_dir.display(),
+            args.shard
+        );
+    }
+    let (node, done) = crate::reform::reform(&args.data_dir, args.shard)?;
+    eprintln!(
+        "WARNING: shard {} re-formed on node {node}: it was at {}-{} with voters {:?}; \
+         entry {}-{} now makes node {node} its only voter. Anything committed after \
+         {}-{} by the other replicas is lost. Start this node, then the others with \
+         empty data dirs: they rejoin as learners and are promoted once caught up.",
+        args.shard,
+        done.last_before.leader_id.term,
+        done.last_before.index,
+        done.voters_before,
+        done.entry.leader_id.term,
+        done.entry.index,
+        done.last_before.leader_id.term,
+        done.last_before.index,
+    );
+    Ok(())
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Node(args) => run_node(args)?,
@@ -329,6 +375,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("kept    {}", path.display());
             }
         }
+        Command::Reform(args) => run_reform(args)?,
         Command::Layout(LayoutCommand::Generate(args)) => {
             let layout = match &args.preset {
                 Some(name) => match preset(name) {

@@ -37,6 +37,7 @@ pub mod peers;
 pub mod placement;
 pub mod proposer;
 pub mod raft_net;
+pub mod reform;
 pub mod rejoin;
 pub mod route;
 pub mod service;

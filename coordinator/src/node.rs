@@ -201,6 +201,16 @@ pub struct NodeHandle {
     drain_timeout: Duration,
 }
 
+/// The node id and shard count `dir` belongs to (its `node.json`).
+pub(crate) fn identity_of(dir: &std::path::Path) -> Result<(NodeId, u32), Error> {
+    let path = dir.join(IDENTITY_FILE);
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+    let found: Identity = serde_json::from_str(&text)
+        .map_err(|e| Error::Config(format!("{}: not a node identity: {e}", path.display())))?;
+    Ok((found.node_id, found.shards))
+}
+
 fn check_identity(dir: &std::path::Path, want: &Identity) -> Result<(), Error> {
     let path = dir.join(IDENTITY_FILE);
     match std::fs::read_to_string(&path) {
@@ -307,6 +317,7 @@ impl NodeHandle {
         }
         for shard in hosted {
             let (log, sm) = store.group(shard)?;
+            let log_view = log.clone();
             let reader = sm.reader();
             let net = ShardNetwork {
                 shard,
@@ -325,8 +336,11 @@ impl NodeHandle {
                 Shard::start(
                     shard,
                     id,
-                    raft,
-                    reader,
+                    crate::shard::Replica {
+                        raft,
+                        log: log_view,
+                        reader,
+                    },
                     stamper,
                     stopped.clone(),
                     failures.clone(),

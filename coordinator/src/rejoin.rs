@@ -1,12 +1,15 @@
-//! Catching up a replica whose gate is closed (it lost its state for a shard; the
-//! rules are in [`crate::raft_net::gate`]).
+//! Catching up a replica whose gate is closed (it lost its state for a shard, or
+//! probes whether it did; the rules are in [`crate::raft_net::gate`]).
 //!
 //! One task per closed gate: it keeps the group from standing for election, asks
-//! every other member of the shard for its last log index over the peer port until
-//! all of them answered (the highest is the target, persisted), and opens the gate
-//! once the replica has applied the target. It ends when the gate opens or the node
-//! stops; a restart picks up where it was from the gate file.
+//! every other member of the shard for its last log position over the peer port until
+//! all of them answered (the latest is the target), settles the gate with it (a
+//! probing replica level with the others opens at once; one behind, or one that
+//! started empty, persists the target), and opens the gate once the replica has
+//! applied the target. It ends when the gate opens or the node stops; a restart picks
+//! up where it was from the gate file.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,36 +18,68 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::node::NodeInner;
+use crate::raft_net::gate::LogPos;
 use crate::raft_net::VoteGate;
+use crate::shard::Shard;
 
 /// How often a closed gate looks again.
 const REJOIN_POLL_MS: u64 = 250;
 
-/// The highest last log index the other members report for `shard`, if every one
-/// of them answered (a member without the shard counts as 0).
-async fn target_from_members(node: &Arc<NodeInner>, shard: u32) -> Option<u64> {
-    let others: Vec<NodeId> = node
-        .cluster
-        .members(shard)
-        .into_iter()
-        .filter(|m| *m != node.id)
-        .collect();
-    let views = crate::service::peer_views(node, &others, Duration::from_millis(1_000))
+/// A replica's last log position as its status reports it (`None`: no entry).
+fn position(s: &seatd_proto::v1::ShardStatus) -> Option<LogPos> {
+    (s.last_log_index > 0 || s.last_log_term > 0).then_some(LogPos {
+        term: s.last_log_term,
+        index: s.last_log_index,
+    })
+}
+
+/// The latest last log position the other members report for `shard` (`Some(None)`:
+/// none holds an entry), once it is sound to take (see [`crate::raft_net::gate`]):
+/// every voter of the latest configuration any of them (or this replica) knows,
+/// other than this replica, answered; and, for a gate closed on disk (this replica
+/// lost state), none of those voters is itself catching up, since a replica that lost
+/// state may lack what was committed, and two such are a majority lost (`seatd
+/// reform`). Members outside that configuration (the placement's, not yet added)
+/// count when they answer.
+async fn target_from_members(
+    node: &Arc<NodeInner>,
+    local: &Shard,
+    on_disk: bool,
+) -> Option<Option<LogPos>> {
+    let shard = local.id;
+    let mine = local.status(false);
+    let mut ask: BTreeSet<NodeId> = node.cluster.members(shard).into_iter().collect();
+    ask.extend(mine.members.iter().copied());
+    ask.remove(&node.id);
+    let ask: Vec<NodeId> = ask.into_iter().collect();
+    let views = crate::service::peer_views(node, &ask, Duration::from_millis(1_000))
         .await
         .ok()?;
-    let mut target = 0;
-    for (_, view) in views {
-        let view = view?;
-        let last = view
-            .shards
-            .iter()
-            .filter(|s| s.shard == shard)
-            .map(|s| s.last_log_index.max(s.applied_index))
-            .max()
-            .unwrap_or(0);
-        target = target.max(last);
+    let answers: BTreeMap<NodeId, seatd_proto::v1::ShardStatus> = views
+        .into_iter()
+        .filter_map(|(id, v)| {
+            let v = v?.shards.into_iter().find(|s| s.shard == shard);
+            // A node without the shard answers as a replica without entries.
+            Some((id, v.unwrap_or_default()))
+        })
+        .collect();
+    // The configuration of the most advanced log known, this replica's included.
+    let newest = answers
+        .values()
+        .chain(std::iter::once(&mine))
+        .max_by_key(|s| position(s))?;
+    let mut needed: BTreeSet<NodeId> = newest.members.iter().copied().collect();
+    if needed.is_empty() {
+        needed = ask.iter().copied().collect();
     }
-    Some(target)
+    needed.remove(&node.id);
+    for voter in &needed {
+        let answer = answers.get(voter)?;
+        if on_disk && answer.catching_up {
+            return None;
+        }
+    }
+    Some(answers.values().filter_map(position).max())
 }
 
 /// Runs `shard`'s closed gate until it opens (see the module doc).
@@ -63,17 +98,32 @@ pub async fn catch_up(
         if gate.open_if_caught_up(&local.raft) {
             return;
         }
-        if gate.target().is_none() {
-            match target_from_members(&node, shard).await {
-                Some(target) => match gate.set_target(target) {
-                    Ok(()) => info!(shard, target, "rejoining: catching up before voting"),
-                    Err(e) => warn!(shard, error = %e, "cannot record the rejoin target"),
-                },
+        if gate.needs_target() {
+            match target_from_members(&node, &local, gate.is_catching_up()).await {
+                Some(others) => {
+                    let mine = local.last_log_id().as_ref().map(LogPos::from);
+                    match gate.settle(others, mine) {
+                        Ok(true) => {
+                            info!(
+                                shard,
+                                ?others,
+                                ?mine,
+                                "rejoining: catching up before voting"
+                            )
+                        }
+                        Ok(false) => {
+                            gate.apply_to(&local.raft);
+                            info!(shard, ?mine, "no other member is ahead: votes");
+                            return;
+                        }
+                        Err(e) => warn!(shard, error = %e, "cannot record the rejoin target"),
+                    }
+                }
                 None if !waiting_logged => {
                     warn!(
                         shard,
-                        "rejoining without state: waiting for every other member to \
-                         answer before this replica may vote"
+                        "rejoining: waiting for every other member to answer before this \
+                         replica may vote"
                     );
                     waiting_logged = true;
                 }

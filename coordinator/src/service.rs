@@ -100,6 +100,20 @@ async fn consistent<T>(
     Ok(shard.read_consistent(node.settings.route_wait, f).await?)
 }
 
+/// Runs `read` on tokio's blocking pool: it takes the state lock, which an apply
+/// holds for a whole entry, and may read RocksDB (a hold evicted to disk) or build a
+/// large answer (a seat map); an async worker must wait for none of these.
+async fn read_off_worker<T, F>(read: Arc<F>, shard: Arc<Shard>) -> Result<T, Error>
+where
+    T: Send + 'static,
+    F: Fn(&Shard) -> Result<T, Error> + Send + Sync + 'static,
+{
+    match tokio::task::spawn_blocking(move || read(&shard)).await {
+        Ok(answer) => answer,
+        Err(e) => Err(Error::Internal(format!("a read failed: {e}"))),
+    }
+}
+
 fn summary(shard: &Shard, event: &raft_store::EventId) -> Result<pb::Event, Error> {
     let s = shard.reader.read(|m| m.event_summary(event))?;
     Ok(convert::event_to_pb(s, shard.id))
@@ -218,7 +232,9 @@ pub(crate) fn local_status(node: &NodeInner, with_digest: bool) -> pb::ClusterSt
         .values()
         .map(|s| {
             let mut view = s.status(with_digest);
-            view.rejoining = node.gates.get(&s.id).is_some_and(|g| g.is_closed());
+            let gate = node.gates.get(&s.id);
+            view.rejoining = gate.is_some_and(|g| g.is_closed());
+            view.catching_up = gate.is_some_and(|g| g.is_catching_up());
             view
         })
         .collect();
@@ -382,14 +398,16 @@ impl SeatsService {
 
     /// Runs `read` on the shard's leader (here or forwarded) once a linearizable read
     /// point has been applied.
-    async fn read<T, R, RF>(
+    async fn read<T, F, R, RF>(
         &self,
         shard: u32,
         hops: u32,
-        read: impl Fn(&Shard) -> Result<T, Error>,
+        read: Arc<F>,
         remote: R,
     ) -> Result<Response<T>, Status>
     where
+        T: Send + 'static,
+        F: Fn(&Shard) -> Result<T, Error> + Send + Sync + 'static,
         R: Fn(Channel, u32, Duration) -> RF,
         RF: Future<Output = Result<Response<T>, Status>>,
     {
@@ -401,7 +419,7 @@ impl SeatsService {
                 hops,
                 |s| async move {
                     consistent(node, &s, |_| ()).await?;
-                    read(&s)
+                    read_off_worker(read.clone(), s).await
                 },
                 remote,
             )
@@ -514,7 +532,7 @@ impl Seats for SeatsService {
         let req = request.into_inner();
         let event = convert::event_id(&req.event_id)?;
         let shard = self.node.cluster.shard_of(&event);
-        let read = |s: &Shard| summary(s, &event);
+        let read = Arc::new(move |s: &Shard| summary(s, &event));
         self.read(shard, hops, read, forward!(req, get_event)).await
     }
 
@@ -551,10 +569,10 @@ impl Seats for SeatsService {
         let part = convert::seat_map_part(&req)?;
         let whole = part == SeatMapPart::default();
         let shard = self.node.cluster.shard_of(&event);
-        let read = |s: &Shard| {
+        let read = Arc::new(move |s: &Shard| {
             let map = s.reader.read(|m| m.seat_map_part(&event, &part))?;
             convert::whole_map_within_reply(convert::seat_map_to_pb(&map, s.id))
-        };
+        });
         if !req.stale_ok {
             return self
                 .read(shard, hops, read, forward!(req, get_seat_map))
@@ -572,7 +590,7 @@ impl Seats for SeatsService {
                 shard,
                 Mode::AnyReplica,
                 hops,
-                |s| std::future::ready(read(&s)),
+                |s| read_off_worker(read.clone(), s),
                 forward!(req, get_seat_map),
             )
             .await?;
@@ -677,7 +695,7 @@ impl Seats for SeatsService {
         let hold = convert::hold_id(&req.hold_id)?;
         let shard = self.node.cluster.shard_of(&hold.event);
         // `hold` also finds holds whose records live only on disk.
-        let read = |s: &Shard| Ok(convert::hold_to_pb(&s.reader.hold(&hold)??));
+        let read = Arc::new(move |s: &Shard| Ok(convert::hold_to_pb(&s.reader.hold(&hold)??)));
         self.read(shard, hops, read, forward!(req, get_hold)).await
     }
 
@@ -689,10 +707,10 @@ impl Seats for SeatsService {
         let req = request.into_inner();
         let order = convert::order_id(&req.order_id)?;
         let shard = self.node.cluster.shard_of(&order.event);
-        let read = |s: &Shard| {
+        let read = Arc::new(move |s: &Shard| {
             let o = s.reader.read(|m| m.order(&order))?;
             Ok(convert::order_to_pb(&o))
-        };
+        });
         self.read(shard, hops, read, forward!(req, get_order)).await
     }
 

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use openraft::{Raft, ServerState};
 use raft_store::raft::{NodeId, TypeConfig};
-use raft_store::storage::MachineReader;
+use raft_store::storage::{LogStore, MachineReader};
 use raft_store::{Command, Outcome, SeatMachine};
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -46,10 +46,21 @@ pub struct Shard {
     retired: std::sync::atomic::AtomicBool,
     /// Set once the group stopped by itself (see the module doc).
     failed: std::sync::atomic::AtomicBool,
+    /// The group's log, read for the last log id a rejoining peer compares with.
+    log: LogStore,
 }
 
 /// Where a shard reports that its group failed: the shard's id.
 pub type FailureReport = tokio::sync::mpsc::UnboundedSender<u32>;
+
+/// A started Raft group of a shard on this node, with the views of its storage the
+/// shard reads.
+pub struct Replica {
+    pub raft: Raft<TypeConfig>,
+    /// The group's log (read for its last log id only; openraft owns the writing).
+    pub log: LogStore,
+    pub reader: MachineReader,
+}
 
 impl Shard {
     /// Wraps a started Raft group and starts the shard's background tasks; they stop
@@ -57,12 +68,12 @@ impl Shard {
     pub fn start(
         id: u32,
         node: NodeId,
-        raft: Raft<TypeConfig>,
-        reader: MachineReader,
+        replica: Replica,
         stamper: Stamper,
         stop: watch::Receiver<bool>,
         failures: FailureReport,
     ) -> std::sync::Arc<Self> {
+        let Replica { raft, log, reader } = replica;
         // Each term this replica leads starts its log time from the applied stamp.
         let stamper = stamper.following(raft.metrics());
         let proposer = Proposer::start(id, raft.clone(), stamper.clone());
@@ -74,10 +85,20 @@ impl Shard {
             node,
             retired: Default::default(),
             failed: Default::default(),
+            log,
         });
         tokio::spawn(expire_ticker(shard.clone(), stamper, stop.clone()));
         tokio::spawn(watch_metrics(shard.clone(), stop, failures));
         shard
+    }
+
+    /// The id of the last entry this replica's log holds (a storage error reads as
+    /// none: the caller is a status report, and a rejoining peer then waits for more).
+    pub fn last_log_id(&self) -> Option<openraft::LogId<NodeId>> {
+        self.log.last_log_id().unwrap_or_else(|e| {
+            tracing::warn!(shard = self.id, error = %e, "cannot read the last log id");
+            None
+        })
     }
 
     /// Whether the shard moved away and this copy was stopped (see `membership`).
@@ -157,6 +178,7 @@ impl Shard {
             (sm.applied_index(), digest)
         });
         let retired = self.is_retired();
+        let last = self.last_log_id();
         let members = if retired {
             Vec::new()
         } else {
@@ -178,10 +200,12 @@ impl Shard {
             },
             initialized: m.current_term > 0 || m.last_log_index.is_some(),
             digest,
-            last_log_index: m.last_log_index.unwrap_or(0),
+            last_log_index: last.map_or(0, |l| l.index),
+            last_log_term: last.map_or(0, |l| l.leader_id.term),
             purged_index: m.purged.map(|p| p.index).unwrap_or(0),
             // Known to the node, which holds the gates (see `service::local_status`).
             rejoining: false,
+            catching_up: false,
         }
     }
 }

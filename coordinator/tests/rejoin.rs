@@ -1,13 +1,14 @@
-//! A replica that lost its disk rejoins without voting until it holds everything that
-//! was committed when it came back (issue 18, finding 3), with real `seatd node`
-//! processes.
+//! A replica that lost its disk, or had it restored from an old backup, rejoins
+//! without voting until it holds everything that was committed when it came back
+//! (issue 18, finding 3), with real `seatd node` processes.
 //!
-//! The reviewer's scenario: follower B lags while A and R commit more; R's disk is
-//! replaced; A dies. Before, R's gate opened as soon as R had applied any entry, was
-//! recomputed (open) on a restart, and R could then help elect B, which lacks the
-//! entries A and R had committed. Here R stays closed while any other member is
-//! unreachable, through restarts, so B cannot lead; when A is back, R catches up,
-//! opens, and every acknowledged hold is there.
+//! The reviewer's scenario: follower B lags while A and R commit more; R loses what
+//! it acknowledged (its disk is replaced, or its data dir is restored from a backup
+//! taken before); A dies. Before, R's gate opened as soon as R had applied any entry,
+//! was recomputed (open) on a restart, and a restored data dir was not noticed at all,
+//! so R could help elect B, which lacks the entries A and R had committed. Here R
+//! stays closed while any other member is unreachable, through restarts, so B cannot
+//! lead; when A is back, R catches up, opens, and every acknowledged hold is there.
 
 mod support;
 
@@ -24,8 +25,27 @@ async fn view(c: &TestCluster, id: u64) -> Option<pb::ShardStatus> {
     s.shards.into_iter().find(|s| s.shard == 0)
 }
 
+/// How R loses what it acknowledged.
+#[derive(Clone, Copy, PartialEq)]
+enum Loss {
+    /// An empty data dir (a replaced disk).
+    Wiped,
+    /// The data dir as it was before the holds (a restored backup): R has state, so
+    /// only comparing with the other members shows it went back in time.
+    RestoredBackup,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wiped_replica_does_not_vote_until_it_holds_every_committed_entry() {
+    reviewers_scenario(Loss::Wiped).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_restored_from_a_backup_does_not_vote_until_it_holds_every_committed_entry() {
+    reviewers_scenario(Loss::RestoredBackup).await;
+}
+
+async fn reviewers_scenario(loss: Loss) {
     let _serial = SERIAL.lock().await;
     let c = TestCluster::start(3, 1, &[]);
     c.wait_ready(READY).await;
@@ -37,6 +57,14 @@ async fn a_wiped_replica_does_not_vote_until_it_holds_every_committed_entry() {
         .create_event(create("gig", layout(1, 4, 10), None))
         .await
         .unwrap();
+    if loss == Loss::RestoredBackup {
+        // The backup: R stopped cleanly, copied, started again.
+        c.wait_converged(READY).await;
+        assert_eq!(c.terminate(r), Some(0));
+        c.backup(r);
+        c.spawn(r);
+        c.wait_ready(READY).await;
+    }
     // B falls behind: everything from here is committed by A and R alone.
     assert_eq!(c.terminate(b), Some(0));
     let mut acknowledged = Vec::new();
@@ -49,23 +77,33 @@ async fn a_wiped_replica_does_not_vote_until_it_holds_every_committed_entry() {
             .into_inner();
         acknowledged.push(h.hold_id);
     }
-    // R's disk is replaced while B is still down: R cannot hear from every other
+    let committed = view(&c, a).await.unwrap().applied_index;
+    // R loses its state while B is still down: R cannot hear from every other
     // member, so it rejoins closed, even once A caught it up.
     c.kill(r);
-    c.wipe(r);
+    match loss {
+        Loss::Wiped => c.wipe(r),
+        Loss::RestoredBackup => c.restore(r),
+    }
     c.spawn(r);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let v = view(&c, r).await;
-        if v.as_ref().is_some_and(|v| v.applied_index > 0) {
+        if v.as_ref().is_some_and(|v| v.applied_index >= committed) {
             assert!(v.unwrap().rejoining, "R votes again before B answered");
             break;
+        }
+        if let Some(v) = v {
+            assert!(
+                v.rejoining,
+                "R votes before it heard from every member: {v:?}"
+            );
         }
         assert!(Instant::now() < deadline, "R was not caught up by A");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // A restart keeps R closed: its store has the shard now, the gate file says why
-    // that is not enough.
+    // A restart keeps R closed: its store has the shard now, and it can neither
+    // read its gate as open nor compare its log with B's.
     c.kill(r);
     c.spawn(r);
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -77,8 +115,8 @@ async fn a_wiped_replica_does_not_vote_until_it_holds_every_committed_entry() {
         assert!(Instant::now() < deadline, "R did not come back");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // A dies, B returns: B and R are a majority by count, but R neither votes nor
-    // stands, so nobody leads and nothing A and R committed can be overwritten.
+    // A dies, B returns: B and R are a majority by count, but R neither votes for B
+    // nor stands, so nobody leads and nothing A and R committed can be overwritten.
     c.kill(a);
     c.spawn(b);
     let quiet_until = Instant::now() + Duration::from_secs(6);
@@ -100,15 +138,6 @@ async fn a_wiped_replica_does_not_vote_until_it_holds_every_committed_entry() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let mut client = c.client(r).await;
-    for id in &acknowledged {
-        let h = client
-            .get_hold(pb::GetHoldRequest {
-                hold_id: id.clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(h.state, pb::HoldState::Active as i32, "{id}");
-    }
+    support::assert_active(&mut client, &acknowledged).await;
     c.wait_converged(READY).await;
 }

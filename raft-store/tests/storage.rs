@@ -733,7 +733,11 @@ fn retention_forgets_the_same_records_on_replicas_restored_from_a_snapshot_or_re
     assert_eq!(records[0], records[2]);
     assert_eq!(count_kind(&records[0], 6), 1, "the owner's new refusal");
     assert_eq!(count_kind(&records[0], 7), 1, "k1's new refusal");
-    assert_eq!(count_kind(&records[0], 8), 1, "k1 bound again, by its new refusal");
+    assert_eq!(
+        count_kind(&records[0], 8),
+        1,
+        "k1 bound again, by its new refusal"
+    );
     assert_eq!(count_kind(&records[0], 10), 2, "their two queue entries");
 }
 
@@ -762,7 +766,11 @@ fn purged_records_leave_the_disk_and_a_retry_after_a_restart_is_new() {
     let stored = sm_records(dir.path(), 1);
     assert_eq!(count_kind(&stored, 6), 0);
     assert_eq!(count_kind(&stored, 7), 0);
-    assert_eq!(count_kind(&stored, 8), 0, "k1's binding went with its refusal");
+    assert_eq!(
+        count_kind(&stored, 8),
+        0,
+        "k1's binding went with its refusal"
+    );
     assert_eq!(count_kind(&stored, 10), 0);
     // The filter, rebuilt from the disk, no longer knows the purged requests; one that
     // did (without a restart) would only read and find nothing, as the test above does.

@@ -1,41 +1,52 @@
 //! The rejoin gate: a replica that lost its state for a shard (it started with none,
-//! in a cluster where the shard may already exist: a replaced disk) may hold none of
-//! the entries it acknowledged before, nor remember its vote. Until a leader has
-//! caught it up, it must neither vote nor stand for election: its vote could elect a
-//! leader that lacks committed entries, and so could its own candidacy once its log
-//! is longer than a lagging peer's.
+//! in a cluster where the shard may already exist: a replaced disk), or whose state
+//! went back in time (a data dir restored from a backup), may hold none of the entries
+//! it acknowledged before, nor remember its vote. Until a leader has caught it up, it
+//! must not help elect a leader that lacks committed entries, nor stand itself.
 //!
 //! Rules, per shard:
 //! - A replica that starts with no state for a shard starts **closed**, and the
 //!   closed state is written to `rejoin.json` in the data dir before its group starts,
 //!   so a restart half-way through catching up stays closed (the store then holds
 //!   some of the shard, which alone would look like a healthy replica).
-//! - While closed, the replica refuses every vote and its group does not start
-//!   elections (openraft's runtime `elect` switch); it still stores what a leader
-//!   sends and acknowledges it, which is safe: those acknowledgements are durable.
-//! - The **target**: the highest last log index that every other member of the
-//!   shard reports (`rejoin`, over the peer port), asked once after the start and
-//!   persisted. Every committed entry is on a majority of the members; this replica
-//!   may have been one of them, so only the answers of all the others are sure to
-//!   include it. The gate opens once the replica has applied the target: it then
-//!   holds every entry that was committed when it rejoined. Until every other member
-//!   answered, the gate stays closed (a shard with a member down and a member wiped
-//!   waits for the one that is down, which is the price of not losing entries).
+//! - A replica that starts with state **probes**: it is closed (in memory) until every
+//!   other member of the shard told it its last log position. If any holds a later
+//!   one than this replica (Raft's order: term, then index), this replica's log may be
+//!   older than what it acknowledged, so it closes for good, as above; otherwise it
+//!   opens. A replica that merely lagged closes too, and is caught up in moments.
+//! - While closed, the replica does not start elections (openraft's runtime `elect`
+//!   switch) and refuses every vote, except, once it knows its target, a vote for a
+//!   candidate whose last log position is at least the target (below); it still
+//!   stores what a leader sends and acknowledges it, which is safe: those
+//!   acknowledgements are durable.
+//! - The **target**: the latest last log position the other members report
+//!   (`rejoin`, over the peer port), asked after the start and persisted, once every
+//!   other voter of the newest configuration known answered. Every committed entry is
+//!   on a majority of the voters; this replica may have been one of them, so only the
+//!   answers of all the others are sure to include it. A replica that lost state does
+//!   not take the answer of another that is catching up too (`catching_up` in its
+//!   status): two such are a majority lost in a group of three, which only an operator
+//!   may settle (`seatd reform`, which makes one survivor the only voter). A log at least as up to date as the target holds every entry that
+//!   was committed when the answers were given (Raft's leader-completeness argument),
+//!   so the replica may vote for a candidate with such a log (which keeps a cluster
+//!   restarted whole electable: the replicas that lag vote for the most advanced) and
+//!   opens once it has applied an entry at or past the target. Until every other
+//!   member answered, the gate stays closed (a shard with a member down and a member
+//!   wiped or restarted waits for the one that is down, which is the price of not
+//!   losing entries; the re-form command is the operator's way out).
 //! - A brand-new group is created by one node ([`VoteGate::open`] after it checked that
 //!   no node has any state for the shard) as a group of itself alone; the other
 //!   members join as learners and catch up like any rejoining replica (see
 //!   `membership`), so no closed gate ever has to vote for the first leader.
-//!
-//! Caveat: a data dir restored from an old backup is not detected here (it has state,
-//! so its gate is open); restore a node by starting it empty instead (README).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use openraft::raft::VoteRequest;
-use openraft::Raft;
+use openraft::{LogId, Raft};
 use raft_store::raft::{NodeId, TypeConfig};
+use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 
@@ -44,12 +55,29 @@ pub const GATE_FILE: &str = "rejoin.json";
 /// Largest gate file read (one entry per shard).
 const GATE_FILE_BYTES_MAX: u64 = 1 << 20;
 
-/// The closed gates of a node (shard → target, `None` until a leader reported one),
-/// as in its gate file.
+/// A position in a Raft log, ordered as Raft compares logs: term first, then index.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct LogPos {
+    pub term: u64,
+    pub index: u64,
+}
+
+impl From<&LogId<NodeId>> for LogPos {
+    fn from(l: &LogId<NodeId>) -> Self {
+        Self {
+            term: l.leader_id.term,
+            index: l.index,
+        }
+    }
+}
+
+/// The gates of a node: the closed ones of its gate file (shard → target, `None`
+/// until every other member answered), and those probing since this start.
 #[derive(Clone)]
 pub struct GateBook {
     path: PathBuf,
-    closed: Arc<Mutex<BTreeMap<u32, Option<u64>>>>,
+    closed: Arc<Mutex<BTreeMap<u32, Option<LogPos>>>>,
+    probing: Arc<Mutex<BTreeSet<u32>>>,
 }
 
 impl GateBook {
@@ -71,11 +99,12 @@ impl GateBook {
         Ok(Self {
             path,
             closed: Arc::new(Mutex::new(closed)),
+            probing: Default::default(),
         })
     }
 
     /// Writes the closed gates: a new file, synced, renamed over the old one.
-    fn persist(&self, closed: &BTreeMap<u32, Option<u64>>) -> Result<(), Error> {
+    fn persist(&self, closed: &BTreeMap<u32, Option<LogPos>>) -> Result<(), Error> {
         let bad = |e: std::io::Error| Error::Config(format!("{}: {e}", self.path.display()));
         let tmp = self.path.with_extension("json.tmp");
         let text = serde_json::to_string(closed).expect("a map of numbers");
@@ -94,7 +123,10 @@ impl GateBook {
         Ok(())
     }
 
-    fn update(&self, f: impl FnOnce(&mut BTreeMap<u32, Option<u64>>) -> bool) -> Result<(), Error> {
+    fn update(
+        &self,
+        f: impl FnOnce(&mut BTreeMap<u32, Option<LogPos>>) -> bool,
+    ) -> Result<(), Error> {
         let mut closed = self.closed.lock().unwrap_or_else(|p| p.into_inner());
         let mut next = closed.clone();
         if f(&mut next) {
@@ -104,8 +136,12 @@ impl GateBook {
         Ok(())
     }
 
+    fn probing(&self) -> std::sync::MutexGuard<'_, BTreeSet<u32>> {
+        self.probing.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// The gate of `shard`: closed if the file says so, or (written now) if the
-    /// replica starts with no state for it.
+    /// replica starts with no state for it; otherwise probing.
     pub fn gate(&self, shard: u32, started_empty: bool) -> Result<VoteGate, Error> {
         if started_empty {
             self.update(|c| {
@@ -115,6 +151,8 @@ impl GateBook {
                 c.insert(shard, None);
                 true
             })?;
+        } else if self.state(shard).is_none() {
+            self.probing().insert(shard);
         }
         Ok(VoteGate {
             shard,
@@ -122,7 +160,12 @@ impl GateBook {
         })
     }
 
-    fn state(&self, shard: u32) -> Option<Option<u64>> {
+    /// Whether the gate file keeps `shard` closed (the replica is catching up).
+    pub fn closed_on_disk(&self, shard: u32) -> bool {
+        self.state(shard).is_some()
+    }
+
+    fn state(&self, shard: u32) -> Option<Option<LogPos>> {
         let closed = self.closed.lock().unwrap_or_else(|p| p.into_inner());
         closed.get(&shard).copied()
     }
@@ -136,13 +179,28 @@ pub struct VoteGate {
 }
 
 impl VoteGate {
-    /// Whether the gate is closed (the replica is catching up).
+    /// Whether the gate is closed (probing, or the replica is catching up).
     pub fn is_closed(&self) -> bool {
-        self.book.state(self.shard).is_some()
+        self.is_probing() || self.book.state(self.shard).is_some()
     }
 
-    /// The commit index the replica must apply before the gate opens, once known.
-    pub fn target(&self) -> Option<u64> {
+    /// Whether the gate is closed on disk: the replica lost state or found its log
+    /// behind, and is catching up.
+    pub fn is_catching_up(&self) -> bool {
+        self.book.closed_on_disk(self.shard)
+    }
+
+    fn is_probing(&self) -> bool {
+        self.book.probing().contains(&self.shard)
+    }
+
+    /// Whether the gate waits for every other member's last log position.
+    pub fn needs_target(&self) -> bool {
+        self.is_probing() || self.book.state(self.shard) == Some(None)
+    }
+
+    /// The log position the replica must apply before the gate opens, once known.
+    pub fn target(&self) -> Option<LogPos> {
         self.book.state(self.shard).flatten()
     }
 
@@ -153,34 +211,75 @@ impl VoteGate {
 
     /// Opens the gate for good (a group this node creates, or a replica caught up).
     pub fn open(&self, raft: &Raft<TypeConfig>) -> Result<(), Error> {
-        self.book.update(|c| c.remove(&self.shard).is_some())?;
+        self.open_book()?;
         raft.runtime_config().elect(true);
         Ok(())
     }
 
-    /// Records the target (see the module doc), unless one is set already.
-    pub fn set_target(&self, target: u64) -> Result<(), Error> {
+    fn open_book(&self) -> Result<(), Error> {
+        self.book.update(|c| c.remove(&self.shard).is_some())?;
+        self.book.probing().remove(&self.shard);
+        Ok(())
+    }
+
+    /// Takes the latest last log position of every other member (`None`: none has
+    /// an entry), with `mine`, this replica's: a probing gate opens if no other member
+    /// is ahead and closes for good (persisted) if one is; a closed gate records its
+    /// target, unless it has one. Returns whether the gate is still closed; the
+    /// caller then applies the gate to its group ([`VoteGate::apply_to`]).
+    pub fn settle(&self, others: Option<LogPos>, mine: Option<LogPos>) -> Result<bool, Error> {
         let shard = self.shard;
+        if self.is_probing() {
+            if others <= mine {
+                self.open_book()?;
+                return Ok(false);
+            }
+            tracing::warn!(
+                shard,
+                ?mine,
+                ?others,
+                "this replica's log is behind another member's (lagging, or restored \
+                 from a backup): it votes only for logs at least as far until caught up"
+            );
+            self.book.update(|c| {
+                c.insert(shard, others);
+                true
+            })?;
+            self.book.probing().remove(&shard);
+            return Ok(true);
+        }
+        // Closed with no state at the start: other members without an entry count as
+        // position 0, so any applied entry reaches it.
+        let target = others.unwrap_or_default();
         self.book.update(|c| match c.get_mut(&shard) {
             Some(t @ None) => {
                 *t = Some(target);
                 true
             }
             _ => false,
-        })
+        })?;
+        Ok(self.is_closed())
     }
 
-    /// Opens the gate if the replica has applied its target.
+    /// Opens the gate if the replica has applied an entry at or past its target.
     pub fn open_if_caught_up(&self, raft: &Raft<TypeConfig>) -> bool {
+        if self.is_probing() {
+            return false;
+        }
         let Some(state) = self.book.state(self.shard) else {
             return true;
         };
         let Some(target) = state else { return false };
-        let applied = raft.metrics().borrow().last_applied.map(|l| l.index);
+        let applied = raft
+            .metrics()
+            .borrow()
+            .last_applied
+            .as_ref()
+            .map(LogPos::from);
         if applied.is_some_and(|a| a >= target) {
             match self.open(raft) {
                 Ok(()) => {
-                    tracing::info!(shard = self.shard, target, "caught up: votes again");
+                    tracing::info!(shard = self.shard, ?target, "caught up: votes again");
                     return true;
                 }
                 Err(e) => tracing::warn!(shard = self.shard, error = %e, "cannot open the gate"),
@@ -189,9 +288,23 @@ impl VoteGate {
         false
     }
 
-    /// Whether `raft` may take part in `_request`'s election.
-    pub(super) fn admits(&self, raft: &Raft<TypeConfig>, _request: &VoteRequest<NodeId>) -> bool {
-        self.open_if_caught_up(raft)
+    /// Whether `raft` may take part in `request`'s election: an open gate may; a
+    /// closed one only for a candidate whose log reaches the target (module doc).
+    pub(super) fn admits(&self, raft: &Raft<TypeConfig>, request: &VoteRequest<NodeId>) -> bool {
+        if self.open_if_caught_up(raft) {
+            return true;
+        }
+        let candidate = request.last_log_id.as_ref().map(LogPos::from);
+        self.admits_while_closed(candidate)
+    }
+
+    /// A closed gate's answer: yes only for a candidate's log at or past a known
+    /// target (none while probing).
+    fn admits_while_closed(&self, candidate: Option<LogPos>) -> bool {
+        match (self.is_probing(), self.target()) {
+            (false, Some(target)) => candidate.is_some_and(|c| c >= target),
+            _ => false,
+        }
     }
 }
 
@@ -199,26 +312,57 @@ impl VoteGate {
 mod tests {
     use super::*;
 
+    fn pos(term: u64, index: u64) -> Option<LogPos> {
+        Some(LogPos { term, index })
+    }
+
     #[test]
     fn a_closed_gate_and_its_target_survive_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let book = GateBook::open(dir.path()).unwrap();
         let g = book.gate(3, true).unwrap();
-        assert!(g.is_closed());
+        assert!(g.is_closed() && g.needs_target());
         assert_eq!(g.target(), None);
-        g.set_target(1_000).unwrap();
-        g.set_target(2_000).unwrap(); // the first target stays
-        assert_eq!(g.target(), Some(1_000));
+        assert!(g.settle(pos(2, 1_000), None).unwrap());
+        assert!(g.settle(pos(3, 2_000), None).unwrap()); // the first target stays
+        assert_eq!(g.target(), pos(2, 1_000));
         // Restarted: the store now holds part of the shard, so it does not start
-        // empty, but the file keeps the gate closed.
+        // empty, but the file keeps the gate closed (not merely probing).
         let again = GateBook::open(dir.path()).unwrap().gate(3, false).unwrap();
-        assert!(again.is_closed());
-        assert_eq!(again.target(), Some(1_000));
-        assert!(!GateBook::open(dir.path())
-            .unwrap()
-            .gate(4, false)
-            .unwrap()
-            .is_closed());
+        assert!(again.is_closed() && !again.needs_target());
+        assert_eq!(again.target(), pos(2, 1_000));
+    }
+
+    #[test]
+    fn a_replica_with_state_probes_and_closes_only_behind_another_member() {
+        let dir = tempfile::tempdir().unwrap();
+        let book = GateBook::open(dir.path()).unwrap();
+        // Level with the others (or ahead): opens, and the file stays empty.
+        let level = book.gate(1, false).unwrap();
+        assert!(level.is_closed() && level.needs_target());
+        assert!(!level.settle(pos(4, 900), pos(4, 900)).unwrap());
+        assert!(!level.is_closed());
+        // A later term wins over a longer log of an earlier one.
+        let newer_term = book.gate(2, false).unwrap();
+        assert!(!newer_term.settle(pos(4, 900), pos(5, 10)).unwrap());
+        // Behind (a restored backup, or a plain lag): closed for good, with the target.
+        let behind = book.gate(3, false).unwrap();
+        assert!(behind.settle(pos(4, 900), pos(4, 300)).unwrap());
+        assert_eq!(behind.target(), pos(4, 900));
+        let restarted = GateBook::open(dir.path()).unwrap();
+        assert!(restarted.gate(3, false).unwrap().is_closed());
+        assert!(restarted.gate(1, false).unwrap().target().is_none());
+        // While closed it votes only for a log reaching the target, term first.
+        assert!(behind.admits_while_closed(pos(4, 900)));
+        assert!(behind.admits_while_closed(pos(5, 1)));
+        assert!(!behind.admits_while_closed(pos(4, 899)));
+        assert!(!behind.admits_while_closed(pos(3, 5_000)));
+        assert!(!behind.admits_while_closed(None));
+        // Probing, or closed without a target: no vote at all.
+        assert!(!book.gate(5, false).unwrap().admits_while_closed(pos(9, 9)));
+        assert!(!book.gate(6, true).unwrap().admits_while_closed(pos(9, 9)));
+        // Every other member without entries: nothing to be behind.
+        assert!(!book.gate(4, false).unwrap().settle(None, None).unwrap());
     }
 
     #[test]

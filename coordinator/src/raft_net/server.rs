@@ -193,8 +193,9 @@ impl raft_server::Raft for RaftService {
                 bounds::vote_request,
                 |raft, gate, rpc: VoteRequest<NodeId>| async move {
                     if !gate.admits(&raft, &rpc) {
-                        return Err("this replica started empty and is not caught up yet; \
-                                    it votes once a leader has caught it up"
+                        return Err("this replica's rejoin gate is closed (it is comparing \
+                                    its log with the other members', or catching up): it \
+                                    votes only for a log that reaches its target"
                             .to_string());
                     }
                     Ok(raft.vote(rpc).await)

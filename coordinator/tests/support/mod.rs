@@ -196,6 +196,39 @@ impl TestCluster {
         std::fs::remove_dir_all(&p.dir).unwrap();
     }
 
+    /// Node `id`'s data directory.
+    pub fn data_dir(&self, id: u64) -> PathBuf {
+        self.nodes[&id].dir.clone()
+    }
+
+    /// Copies a stopped node's data directory aside (an operator's backup).
+    pub fn backup(&self, id: u64) {
+        let p = &self.nodes[&id];
+        assert!(p.child.lock().unwrap().is_none(), "back up a stopped node");
+        let copy = self.root.path().join(format!("backup-{id}"));
+        let _ = std::fs::remove_dir_all(&copy);
+        let ok = Command::new("cp")
+            .arg("-a")
+            .arg(&p.dir)
+            .arg(&copy)
+            .status()
+            .expect("run cp");
+        assert!(ok.success(), "cp -a failed");
+    }
+
+    /// Replaces a stopped node's data directory with its backup.
+    pub fn restore(&self, id: u64) {
+        self.wipe(id);
+        let p = &self.nodes[&id];
+        let ok = Command::new("cp")
+            .arg("-a")
+            .arg(self.root.path().join(format!("backup-{id}")))
+            .arg(&p.dir)
+            .status()
+            .expect("run cp");
+        assert!(ok.success(), "cp -a failed");
+    }
+
     pub fn running(&self) -> Vec<u64> {
         self.nodes
             .iter()
@@ -407,6 +440,20 @@ fn is_member(s: &pb::ShardStatus) -> bool {
 }
 
 /// A rectangular layout: `sections` sections of `rows` rows of `seats` seats.
+/// Asserts that every hold in `ids` is still active, read through `client`.
+pub async fn assert_active(client: &mut SeatsClient<Channel>, ids: &[String]) {
+    for id in ids {
+        let h = client
+            .get_hold(pb::GetHoldRequest {
+                hold_id: id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(h.state, pb::HoldState::Active as i32, "{id}");
+    }
+}
+
 pub fn layout(sections: u32, rows: u32, seats: u32) -> pb::Layout {
     let l = raft_store::layout::generate("Hall", sections, rows, seats);
     coordinator::convert::layout_to_pb(&l)

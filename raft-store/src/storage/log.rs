@@ -16,20 +16,22 @@
 //! RocksDB write, so readers do not wait for one. It is per `LogStore` and its clones,
 //! so a group must have one log store at a time (as openraft uses it).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
-use openraft::{ErrorSubject, ErrorVerb, StorageIOError};
+use openraft::{
+    CommittedLeaderId, EntryPayload, ErrorSubject, ErrorVerb, Membership, StorageIOError,
+};
 use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch};
 
 use super::{
     decode_record, encode_record, group_range, prefixed, GroupId, Inner, CF_LOG, CF_META,
     META_COMMITTED, META_PURGED, META_VOTE,
 };
-use crate::raft::{Entry, LogId, StorageError, TypeConfig, Vote};
+use crate::raft::{Entry, LogId, NodeId, StorageError, StoredMembership, TypeConfig, Vote};
 use crate::Error;
 
 /// One group's Raft log. Cheap to clone; clones share the database and the cache.
@@ -38,6 +40,17 @@ pub struct LogStore {
     inner: Arc<Inner>,
     group: GroupId,
     cache: Arc<Mutex<EntryCache>>,
+}
+
+/// What [`LogStore::reform_offline`] did.
+#[derive(Debug)]
+pub struct Reformed {
+    /// The last entry the replica held before.
+    pub last_before: LogId,
+    /// The membership entry that makes this node the group's only voter.
+    pub entry: LogId,
+    /// The voters the group had.
+    pub voters_before: Vec<NodeId>,
 }
 
 /// Most entries the cache keeps, and most bytes (as encoded on disk) they may take.
@@ -191,6 +204,88 @@ impl LogStore {
                 Ok(Some(entry.log_id))
             }
         }
+    }
+
+    /// The log id of the newest entry stored (or, with none, the last purged): what a
+    /// replica tells a rejoining peer it holds. From the cache when it has entries
+    /// (it always ends at the log's end), else one reverse seek.
+    pub fn last_log_id(&self) -> Result<Option<LogId>, Error> {
+        if let Some((e, _)) = self.cache().entries.back() {
+            return Ok(Some(e.log_id));
+        }
+        let purged: Option<LogId> = self.inner.get_meta(self.group, META_PURGED)?;
+        Ok(self.last_entry_id()?.or(purged))
+    }
+
+    /// Re-forms the group as `node` alone, offline (an operator's last resort when a
+    /// majority of the group lost its disks; see [`Reformed`]): appends, synced, a
+    /// membership entry naming `node` the only voter, at the next index and a term
+    /// above any this replica has seen, and votes for `node` in that term. On its next
+    /// start the group elects `node` with its own vote; the placement's other members
+    /// then join as learners and are promoted once caught up (the coordinator's
+    /// `membership`). Entries that only the lost replicas held are gone for good.
+    pub fn reform_offline(
+        &self,
+        node: NodeId,
+        membership: &StoredMembership,
+    ) -> Result<Reformed, Error> {
+        let refuse = |reason: String| Error::Open {
+            path: self.inner.path.clone(),
+            reason,
+        };
+        let Some(last) = self.last_log_id()? else {
+            return Err(refuse(format!(
+                "group {} holds no log here: re-form from a replica that has it",
+                self.group
+            )));
+        };
+        let vote: Option<Vote> = self.inner.get_meta(self.group, META_VOTE)?;
+        // The membership in force: the latest in the log after what was applied.
+        let mut config = membership.membership().clone();
+        let applied = membership.log_id().map_or(0, |l| l.index + 1);
+        let first = self
+            .inner
+            .get_meta::<LogId>(self.group, META_PURGED)?
+            .map_or(applied, |p| applied.max(p.index + 1));
+        for e in self.read_range(first, last.index.saturating_add(1))? {
+            if let EntryPayload::Membership(m) = e.payload {
+                config = m;
+            }
+        }
+        let Some(me) = config.get_node(&node).cloned() else {
+            return Err(refuse(format!(
+                "node {node} is not a member of group {} here",
+                self.group
+            )));
+        };
+        let before: Vec<NodeId> = config.voter_ids().collect();
+        let term = vote
+            .map_or(0, |v| v.leader_id.term)
+            .max(last.leader_id.term)
+            + 1;
+        let entry = Entry {
+            log_id: LogId::new(CommittedLeaderId::new(term, node), last.index + 1),
+            payload: EntryPayload::Membership(Membership::new(
+                vec![BTreeSet::from([node])],
+                BTreeMap::from([(node, me)]),
+            )),
+        };
+        let log_id = entry.log_id;
+        let bytes = encode_record(&entry);
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.inner.cf(CF_LOG), self.log_key(log_id.index), &bytes);
+        let vote = Vote::new(term, node);
+        batch.put_cf(
+            self.inner.cf(CF_META),
+            prefixed(self.group, &[META_VOTE]),
+            encode_record(&vote),
+        );
+        self.write_mirrored(batch, true, |_| {}, |cache| cache.push(entry, bytes.len()))?;
+        Ok(Reformed {
+            last_before: last,
+            entry: log_id,
+            voters_before: before,
+        })
     }
 
     fn read_range(&self, start: u64, end_exclusive: u64) -> Result<Vec<Entry>, Error> {

@@ -36,10 +36,11 @@ use std::sync::Arc;
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};
 use serde::{de::DeserializeOwned, Serialize};
 
-pub use log::LogStore;
+pub use log::{LogStore, Reformed};
 pub use sm::{MachineReader, StateMachineStore};
 pub use sync::SyncStats;
 
+use crate::raft::NodeId;
 use crate::Error;
 use sync::Syncer;
 use writer::Writer;
@@ -196,6 +197,14 @@ impl Store {
 
     /// Every group that has Raft metadata here (a vote, a log, an applied state), in
     /// order: the groups this node is part of, whatever its configuration says now.
+    /// Re-forms `group` as `node` alone, offline: see [`LogStore::reform_offline`].
+    /// The store must not be serving the group (an operator runs this on a stopped
+    /// node; RocksDB's lock keeps a running node's directory out).
+    pub fn reform_group(&self, group: GroupId, node: NodeId) -> Result<Reformed, Error> {
+        let (log, sm) = self.group(group)?;
+        log.reform_offline(node, &sm.membership())
+    }
+
     pub fn groups(&self) -> Result<Vec<GroupId>, Error> {
         let inner = &self.inner;
         // A group's first records may still be on their way to disk.
