@@ -43,10 +43,13 @@ fn hold(user: &str, seat: &str) -> Command {
 }
 
 /// An open rejoin gate for node `id`'s shard 0 (its replicas start together).
-fn open_gate(dir: &std::path::Path, id: NodeId) -> VoteGate {
+/// An open gate: these replicas are new and nothing here probes the others.
+fn open_gate(dir: &std::path::Path, id: NodeId, raft: &Raft<TypeConfig>) -> VoteGate {
     let gates = dir.join(format!("gates{id}"));
     std::fs::create_dir_all(&gates).unwrap();
-    GateBook::open(&gates).unwrap().gate(0, false).unwrap()
+    let gate = GateBook::open(&gates).unwrap().gate(0, false).unwrap();
+    gate.open(raft).unwrap();
+    gate
 }
 
 /// Node `id` of a cluster whose peer addresses are `book`, with certificates in
@@ -69,7 +72,7 @@ async fn start(
     let raft = Raft::new(id, config, net, log, sm).await.unwrap();
     let (stop, mut stopped) = watch::channel(false);
     let service = RaftService::new(
-        HashMap::from([(0, (raft.clone(), open_gate(dir, id)))]),
+        HashMap::from([(0, (raft.clone(), open_gate(dir, id, &raft)))]),
         book.keys().copied().collect(),
         std::sync::Arc::new(|_| Default::default()),
         stopped.clone(),
