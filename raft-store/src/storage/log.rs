@@ -28,7 +28,7 @@ use openraft::{
 use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch};
 
 use super::{
-    decode_record, encode_record, group_range, prefixed, GroupId, Inner, CF_LOG, CF_META,
+    blocking, decode_record, encode_record, group_range, prefixed, GroupId, Inner, CF_LOG, CF_META,
     META_COMMITTED, META_PURGED, META_VOTE,
 };
 use crate::raft::{Entry, LogId, NodeId, StorageError, StoredMembership, TypeConfig, Vote};
@@ -334,7 +334,13 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(&i) => i,
             Bound::Unbounded => u64::MAX,
         };
-        self.read_range(start, end)
+        if let Some(hit) = self.cache().get(start, end) {
+            return Ok(hit);
+        }
+        // A read RocksDB answers: on the blocking pool, not on openraft's worker.
+        let this = self.clone();
+        blocking(move || this.read_range(start, end))
+            .await
             .map_err(|e| io(ErrorSubject::Logs, ErrorVerb::Read, e))
     }
 }
@@ -361,9 +367,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut batch = WriteBatch::default();
         let key = prefixed(self.group, &[META_VOTE]);
         batch.put_cf(self.inner.cf(CF_META), key, encode_record(vote));
-        // A vote forgotten in a crash could be cast twice in one term: sync it now.
-        self.inner
-            .write(batch, true)
+        // A vote forgotten in a crash could be cast twice in one term: sync it now,
+        // on the blocking pool (an fsync).
+        let inner = self.inner.clone();
+        blocking(move || inner.write(batch, true))
+            .await
             .map_err(|e| io(ErrorSubject::Vote, ErrorVerb::Write, e))
     }
 
@@ -429,10 +437,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut batch = WriteBatch::default();
         let (_, to) = group_range(self.group);
         batch.delete_range_cf(self.inner.cf(CF_LOG), self.log_key(log_id.index), to);
-        // Entries that come back after a crash could contradict the new leader's log.
-        let forget = |cache: &mut EntryCache| cache.truncate_from(log_id.index);
-        self.write_mirrored(batch, true, forget, |_| {})
-            .map_err(|e| io(ErrorSubject::Logs, ErrorVerb::Delete, e))
+        // Entries that come back after a crash could contradict the new leader's log:
+        // synced, on the blocking pool.
+        let this = self.clone();
+        blocking(move || {
+            let forget = |cache: &mut EntryCache| cache.truncate_from(log_id.index);
+            this.write_mirrored(batch, true, forget, |_| {})
+        })
+        .await
+        .map_err(|e| io(ErrorSubject::Logs, ErrorVerb::Delete, e))
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {

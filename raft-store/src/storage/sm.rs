@@ -38,6 +38,7 @@ use openraft::{EntryPayload, ErrorSubject, ErrorVerb, StorageIOError};
 use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch};
 use serde::{Deserialize, Serialize};
 
+use super::blocking;
 use super::filter::KeyFilter;
 use super::writer::WriteSlot;
 use super::{
@@ -353,19 +354,6 @@ impl StateMachineStore {
             .submit(&self.writes, batch)
             .and_then(|()| self.writes.settle())
             .map_err(|reason| self.inner.write_failed(reason))
-    }
-}
-
-/// Runs `work` on tokio's blocking pool: RocksDB reads and writes, the wait for a
-/// group's write in flight and the state machine's own work block, and must never
-/// stall an async worker (other shards' Raft, the servers). A dropped caller leaves
-/// the work to finish as a whole, under the state lock, so state stays consistent. A
-/// panic in it (a broken invariant) is raised again in the caller, as if it ran there.
-async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
-    match tokio::task::spawn_blocking(work).await {
-        Ok(v) => v,
-        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-        Err(e) => panic!("a storage task was cancelled: {e}"),
     }
 }
 
