@@ -893,3 +893,49 @@ fn a_snapshot_and_a_directory_from_before_retention_are_still_read() {
 fn before_len() -> u64 {
     history_before_snapshot().len() as u64
 }
+
+/// An apply waiting for the state lock (held here by a slow reader on another thread)
+/// leaves the async worker free: on a runtime of one thread, a ticker keeps ticking
+/// meanwhile. Before applies ran on the blocking pool, the one thread was stuck in
+/// the lock for the reader's whole 500 ms and the ticker did not tick at all.
+#[test]
+fn an_apply_waiting_for_the_state_lock_does_not_stall_the_async_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let (_, mut sm) = store.group(1).unwrap();
+    let reader = sm.reader();
+    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+    let slow_reader = std::thread::spawn(move || {
+        reader.read(|_| {
+            locked_tx.send(()).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        })
+    });
+    locked_rx.recv().unwrap();
+    let ticks = rt().block_on(async {
+        let ticks = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let ticker = tokio::spawn({
+            let ticks = ticks.clone();
+            async move {
+                for _ in 0..1_000 {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    ticks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        });
+        let applied = sm
+            .apply(vec![entry_at(
+                1,
+                T0,
+                vec![create("ev", 1, 1, 10, Limits::default())],
+            )])
+            .await
+            .unwrap();
+        assert!(applied[0][0].is_ok(), "{applied:?}");
+        ticker.abort();
+        ticks.load(std::sync::atomic::Ordering::Relaxed)
+    });
+    slow_reader.join().unwrap();
+    // About 50 ticks fit in the reader's 500 ms; even a very busy machine gets 5.
+    assert!(ticks >= 5, "the worker was stalled: {ticks} ticks");
+}
