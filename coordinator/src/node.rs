@@ -285,7 +285,12 @@ impl NodeHandle {
                 shards: cluster.shards(),
             },
         )?;
-        let raft_config = raft_config("seatd", log_policy, timing)?;
+        // Groups start unable to elect; each one's rejoin gate switches elections on
+        // (`VoteGate::apply_to`) once it may, so no timeout fires before the gate rules.
+        let raft_config = std::sync::Arc::new(openraft::Config {
+            enable_elect: false,
+            ..(*raft_config("seatd", log_policy, timing)?).clone()
+        });
         let raft_peers = PeerChannels::new(
             tls.clone(),
             cluster
@@ -317,6 +322,12 @@ impl NodeHandle {
         }
         for shard in hosted {
             let (log, sm) = store.group(shard)?;
+            if log.uncommit_own_vote(id)? {
+                info!(
+                    shard,
+                    "led before this start: will stand for election again"
+                );
+            }
             let log_view = log.clone();
             let reader = sm.reader();
             let net = ShardNetwork {

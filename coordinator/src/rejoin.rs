@@ -20,7 +20,8 @@ use tracing::{info, warn};
 use crate::node::NodeInner;
 use crate::raft_net::gate::LogPos;
 use crate::raft_net::VoteGate;
-use crate::shard::Shard;
+use crate::shard::{role_name, Shard};
+use openraft::ServerState;
 
 /// How often a closed gate looks again.
 const REJOIN_POLL_MS: u64 = 250;
@@ -29,12 +30,13 @@ const REJOIN_POLL_MS: u64 = 250;
 fn position(s: &seatd_proto::v1::ShardStatus) -> Option<LogPos> {
     (s.last_log_index > 0 || s.last_log_term > 0).then_some(LogPos {
         term: s.last_log_term,
+        node: s.last_log_leader,
         index: s.last_log_index,
     })
 }
 
-/// The latest last log position the other members report for `shard` (`Some(None)`:
-/// none holds an entry), once it is sound to take (see [`crate::raft_net::gate`]):
+/// What the other members report for `shard` (the latest last log position, `None`
+/// when none holds an entry, and the highest term), once it is sound to take (see [`crate::raft_net::gate`]):
 /// every voter of the latest configuration any of them (or this replica) knows,
 /// other than this replica, answered; and, for a gate closed on disk (this replica
 /// lost state), none of those voters is itself catching up, since a replica that lost
@@ -45,7 +47,7 @@ async fn target_from_members(
     node: &Arc<NodeInner>,
     local: &Shard,
     on_disk: bool,
-) -> Option<Option<LogPos>> {
+) -> Option<Answers> {
     let shard = local.id;
     let mine = local.status(false);
     let mut ask: BTreeSet<NodeId> = node.cluster.members(shard).into_iter().collect();
@@ -73,13 +75,31 @@ async fn target_from_members(
         needed = ask.iter().copied().collect();
     }
     needed.remove(&node.id);
+    let term = answers.values().map(|s| s.term).max().unwrap_or(0);
+    // A leader in the highest term anyone reports holds every committed entry (it
+    // was elected through the others' gates), so its answer is evidence enough even
+    // when other voters are catching up (new members, or after `seatd reform`).
+    let leader = role_name(ServerState::Leader);
+    let led = answers
+        .values()
+        .any(|s| s.role == leader && s.term == term && needed.contains(&s.reported_by));
     for voter in &needed {
         let answer = answers.get(voter)?;
-        if on_disk && answer.catching_up {
+        if on_disk && answer.catching_up && !led {
             return None;
         }
     }
-    Some(answers.values().filter_map(position).max())
+    Some(Answers {
+        latest: answers.values().filter_map(position).max(),
+        term,
+    })
+}
+
+/// What every needed member answered: the latest last log position (`None`: no
+/// entry anywhere) and the highest current term.
+struct Answers {
+    latest: Option<LogPos>,
+    term: u64,
 }
 
 /// Runs `shard`'s closed gate until it opens (see the module doc).
@@ -98,9 +118,26 @@ pub async fn catch_up(
         if gate.open_if_caught_up(&local.raft) {
             return;
         }
+        // Asked each round: the group reports what it applied shortly after it starts.
+        let applied = local
+            .raft
+            .metrics()
+            .borrow()
+            .last_applied
+            .as_ref()
+            .map(LogPos::from);
+        match gate.reached_before_start(applied) {
+            Ok(true) => info!(shard, ?applied, "had caught up before this start: probes"),
+            Ok(false) => {}
+            Err(e) => warn!(shard, error = %e, "cannot update the gate file"),
+        }
         if gate.needs_target() {
             match target_from_members(&node, &local, gate.is_catching_up()).await {
-                Some(others) => {
+                Some(Answers {
+                    latest: others,
+                    term,
+                }) => {
+                    gate.set_vote_floor(term);
                     let mine = local.last_log_id().as_ref().map(LogPos::from);
                     match gate.settle(others, mine) {
                         Ok(true) => {

@@ -202,6 +202,7 @@ impl Shard {
             digest,
             last_log_index: last.map_or(0, |l| l.index),
             last_log_term: last.map_or(0, |l| l.leader_id.term),
+            last_log_leader: last.map_or(0, |l| l.leader_id.node_id),
             purged_index: m.purged.map(|p| p.index).unwrap_or(0),
             // Known to the node, which holds the gates (see `service::local_status`).
             rejoining: false,

@@ -34,6 +34,19 @@
 //!   member answered, the gate stays closed (a shard with a member down and a member
 //!   wiped or restarted waits for the one that is down, which is the price of not
 //!   losing entries; the re-form command is the operator's way out).
+//! - The closed state kept in the file is re-examined at every start too: the target
+//!   only rises with fresh answers (the file may have come back with a restored
+//!   backup), and a replica that had applied its target before it stopped probes as a
+//!   plain replica.
+//! - A leader in the highest term anyone reports is evidence enough even when other
+//!   voters are catching up: it was elected through the others' gates and holds every
+//!   committed entry.
+//! - **Vote floor**: a replica votes only in terms above the highest its peers
+//!   reported when it probed, since it may have voted in those before it lost state.
+//! - A node that led before it stopped must win an election again: its committed
+//!   self-vote is made uncommitted before the group starts (openraft would otherwise
+//!   resume the term at once, past every gate), and groups start with elections off
+//!   until their gate allows them.
 //! - A brand-new group is created by one node ([`VoteGate::open`] after it checked that
 //!   no node has any state for the shard) as a group of itself alone; the other
 //!   members join as learners and catch up like any rejoining replica (see
@@ -55,10 +68,14 @@ pub const GATE_FILE: &str = "rejoin.json";
 /// Largest gate file read (one entry per shard).
 const GATE_FILE_BYTES_MAX: u64 = 1 << 20;
 
-/// A position in a Raft log, ordered as Raft compares logs: term first, then index.
+/// A position in a Raft log, ordered as openraft orders log ids: by term, then the
+/// node whose leadership wrote the entry (openraft may have two leaders in a term,
+/// one after the other), then index. The field order gives the derived order.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct LogPos {
     pub term: u64,
+    #[serde(default)]
+    pub node: NodeId,
     pub index: u64,
 }
 
@@ -66,6 +83,7 @@ impl From<&LogId<NodeId>> for LogPos {
     fn from(l: &LogId<NodeId>) -> Self {
         Self {
             term: l.leader_id.term,
+            node: l.leader_id.node_id,
             index: l.index,
         }
     }
@@ -78,6 +96,9 @@ pub struct GateBook {
     path: PathBuf,
     closed: Arc<Mutex<BTreeMap<u32, Option<LogPos>>>>,
     probing: Arc<Mutex<BTreeSet<u32>>>,
+    /// Per shard, the highest term the other members reported at this start: this
+    /// replica may have voted in it before it lost state, so it votes only above.
+    floors: Arc<Mutex<BTreeMap<u32, u64>>>,
 }
 
 impl GateBook {
@@ -100,6 +121,7 @@ impl GateBook {
             path,
             closed: Arc::new(Mutex::new(closed)),
             probing: Default::default(),
+            floors: Default::default(),
         })
     }
 
@@ -141,7 +163,9 @@ impl GateBook {
     }
 
     /// The gate of `shard`: closed if the file says so, or (written now) if the
-    /// replica starts with no state for it; otherwise probing.
+    /// replica starts with no state for it; and probing in every case, so that even a
+    /// target kept in the file is raised by what the members say now (the file may
+    /// have come back with a restored backup).
     pub fn gate(&self, shard: u32, started_empty: bool) -> Result<VoteGate, Error> {
         if started_empty {
             self.update(|c| {
@@ -151,9 +175,8 @@ impl GateBook {
                 c.insert(shard, None);
                 true
             })?;
-        } else if self.state(shard).is_none() {
-            self.probing().insert(shard);
         }
+        self.probing().insert(shard);
         Ok(VoteGate {
             shard,
             book: self.clone(),
@@ -229,6 +252,20 @@ impl VoteGate {
     /// caller then applies the gate to its group ([`VoteGate::apply_to`]).
     pub fn settle(&self, others: Option<LogPos>, mine: Option<LogPos>) -> Result<bool, Error> {
         let shard = self.shard;
+        if self.is_probing() && self.book.closed_on_disk(shard) {
+            // Closed already (it lost state, or was behind, at an earlier start): the
+            // target only ever rises.
+            let fresh = others.unwrap_or_default();
+            self.book.update(|c| {
+                let t = c.entry(shard).or_insert(None);
+                let raised = Some(t.map_or(fresh, |t| t.max(fresh)));
+                let changed = *t != raised;
+                *t = raised;
+                changed
+            })?;
+            self.book.probing().remove(&shard);
+            return Ok(true);
+        }
         if self.is_probing() {
             if others <= mine {
                 self.open_book()?;
@@ -261,6 +298,31 @@ impl VoteGate {
         Ok(self.is_closed())
     }
 
+    /// At start: a gate closed on disk whose target the replica had applied already
+    /// (it stopped before it noticed) is no longer catching up; it probes like any
+    /// replica with state, which is as safe (a stale file from a restored backup gets
+    /// the same fresh comparison) and lets two such replicas count each other's answers.
+    pub fn reached_before_start(&self, applied: Option<LogPos>) -> Result<bool, Error> {
+        let reached =
+            self.is_probing() && matches!((self.target(), applied), (Some(t), Some(a)) if a >= t);
+        if reached {
+            self.book.update(|c| c.remove(&self.shard).is_some())?;
+        }
+        Ok(reached)
+    }
+
+    /// Records the highest term the other members reported (see [`GateBook`]'s floors).
+    pub fn set_vote_floor(&self, term: u64) {
+        let mut floors = self.book.floors.lock().unwrap_or_else(|p| p.into_inner());
+        let floor = floors.entry(self.shard).or_insert(0);
+        *floor = (*floor).max(term);
+    }
+
+    fn vote_floor(&self) -> u64 {
+        let floors = self.book.floors.lock().unwrap_or_else(|p| p.into_inner());
+        floors.get(&self.shard).copied().unwrap_or(0)
+    }
+
     /// Opens the gate if the replica has applied an entry at or past its target.
     pub fn open_if_caught_up(&self, raft: &Raft<TypeConfig>) -> bool {
         if self.is_probing() {
@@ -290,12 +352,35 @@ impl VoteGate {
 
     /// Whether `raft` may take part in `request`'s election: an open gate may; a
     /// closed one only for a candidate whose log reaches the target (module doc).
-    pub(super) fn admits(&self, raft: &Raft<TypeConfig>, request: &VoteRequest<NodeId>) -> bool {
+    pub(super) fn admits(
+        &self,
+        raft: &Raft<TypeConfig>,
+        request: &VoteRequest<NodeId>,
+    ) -> Result<(), String> {
+        // A vote this replica may have cast before it lost state is not cast again.
+        let floor = self.vote_floor();
+        if request.vote.leader_id.term <= floor {
+            return Err(format!(
+                "this replica votes only in terms above {floor}, the highest its peers \
+                 reported when it started (it may have voted in those before)"
+            ));
+        }
         if self.open_if_caught_up(raft) {
-            return true;
+            return Ok(());
         }
         let candidate = request.last_log_id.as_ref().map(LogPos::from);
-        self.admits_while_closed(candidate)
+        if self.admits_while_closed(candidate) {
+            return Ok(());
+        }
+        Err(match (self.is_probing(), self.target()) {
+            (true, _) | (false, None) => "this replica's rejoin gate is closed: it is \
+                comparing its log with the other members'"
+                .to_string(),
+            (false, Some(t)) => format!(
+                "this replica's rejoin gate is closed: it votes only for a log at or past \
+                 {t:?} until it has applied that far"
+            ),
+        })
     }
 
     /// A closed gate's answer: yes only for a candidate's log at or past a known
@@ -313,7 +398,11 @@ mod tests {
     use super::*;
 
     fn pos(term: u64, index: u64) -> Option<LogPos> {
-        Some(LogPos { term, index })
+        Some(LogPos {
+            term,
+            node: 1,
+            index,
+        })
     }
 
     #[test]
@@ -327,10 +416,15 @@ mod tests {
         assert!(g.settle(pos(3, 2_000), None).unwrap()); // the first target stays
         assert_eq!(g.target(), pos(2, 1_000));
         // Restarted: the store now holds part of the shard, so it does not start
-        // empty, but the file keeps the gate closed (not merely probing).
+        // empty, but the file keeps the gate closed; it probes again, and the target
+        // only rises (the file may be part of a restored backup).
         let again = GateBook::open(dir.path()).unwrap().gate(3, false).unwrap();
-        assert!(again.is_closed() && !again.needs_target());
-        assert_eq!(again.target(), pos(2, 1_000));
+        assert!(again.is_catching_up() && again.needs_target());
+        assert!(again.settle(pos(1, 5_000), None).unwrap());
+        assert_eq!(again.target(), pos(2, 1_000), "an earlier term is lower");
+        let third = GateBook::open(dir.path()).unwrap().gate(3, false).unwrap();
+        assert!(third.settle(pos(3, 10), pos(2, 900)).unwrap());
+        assert_eq!(third.target(), pos(3, 10));
     }
 
     #[test]
@@ -361,6 +455,19 @@ mod tests {
         // Probing, or closed without a target: no vote at all.
         assert!(!book.gate(5, false).unwrap().admits_while_closed(pos(9, 9)));
         assert!(!book.gate(6, true).unwrap().admits_while_closed(pos(9, 9)));
+        // Stopped after applying its target, before opening: probes as a plain replica.
+        let restarted = GateBook::open(dir.path()).unwrap();
+        let reached = restarted.gate(3, false).unwrap();
+        assert!(!reached.reached_before_start(pos(4, 899)).unwrap());
+        assert!(reached.reached_before_start(pos(4, 900)).unwrap());
+        assert!(!reached.is_catching_up() && reached.needs_target());
+        // Two leaders in one term: the later node's entries rank higher (openraft).
+        let rival = LogPos {
+            term: 4,
+            node: 2,
+            index: 10,
+        };
+        assert!(pos(4, 900) < Some(rival));
         // Every other member without entries: nothing to be behind.
         assert!(!book.gate(4, false).unwrap().settle(None, None).unwrap());
     }

@@ -192,12 +192,7 @@ impl raft_server::Raft for RaftService {
                 request.into_inner(),
                 bounds::vote_request,
                 |raft, gate, rpc: VoteRequest<NodeId>| async move {
-                    if !gate.admits(&raft, &rpc) {
-                        return Err("this replica's rejoin gate is closed (it is comparing \
-                                    its log with the other members', or catching up): it \
-                                    votes only for a log that reaches its target"
-                            .to_string());
-                    }
+                    gate.admits(&raft, &rpc)?;
                     Ok(raft.vote(rpc).await)
                 },
             )

@@ -288,6 +288,27 @@ impl LogStore {
         })
     }
 
+    /// Before the group starts: turns a committed vote for `node` into an uncommitted
+    /// one of the same term (synced), so that a node that led before a restart must
+    /// win an election again rather than resume its term at once (openraft's startup
+    /// does that for a committed self-vote). An election goes through the other
+    /// replicas' rejoin gates, and a data dir restored from a backup must not lead on
+    /// the strength of the vote it had then. Returns whether it changed the vote.
+    pub fn uncommit_own_vote(&self, node: NodeId) -> Result<bool, Error> {
+        let vote: Option<Vote> = self.inner.get_meta(self.group, META_VOTE)?;
+        match vote {
+            Some(v) if v.committed && v.leader_id.node_id == node => {
+                let mut batch = WriteBatch::default();
+                let key = prefixed(self.group, &[META_VOTE]);
+                let uncommitted = Vote::new(v.leader_id.term, node);
+                batch.put_cf(self.inner.cf(CF_META), key, encode_record(&uncommitted));
+                self.inner.write(batch, true)?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
     fn read_range(&self, start: u64, end_exclusive: u64) -> Result<Vec<Entry>, Error> {
         if start >= end_exclusive {
             return Ok(Vec::new());
