@@ -357,14 +357,7 @@ impl VoteGate {
         raft: &Raft<TypeConfig>,
         request: &VoteRequest<NodeId>,
     ) -> Result<(), String> {
-        // A vote this replica may have cast before it lost state is not cast again.
-        let floor = self.vote_floor();
-        if request.vote.leader_id.term <= floor {
-            return Err(format!(
-                "this replica votes only in terms above {floor}, the highest its peers \
-                 reported when it started (it may have voted in those before)"
-            ));
-        }
+        self.above_floor(request.vote.leader_id.term)?;
         if self.open_if_caught_up(raft) {
             return Ok(());
         }
@@ -381,6 +374,18 @@ impl VoteGate {
                  {t:?} until it has applied that far"
             ),
         })
+    }
+
+    /// A vote this replica may have cast before it lost state is not cast again.
+    fn above_floor(&self, term: u64) -> Result<(), String> {
+        let floor = self.vote_floor();
+        if term <= floor {
+            return Err(format!(
+                "this replica votes only in terms above {floor}, the highest its peers \
+                 reported when it started (it may have voted in those before)"
+            ));
+        }
+        Ok(())
     }
 
     /// A closed gate's answer: yes only for a candidate's log at or past a known
@@ -470,6 +475,18 @@ mod tests {
         assert!(pos(4, 900) < Some(rival));
         // Every other member without entries: nothing to be behind.
         assert!(!book.gate(4, false).unwrap().settle(None, None).unwrap());
+    }
+
+    #[test]
+    fn no_vote_at_or_below_the_highest_term_the_peers_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let gate = GateBook::open(dir.path()).unwrap().gate(1, false).unwrap();
+        assert!(gate.above_floor(1).is_ok(), "no floor before the probe");
+        gate.set_vote_floor(7);
+        gate.set_vote_floor(5); // only rises
+        assert!(gate.above_floor(7).is_err());
+        assert!(gate.above_floor(3).is_err());
+        assert!(gate.above_floor(8).is_ok());
     }
 
     #[test]
