@@ -493,10 +493,18 @@ pub(crate) async fn serve(
 ) -> Result<(tonic_health::server::HealthReporter, ServerTask), Error> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<SeatsServer<SeatsService>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(seatd_proto::FILE_DESCRIPTOR_SET)
+    // Both reflection versions: grpcurl speaks v1, while older grpcurl, Python's
+    // reflection client and Evans speak only v1alpha.
+    let reflection_builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(seatd_proto::FILE_DESCRIPTOR_SET)
+    };
+    let reflection = reflection_builder()
         .build_v1()
         .map_err(|e| Error::Config(format!("reflection: {e}")))?;
+    let reflection_v1alpha = reflection_builder()
+        .build_v1alpha()
+        .map_err(|e| Error::Config(format!("reflection (v1alpha): {e}")))?;
     let node = seats.node().clone();
     let seats = SeatsServer::new(seats)
         .max_decoding_message_size(REQUEST_BYTES_MAX)
@@ -507,6 +515,7 @@ pub(crate) async fn serve(
             .add_service(seats)
             .add_service(health_service)
             .add_service(reflection)
+            .add_service(reflection_v1alpha)
             .serve_with_incoming_shutdown(incoming(listener), async move {
                 let _ = stopped.wait_for(|s| *s).await;
             }),

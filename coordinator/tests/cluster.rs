@@ -1031,7 +1031,7 @@ async fn every_node_serves_health_and_reflection() {
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    let mut reflection = ServerReflectionClient::new(channel);
+    let mut reflection = ServerReflectionClient::new(channel.clone());
     let req = tonic_reflection::pb::v1::ServerReflectionRequest {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),
@@ -1051,6 +1051,27 @@ async fn every_node_serves_health_and_reflection() {
         names.contains(&"seatd.raft.v1.Raft".to_string()),
         "{names:?}"
     );
+    // The older protocol too, which older grpcurl, Python's client and Evans speak.
+    use tonic_reflection::pb::v1alpha as alpha;
+    let mut reflection = alpha::server_reflection_client::ServerReflectionClient::new(channel);
+    let req = alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            alpha::server_reflection_request::MessageRequest::ListServices(String::new()),
+        ),
+    };
+    let mut answers = reflection
+        .server_reflection_info(tokio_stream::iter([req]))
+        .await
+        .expect("v1alpha reflection is served")
+        .into_inner();
+    let first = answers.message().await.unwrap().unwrap();
+    let Some(alpha::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        first.message_response
+    else {
+        panic!("unexpected v1alpha reflection answer");
+    };
+    assert!(list.service.iter().any(|s| s.name == "seatd.v1.Seats"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
