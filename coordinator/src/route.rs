@@ -118,18 +118,15 @@ impl NodeInner {
             return Pick::Forward(l);
         }
         // Never itself: a node whose group failed is a member but cannot answer.
-        let members: Vec<NodeId> = self
-            .cluster
-            .members(shard)
-            .into_iter()
-            .filter(|m| *m != self.id)
-            .collect();
-        if members.is_empty() {
+        let members = self.cluster.members(shard);
+        let others = || members.iter().copied().filter(|m| *m != self.id);
+        let count = others().count();
+        if count == 0 {
             return Pick::Wait;
         }
-        let i = self.rotor.0.fetch_add(1, Ordering::Relaxed) % members.len();
-        match self.cluster.addr(members[i]) {
-            Some(_) => Pick::Forward(members[i]),
+        let i = self.rotor.0.fetch_add(1, Ordering::Relaxed) % count;
+        match others().nth(i).filter(|m| self.cluster.addr(*m).is_some()) {
+            Some(m) => Pick::Forward(m),
             None => Pick::Wait,
         }
     }
