@@ -85,19 +85,25 @@ impl Error {
         matches!(self, Error::Unavailable(_) | Error::RateLimited(_))
     }
 
-    /// The kind of a server status.
+    /// The kind of a server status, from its code and the machine-readable reason
+    /// seatd attaches (`seatd.v1.ErrorReason`); never from its message.
     pub fn from_status(status: &tonic::Status) -> Self {
+        use seatd_proto::reason;
         use tonic::Code;
         let message = status.message().to_string();
+        let detail: Option<seatd_proto::v1::ErrorReason> =
+            prost::Message::decode(status.details()).ok();
+        let why = detail
+            .as_ref()
+            .map(|r| r.reason.as_str())
+            .filter(|r| !r.is_empty());
         match status.code() {
             Code::InvalidArgument | Code::OutOfRange => Error::Invalid(message),
-            Code::Aborted => {
-                let seats = prost::Message::decode(status.details())
-                    .map(|c: seatd_proto::v1::Conflict| c.seat_ids)
-                    .unwrap_or_default();
-                Error::Conflict { seats, message }
-            }
-            Code::FailedPrecondition if message.starts_with("expired") => Error::Expired(message),
+            Code::Aborted => Error::Conflict {
+                seats: detail.map(|r| r.seat_ids).unwrap_or_default(),
+                message,
+            },
+            Code::FailedPrecondition if why == Some(reason::EXPIRED) => Error::Expired(message),
             Code::FailedPrecondition => Error::Invalid(message),
             Code::NotFound => Error::NotFound(message),
             Code::ResourceExhausted => Error::RateLimited(message),
@@ -124,14 +130,28 @@ mod tests {
     use super::*;
     use tonic::{Code, Status};
 
+    fn with_reason(code: Code, message: &str, reason: &str) -> Status {
+        let detail = prost::Message::encode_to_vec(&seatd_proto::v1::ErrorReason {
+            reason: reason.into(),
+            ..Default::default()
+        });
+        Status::with_details(code, message, detail.into())
+    }
+
     #[test]
     fn statuses_map_to_kinds_and_exit_codes() {
         let cases = [
             (Status::invalid_argument("x"), "invalid", 2),
             (Status::aborted("x"), "conflict", 3),
-            (Status::failed_precondition("expired: gone"), "expired", 4),
             (
-                Status::failed_precondition("payment declined"),
+                with_reason(Code::FailedPrecondition, "gone", "EXPIRED"),
+                "expired",
+                4,
+            ),
+            // The message is never read: "expired" in words is not the reason.
+            (Status::failed_precondition("expired: gone"), "invalid", 2),
+            (
+                with_reason(Code::FailedPrecondition, "payment declined", "DECLINED"),
                 "invalid",
                 2,
             ),
@@ -156,8 +176,10 @@ mod tests {
         let broken = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
         let e = Error::from_status(&Status::from_error(Box::new(broken)));
         assert_eq!(e.code(), "unavailable", "{e:?}");
-        let detail = prost::Message::encode_to_vec(&seatd_proto::v1::Conflict {
+        let detail = prost::Message::encode_to_vec(&seatd_proto::v1::ErrorReason {
+            reason: "CONFLICT".into(),
             seat_ids: vec!["A-1".into()],
+            limit: None,
         });
         let e = Error::from_status(&Status::with_details(
             Code::Aborted,

@@ -47,7 +47,13 @@
 //! ```
 
 mod error;
+pub mod limits;
 mod route;
+
+use limits::{
+    BATCH_YIELDS_MAX, HOLDS_PER_BATCH_MAX, HOLD_CALLS_IN_FLIGHT_MAX, HOLD_CALL_OVERDUE,
+    QUEUED_HOLDS_MAX, REPLY_BYTES_MAX,
+};
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -62,46 +68,10 @@ use tonic::transport::{Channel, Endpoint};
 
 /// Where a `seatctl` with no `--endpoint` connects: the frontend `seatd dev` runs.
 pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:7400";
-/// Largest answer accepted (a 1,000,000-seat map is about 20 MB).
-const REPLY_BYTES_MAX: usize = 64 << 20;
 
-/// A venue layout (as read from a layout file, see README.md) in its wire form, for
-/// [`Client::create_event`].
-pub fn layout_to_pb(l: &raft_store::VenueLayout) -> pb::Layout {
-    pb::Layout {
-        venue: l.venue.clone(),
-        sections: l
-            .sections
-            .iter()
-            .map(|s| pb::Section {
-                id: s.id.clone(),
-                rows: s
-                    .rows
-                    .iter()
-                    .map(|r| pb::Row {
-                        id: r.id.clone(),
-                        seats: r.seats.unwrap_or(0),
-                        first: r.first,
-                        seat_ids: r.seat_ids.clone().unwrap_or_default(),
-                    })
-                    .collect(),
-            })
-            .collect(),
-    }
-}
-
-/// The stable name of a hold state (`seatctl --json`'s `state`): active,
-/// checking_out, committed, released, expired (or unknown).
-pub fn hold_state_name(state: i32) -> &'static str {
-    match pb::HoldState::try_from(state) {
-        Ok(pb::HoldState::Active) => "active",
-        Ok(pb::HoldState::CheckingOut) => "checking_out",
-        Ok(pb::HoldState::Committed) => "committed",
-        Ok(pb::HoldState::Released) => "released",
-        Ok(pb::HoldState::Expired) => "expired",
-        _ => "unknown",
-    }
-}
+/// A venue layout's wire form, and a hold state's stable name (shared with the
+/// server, in `seatd-wire`).
+pub use seatd_wire::{hold_state_name, layout_to_pb};
 
 /// Deadlines and retry policy.
 #[derive(Clone, Copy, Debug)]
@@ -162,28 +132,6 @@ struct Transport {
 type QueuedHold = (pb::HoldRequest, oneshot::Sender<HoldAnswer>);
 type HoldAnswer = (Result<pb::Hold, Error>, Option<pb::HoldRequest>);
 
-/// Most holds waiting for a batch; a full queue makes callers wait.
-const QUEUED_HOLDS_MAX: usize = 8192;
-/// Most holds in one `HoldMany` call.
-const HOLDS_PER_CALL_MAX: usize = 256;
-/// Batches in flight at once, at most (a batch split across shard leaders is one
-/// call per leader). Normally one is (see [`HOLD_CALL_OVERDUE`]): while it is out,
-/// the next batch fills up.
-const HOLD_CALLS_IN_FLIGHT_MAX: usize = 4;
-/// How long a `HoldMany` call may be out before the next batch goes beside it
-/// instead of waiting for its turn. Calls take one turn at a time because every call
-/// costs a round of RPCs on every hop and usually a log entry of its own: measured
-/// with `seatctl bench` (README.md) at 64 callers, one call at a time instead of two
-/// put 54 decisions in a log entry instead of 23.5 (63 once the batcher lets the
-/// callers it just answered queue again) and cost 20-30% less CPU per decision. A
-/// call this overdue is stuck (a shard without a leader, a slow node; p99 is about
-/// 12 ms): from then on, batches go beside it until the slots run out, so holds for
-/// other shards keep moving. A full batch never waits for the turn: it cannot grow.
-const HOLD_CALL_OVERDUE: Duration = Duration::from_millis(50);
-
-/// Most times the batcher lets callers run before it drains the queue.
-const BATCH_YIELDS_MAX: usize = 8;
-
 /// Retry keys unique to this client: a random prefix and a counter.
 struct IdSource {
     prefix: String,
@@ -198,11 +146,7 @@ impl IdSource {
 }
 
 fn normalise(endpoint: &str) -> String {
-    if endpoint.contains("://") {
-        endpoint.to_string()
-    } else {
-        format!("http://{endpoint}")
-    }
+    seatd_wire::net::endpoint_url(endpoint).unwrap_or_default()
 }
 
 impl Client {
@@ -301,7 +245,8 @@ impl Transport {
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let started = Instant::now();
-        let mut backoff = self.options.backoff_min;
+        let mut backoff =
+            seatd_wire::net::Backoff::new(self.options.backoff_min, self.options.backoff_max);
         loop {
             let i = first
                 .take()
@@ -326,7 +271,7 @@ impl Transport {
             let _ = self
                 .next
                 .compare_exchange(i, i + 1, Ordering::Relaxed, Ordering::Relaxed);
-            let jittered = backoff.mul_f64(fastrand::f64());
+            let jittered = backoff.next_jittered(fastrand::f64());
             if started.elapsed() + jittered >= self.options.retry_budget {
                 return Err(Error::Unavailable(format!(
                     "gave up after {} ms: {failure}",
@@ -334,7 +279,6 @@ impl Transport {
                 )));
             }
             tokio::time::sleep(jittered).await;
-            backoff = (backoff * 2).min(self.options.backoff_max);
         }
     }
 }
@@ -472,7 +416,7 @@ impl Client {
     ) -> Result<pb::Hold, Error> {
         let options = self.transport.options;
         let started = Instant::now();
-        let mut backoff = options.backoff_min;
+        let mut backoff = seatd_wire::net::Backoff::new(options.backoff_min, options.backoff_max);
         let stopped = || Error::Unavailable("the hold batcher stopped".into());
         let mut request = request;
         loop {
@@ -484,12 +428,11 @@ impl Client {
             match (answer, back) {
                 (Err(Error::Unavailable(m)), Some(back)) => {
                     request = back;
-                    let jittered = backoff.mul_f64(fastrand::f64());
+                    let jittered = backoff.next_jittered(fastrand::f64());
                     if started.elapsed() + jittered >= options.retry_budget {
                         return Err(Error::Unavailable(m));
                     }
                     tokio::time::sleep(jittered).await;
-                    backoff = (backoff * 2).min(options.backoff_max);
                 }
                 (answer, _) => return answer,
             }
@@ -561,14 +504,14 @@ impl Client {
 
 /// Gathers queued holds into `HoldMany` calls: takes the first, waits for its turn
 /// (the previous call answered, or [`HOLD_CALL_OVERDUE`] passed), then takes whatever
-/// else is queued (up to `HOLDS_PER_CALL_MAX`). No timer while calls answer in time:
+/// else is queued (up to `HOLDS_PER_BATCH_MAX`). No timer while calls answer in time:
 /// a lone hold goes at once, and under load batches grow while a call is in flight. A
 /// batch is split by the endpoint that leads each hold's shard, when the routes know
 /// it (see the `route` module). Ends when the client is dropped.
 async fn batch_holds(transport: Arc<Transport>, mut rx: mpsc::Receiver<QueuedHold>) {
     let turns = CallTurns::new(HOLD_CALLS_IN_FLIGHT_MAX, HOLD_CALL_OVERDUE);
     while let Some(first) = rx.recv().await {
-        let full = rx.len() + 1 >= HOLDS_PER_CALL_MAX;
+        let full = rx.len() + 1 >= HOLDS_PER_BATCH_MAX;
         let slot = turns.next(!full).await;
         // When the turn was handed over, the call that gave it up has just woken its
         // callers, and they are about to queue their next holds: let them, so they
@@ -577,7 +520,7 @@ async fn batch_holds(transport: Arc<Transport>, mut rx: mpsc::Receiver<QueuedHol
         // most: no timer) and the batch is not full.
         for _ in 0..BATCH_YIELDS_MAX {
             let queued = rx.len();
-            if queued + 1 >= HOLDS_PER_CALL_MAX {
+            if queued + 1 >= HOLDS_PER_BATCH_MAX {
                 break;
             }
             tokio::task::yield_now().await;
@@ -586,7 +529,7 @@ async fn batch_holds(transport: Arc<Transport>, mut rx: mpsc::Receiver<QueuedHol
             }
         }
         let mut batch = vec![first];
-        while batch.len() < HOLDS_PER_CALL_MAX {
+        while batch.len() < HOLDS_PER_BATCH_MAX {
             match rx.try_recv() {
                 Ok(q) => batch.push(q),
                 Err(_) => break,
@@ -733,7 +676,9 @@ fn item_result(r: pb::HoldResult) -> Result<pb::Hold, Error> {
     match r.result {
         Some(pb::hold_result::Result::Hold(h)) => Ok(h),
         Some(pb::hold_result::Result::Failure(f)) => {
-            let details = prost::Message::encode_to_vec(&pb::Conflict {
+            let details = prost::Message::encode_to_vec(&pb::ErrorReason {
+                reason: f.reason,
+                limit: f.limit_exceeded,
                 seat_ids: f.seat_ids,
             });
             let status = tonic::Status::with_details(

@@ -21,10 +21,8 @@ use std::time::{Duration, Instant};
 
 use seatd_proto::v1 as pb;
 
-/// How often the table may be refreshed while holds are sent.
-pub(crate) const ROUTES_REFRESH_MS: u64 = 1_000;
-/// Most shards a table accepts (the cluster's own limit is lower).
-const SHARDS_MAX: usize = 4_096;
+pub(crate) use crate::limits::ROUTES_REFRESH_MS;
+use crate::limits::ROUTING_TABLE_SHARDS_MAX;
 
 pub(crate) struct Routes {
     state: Mutex<State>,
@@ -110,7 +108,7 @@ impl Routes {
         let mut st = self.lock();
         st.refreshing = false;
         st.refreshed_at = Some(now);
-        if shards == 0 || shards > SHARDS_MAX {
+        if shards == 0 || shards > ROUTING_TABLE_SHARDS_MAX {
             return;
         }
         let mut leader_at = vec![None; shards];

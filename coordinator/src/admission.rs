@@ -1,13 +1,16 @@
-//! Admission control at the door: how many holds one user may ask for per second.
+//! Admission control: how many holds one user may ask for per second.
 //!
 //! A flash sale's bots hammer the hold call; a token bucket per user (refilled at
 //! `holds_per_user_per_s`, holding at most that many tokens) answers the excess with
-//! RESOURCE_EXHAUSTED (HTTP 429) before it reaches a shard's queue. The limit applies
-//! on every client port a call comes through (a frontend, then the node the frontend
-//! called: frontends are clients of the nodes, and a hop count written by a client is
-//! not believed), never again on hops between nodes over the peer port, and it is not
-//! replicated: it protects capacity, not correctness, so it uses this process's
-//! monotonic clock.
+//! RESOURCE_EXHAUSTED (reason RATE_LIMITED; HTTP 429) before it reaches a shard's
+//! queue. It is asked where holds are decided, on the leader of the event's shard
+//! (`holds::admit`), so one user has one budget per event whichever frontends or
+//! nodes the holds come through, and no header a client sends skips it. It is not
+//! replicated: it protects capacity, not correctness, so it uses the leader's
+//! monotonic clock, and a new leader starts with full buckets.
+//!
+//! Caveat: the budget is per leader, so a user holding seats of events on shards led
+//! by different nodes has one budget on each of them.
 //!
 //! Bounded: at most [`USERS_TRACKED_MAX`] buckets; when full, idle buckets (full
 //! again) are dropped first, and if none is idle every bucket is.
@@ -16,8 +19,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Instant;
 
-/// Most users with a bucket at once.
-pub const USERS_TRACKED_MAX: usize = 100_000;
+pub use crate::limits::USERS_TRACKED_MAX;
 
 pub struct HoldLimiter {
     per_s: f64,

@@ -90,7 +90,8 @@ struct FrontendArgs {
     /// How long a call waits for a shard leader before failing with UNAVAILABLE.
     #[arg(long, default_value_t = 5_000)]
     route_wait_ms: u64,
-    /// Holds one user may ask for per second through this frontend (0: no limit).
+    /// Accepted for existing scripts and ignored: the per-user hold limit is counted
+    /// on each shard's leader, for every entry point at once (the nodes' flag).
     #[arg(long, default_value_t = 20)]
     holds_per_user_per_s: u32,
     #[command(flatten)]
@@ -159,7 +160,9 @@ struct NodeArgs {
     /// How long a charge may take before its outcome counts as unknown.
     #[arg(long, default_value_t = 3_000)]
     payment_timeout_ms: u64,
-    /// Holds one user may ask for per second through this node (0: no limit).
+    /// Holds one user may ask for per second, counted where holds are decided: on the
+    /// leader of the event's shard, whichever frontend or node they came through
+    /// (0: no limit).
     #[arg(long, default_value_t = 20)]
     holds_per_user_per_s: u32,
     /// For fault tests: stamp entries as if this node's clock were off by this much.

@@ -1,33 +1,25 @@
 //! `seatd dev`: a whole cluster in one process, for trying seatd on a laptop.
 //!
-//! Three replicas (each with its own RocksDB under `DATA_DIR/node{1,2,3}`, on
-//! loopback ports chosen at each start, talking to each other over mutual TLS with
-//! certificates made once in `DATA_DIR/certs`) and one frontend on a fixed address (default
+//! A [`LocalCluster`] of three replicas and one frontend on a fixed address (default
 //! 127.0.0.1:7400, where `seatctl` looks by default). The first start creates a small
-//! demo event (`demo`, 100 seats); later starts keep every byte of data. The replicas
-//! find each other through the current ports (the peers list wins over the addresses
-//! Raft remembered), so changing ports between starts is harmless.
+//! demo event (`demo`, 100 seats); later starts keep every byte of data.
 //!
 //! It is the same code as a real cluster (same nodes, same frontend, real Raft over
 //! gRPC, fsync on), just in one process.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use raft_store::raft::{LogPolicy, RaftTiming};
+use raft_store::raft::RaftTiming;
 use seatd_proto::v1 as pb;
 use tokio::net::TcpListener;
 use tracing::info;
 
 use crate::clock::SystemClock;
-use crate::error::Error;
-use crate::frontend::{FrontendConfig, FrontendHandle};
-use crate::node::{NodeConfig, NodeHandle, Settings};
-use crate::payment::TestGateway;
-use crate::placement::Cluster;
+use crate::error::StartError;
+use crate::local::{FrontendCaches, LocalCluster, LocalConfig};
+use crate::node::Settings;
 
 /// The demo event created on first start.
 pub const DEMO_EVENT: &str = "demo";
@@ -43,7 +35,8 @@ pub struct DevConfig {
     /// The frontend's address: the endpoint clients use.
     pub listen: SocketAddr,
     pub create_demo: bool,
-    /// Holds one user may ask for per second at the frontend (0: no limit).
+    /// Holds one user may ask for per second, counted on the shard leaders (0: no
+    /// limit).
     pub holds_per_user_per_s: u32,
 }
 
@@ -60,72 +53,41 @@ impl DevConfig {
 }
 
 pub struct DevCluster {
-    nodes: Vec<NodeHandle>,
-    frontend: FrontendHandle,
+    local: LocalCluster,
+    endpoint: SocketAddr,
 }
 
 impl DevCluster {
-    pub async fn start(config: DevConfig) -> Result<Self, Error> {
+    pub async fn start(config: DevConfig) -> Result<Self, StartError> {
         // Bind the frontend first: a busy port should fail before anything starts.
         let front_listener = TcpListener::bind(config.listen).await.map_err(|e| {
-            Error::Config(format!(
+            StartError::Config(format!(
                 "cannot listen on {} ({e}); is another seatd dev running? \
                  Use --listen to pick another address",
                 config.listen
             ))
         })?;
-        let certs = config.data_dir.join("certs");
-        let ids: Vec<u64> = (1..=DEV_NODES).collect();
-        crate::tls::write_certs(&certs, &ids)?;
-        let mut listeners = Vec::new();
-        let mut peers = BTreeMap::new();
-        let mut client_addrs = Vec::new();
-        for id in ids {
-            let l = TcpListener::bind("127.0.0.1:0").await?;
-            let p = TcpListener::bind("127.0.0.1:0").await?;
-            client_addrs.push(l.local_addr()?.to_string());
-            peers.insert(id, p.local_addr()?.to_string());
-            listeners.push((id, l, p));
-        }
-        let cluster = Cluster::new(peers.clone(), DEV_SHARDS)?;
-        let clock = Arc::new(SystemClock::default());
-        let gateway = Arc::new(TestGateway::default());
-        let mut nodes = Vec::new();
-        for (id, listener, peer_listener) in listeners {
-            let node = NodeHandle::start(
-                NodeConfig {
-                    id,
-                    data_dir: config.data_dir.join(format!("node{id}")),
-                    cluster: cluster.clone(),
-                    log_policy: LogPolicy::default(),
-                    timing: RaftTiming::default(),
-                    settings: Settings::default(),
-                    clock: clock.clone(),
-                    gateway: gateway.clone(),
-                    tls: crate::tls::PeerTls::load(&certs, id)?,
-                    advertise: None,
-                },
-                listener,
-                peer_listener,
-            )
-            .await?;
-            nodes.push(node);
-        }
-        let frontend = FrontendHandle::start(
-            FrontendConfig {
-                nodes: client_addrs,
-                seat_map_cache: Duration::from_secs(1),
-                event_list_cache: Duration::from_secs(30),
-                settings: Settings {
-                    holds_per_user_per_s: config.holds_per_user_per_s,
-                    ..Settings::default()
-                },
-            },
-            front_listener,
-        )
+        let settings = Settings {
+            holds_per_user_per_s: config.holds_per_user_per_s,
+            ..Settings::default()
+        };
+        let mut local = LocalCluster::start(LocalConfig {
+            data_dir: config.data_dir.clone(),
+            nodes: DEV_NODES,
+            shards: DEV_SHARDS,
+            settings,
+            timing: RaftTiming::default(),
+        })
         .await?;
-        let dev = Self { nodes, frontend };
-        dev.wait_ready().await?;
+        let caches = FrontendCaches {
+            seat_map: Duration::from_secs(1),
+            event_list: Duration::from_secs(30),
+        };
+        let endpoint = local.add_frontend(front_listener, settings, caches).await?;
+        let dev = Self { local, endpoint };
+        dev.local
+            .wait_leaders(Duration::from_millis(READY_MS_MAX))
+            .await?;
         if config.create_demo {
             dev.create_demo().await?;
         }
@@ -134,38 +96,15 @@ impl DevCluster {
 
     /// The URL clients connect to.
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.frontend.addr)
+        format!("http://{}", self.endpoint)
     }
 
-    async fn wait_ready(&self) -> Result<(), Error> {
-        let started = Instant::now();
-        loop {
-            let led: std::collections::BTreeSet<u32> = self
-                .nodes
-                .iter()
-                .flat_map(|n| n.inner.shards.values())
-                .filter(|s| s.leader().1)
-                .map(|s| s.id)
-                .collect();
-            if led.len() == DEV_SHARDS as usize {
-                return Ok(());
-            }
-            if started.elapsed() > Duration::from_millis(READY_MS_MAX) {
-                return Err(Error::Unavailable(format!(
-                    "only {} of {DEV_SHARDS} shards elected a leader in {READY_MS_MAX} ms",
-                    led.len()
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn create_demo(&self) -> Result<(), Error> {
+    async fn create_demo(&self) -> Result<(), StartError> {
         let channel = tonic::transport::Endpoint::from_shared(self.endpoint())
-            .map_err(|e| Error::Config(e.to_string()))?
+            .map_err(|e| StartError::Config(e.to_string()))?
             .connect()
             .await
-            .map_err(|e| Error::Unavailable(e.to_string()))?;
+            .map_err(|e| StartError::Unavailable(e.to_string()))?;
         let mut client = pb::seats_client::SeatsClient::new(channel);
         let exists = client
             .get_event(pb::GetEventRequest {
@@ -175,7 +114,7 @@ impl DevCluster {
         match exists {
             Ok(_) => return Ok(()),
             Err(s) if s.code() == tonic::Code::NotFound => {}
-            Err(s) => return Err(Error::Remote(s)),
+            Err(s) => return Err(demo_failed(s)),
         }
         let layout = raft_store::layout::preset("small").expect("the small preset exists");
         client
@@ -185,21 +124,25 @@ impl DevCluster {
                 // A week from now, so the demo shows up as upcoming.
                 starts_at_ms: crate::clock::Clock::now_ms(&SystemClock::default())
                     + 7 * 24 * 3_600_000,
-                layout: Some(crate::convert::layout_to_pb(&layout)),
+                layout: Some(seatd_wire::layout_to_pb(&layout)),
                 limits: None,
             })
             .await
-            .map_err(Error::Remote)?;
+            .map_err(demo_failed)?;
         info!(event = DEMO_EVENT, "created the demo event");
         Ok(())
     }
 
     /// Stops the frontend, then every node; each stops cleanly.
-    pub async fn shutdown(self) -> Result<(), Error> {
-        self.frontend.shutdown().await?;
-        for n in self.nodes {
-            n.shutdown().await?;
-        }
-        Ok(())
+    pub async fn shutdown(self) -> Result<(), StartError> {
+        self.local.shutdown().await
     }
+}
+
+fn demo_failed(status: tonic::Status) -> StartError {
+    StartError::Unavailable(format!(
+        "cannot create the demo event: {:?}: {}",
+        status.code(),
+        status.message()
+    ))
 }

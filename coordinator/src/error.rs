@@ -1,28 +1,30 @@
-//! The coordinator's error type, and the one place where errors and refusals become
+//! The coordinator's error types, and the one place where errors and refusals become
 //! gRPC status codes.
 //!
-//! The codes follow the product brief: a seat taken is ABORTED (the seats in the
-//! message and in a `seatd.v1.Conflict` detail), rate limited is RESOURCE_EXHAUSTED,
-//! an expired hold is FAILED_PRECONDITION with a message starting "expired", bad input
-//! is INVALID_ARGUMENT, an unknown id is NOT_FOUND, and "no leader in time" (or a node
-//! shutting down) is UNAVAILABLE, which clients may retry with the same keys.
+//! The codes follow the product brief: a seat taken is ABORTED, rate limited is
+//! RESOURCE_EXHAUSTED, an expired hold or a declined payment is FAILED_PRECONDITION,
+//! bad input is INVALID_ARGUMENT, an unknown id is NOT_FOUND, and "no leader in time"
+//! (or a node shutting down) is UNAVAILABLE, which clients may retry with the same
+//! keys.
 //!
-//! Bad input a program must tell apart from other bad input carries a stable reason
-//! code in a `seatd.v1.ErrorReason` detail (the `REASON_*` constants), so nobody has
-//! to parse messages.
+//! Every status made here carries one `seatd.v1.ErrorReason` detail with a stable
+//! reason (`seatd_proto::reason`): the seats of a conflict in `seat_ids`, the limit of
+//! LIMIT_EXCEEDED in `limit`. Programs match on the reason; nobody parses messages.
 //!
 //! A request over one of the absolute caps (`raft_store::limits`) is INVALID_ARGUMENT
 //! whether the entry check or the state machine found it, with the limit in words
-//! ("limit SEATS_PER_HOLD_CAP exceeded: ...") and in the `ErrorReason` detail
-//! (reason `LIMIT_EXCEEDED`, with a `LimitExceeded` naming it) that programs match on.
+//! ("limit SEATS_PER_HOLD_CAP exceeded: ...") and in the detail (reason
+//! `LIMIT_EXCEEDED`, with a `LimitExceeded` naming it).
 
 use prost::Message;
 use raft_store::{Exceeded, Refusal};
+use seatd_proto::reason;
+use tonic::{Code, Status};
 
 /// A commit's idempotency key was already used with another hold (INVALID_ARGUMENT).
-pub const REASON_KEY_REUSED: &str = "IDEMPOTENCY_KEY_REUSED";
+pub const REASON_KEY_REUSED: &str = reason::IDEMPOTENCY_KEY_REUSED;
 /// The request is over one of the limits; the detail's `limit` says which.
-pub const REASON_LIMIT_EXCEEDED: &str = "LIMIT_EXCEEDED";
+pub const REASON_LIMIT_EXCEEDED: &str = reason::LIMIT_EXCEEDED;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -46,39 +48,75 @@ pub enum Error {
     /// Too many calls queued for a shard: admission control.
     #[error("{0}")]
     Overloaded(String),
+    /// The caller asked for more than its share (holds per user per second).
+    #[error("{0}")]
+    RateLimited(String),
     /// A status from the node a call was forwarded to, passed on unchanged.
     #[error("{}", .0.message())]
     Remote(tonic::Status),
-    /// The node's configuration cannot work.
-    #[error("{0}")]
-    Config(String),
     /// A bug (a task panicked, an answer does not fit its call, the state machine
     /// replied with the wrong kind of reply): not worth retrying.
     #[error("{0}")]
     Internal(String),
-    /// Storage failed.
+    /// Storage failed while serving the call.
     #[error(transparent)]
     Store(#[from] raft_store::Error),
+}
+
+/// Why a process (a node, a frontend, `seatd dev`) could not start, or an offline
+/// command (`seatd certs`, `seatd reform`) failed, or a file the node keeps (its
+/// identity, its rejoin gates) could not be written: never the outcome of a call.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration cannot work (flags, certificates, a data dir of another
+    /// node).
     #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Store(#[from] raft_store::Error),
+    #[error(transparent)]
     Io(#[from] std::io::Error),
+    /// The cluster did not answer in time while starting (a frontend's discovery,
+    /// `seatd dev`'s first leaders).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl From<Error> for tonic::Status {
     fn from(e: Error) -> Self {
-        use tonic::{Code, Status};
         match e {
-            Error::Invalid(m) => Status::invalid_argument(m),
+            Error::Invalid(m) => status(Code::InvalidArgument, m, reason::INVALID),
             Error::Limit(e) => limit_status(e),
             Error::Refused(r) => refusal_status(r),
-            Error::Unavailable(m) => Status::unavailable(m),
-            Error::NotLeader => Status::unavailable("leadership changed; retry"),
-            Error::Overloaded(m) => Status::resource_exhausted(m),
+            Error::Unavailable(m) => status(Code::Unavailable, m, reason::UNAVAILABLE),
+            Error::NotLeader => status(
+                Code::Unavailable,
+                "leadership changed; retry".into(),
+                reason::UNAVAILABLE,
+            ),
+            Error::Overloaded(m) => status(Code::ResourceExhausted, m, reason::OVERLOADED),
+            Error::RateLimited(m) => status(Code::ResourceExhausted, m, reason::RATE_LIMITED),
             Error::Remote(s) => s,
-            Error::Config(m) | Error::Internal(m) => Status::new(Code::Internal, m),
-            Error::Store(e) => Status::internal(format!("storage: {e}")),
-            Error::Io(e) => Status::internal(e.to_string()),
+            Error::Internal(m) => status(Code::Internal, m, reason::INTERNAL),
+            Error::Store(e) => status(Code::Internal, format!("storage: {e}"), reason::INTERNAL),
         }
     }
+}
+
+/// A status with its `ErrorReason` detail.
+fn status(code: Code, message: String, reason: &str) -> Status {
+    with_reason(code, message, pb_reason(reason))
+}
+
+fn pb_reason(reason: &str) -> seatd_proto::v1::ErrorReason {
+    seatd_proto::v1::ErrorReason {
+        reason: reason.into(),
+        ..Default::default()
+    }
+}
+
+fn with_reason(code: Code, message: String, detail: seatd_proto::v1::ErrorReason) -> Status {
+    Status::with_details(code, message, detail.encode_to_vec().into())
 }
 
 impl Error {
@@ -91,9 +129,18 @@ impl Error {
     }
 }
 
-impl From<crate::proposer::ProposeError> for Error {
-    fn from(e: crate::proposer::ProposeError) -> Self {
-        use crate::proposer::ProposeError as P;
+impl From<seatd_wire::Invalid> for Error {
+    fn from(e: seatd_wire::Invalid) -> Self {
+        match e {
+            seatd_wire::Invalid::Input(m) => Error::Invalid(m),
+            seatd_wire::Invalid::Limit(e) => Error::Limit(e),
+        }
+    }
+}
+
+impl From<crate::shard::proposer::ShardError> for Error {
+    fn from(e: crate::shard::proposer::ShardError) -> Self {
+        use crate::shard::proposer::ShardError as P;
         match e {
             P::NotLeader(_) => Error::NotLeader,
             P::TooLarge(e) => Error::Limit(e),
@@ -103,123 +150,178 @@ impl From<crate::proposer::ProposeError> for Error {
     }
 }
 
-fn refusal_status(r: Refusal) -> tonic::Status {
-    use tonic::{Code, Status};
+fn refusal_status(r: Refusal) -> Status {
     match r {
-        Refusal::Invalid(m) => Status::invalid_argument(m),
-        Refusal::NotFound(m) => Status::not_found(m),
+        Refusal::Invalid(m) => status(Code::InvalidArgument, m, reason::INVALID),
+        Refusal::NotFound(m) => status(Code::NotFound, m, reason::NOT_FOUND),
         Refusal::Conflict { seats } => {
             let message = format!("seats unavailable: {}", seats.join(","));
-            let detail = seatd_proto::v1::Conflict { seat_ids: seats }.encode_to_vec();
-            Status::with_details(Code::Aborted, message, detail.into())
-        }
-        Refusal::Expired => Status::failed_precondition("expired: the hold expired"),
-        Refusal::Declined(m) => Status::failed_precondition(format!("payment declined: {m}")),
-        Refusal::WrongState(m) => Status::failed_precondition(m),
-        Refusal::KeyReused => {
             let detail = seatd_proto::v1::ErrorReason {
-                reason: REASON_KEY_REUSED.into(),
-                limit: None,
-            }
-            .encode_to_vec();
-            Status::with_details(
-                Code::InvalidArgument,
-                "idempotency key already used with another hold: use a new key for each \
-                 hold",
-                detail.into(),
-            )
+                seat_ids: seats,
+                ..pb_reason(reason::CONFLICT)
+            };
+            with_reason(Code::Aborted, message, detail)
         }
+        Refusal::Expired => status(
+            Code::FailedPrecondition,
+            "expired: the hold expired".into(),
+            reason::EXPIRED,
+        ),
+        Refusal::Declined(m) => status(
+            Code::FailedPrecondition,
+            format!("payment declined: {m}"),
+            reason::DECLINED,
+        ),
+        Refusal::WrongState(m) => status(Code::FailedPrecondition, m, reason::WRONG_STATE),
+        Refusal::KeyReused => status(
+            Code::InvalidArgument,
+            "idempotency key already used with another hold: use a new key for each hold".into(),
+            reason::IDEMPOTENCY_KEY_REUSED,
+        ),
         Refusal::Limit(e) => limit_status(e),
     }
 }
 
 /// INVALID_ARGUMENT naming the limit, in the message and in a `LimitExceeded` detail.
-fn limit_status(e: Exceeded) -> tonic::Status {
+fn limit_status(e: Exceeded) -> Status {
     let detail = seatd_proto::v1::ErrorReason {
-        reason: REASON_LIMIT_EXCEEDED.into(),
         limit: Some(seatd_proto::v1::LimitExceeded {
             limit: e.limit.name().to_string(),
             max: e.max,
             actual: e.actual,
         }),
+        ..pb_reason(reason::LIMIT_EXCEEDED)
     };
-    tonic::Status::with_details(
-        tonic::Code::InvalidArgument,
-        e.to_string(),
-        detail.encode_to_vec().into(),
-    )
+    with_reason(Code::InvalidArgument, e.to_string(), detail)
 }
 
-/// The limit named in an INVALID_ARGUMENT status's `LimitExceeded` detail.
-pub fn limit_exceeded(status: &tonic::Status) -> Option<seatd_proto::v1::LimitExceeded> {
-    if status.code() != tonic::Code::InvalidArgument {
-        return None;
-    }
-    let reason = seatd_proto::v1::ErrorReason::decode(status.details()).ok()?;
-    reason
-        .limit
-        .filter(|_| reason.reason == REASON_LIMIT_EXCEEDED)
-}
-
-/// The reason code in an INVALID_ARGUMENT status's `ErrorReason` detail, if any.
-pub fn error_reason(status: &tonic::Status) -> Option<String> {
-    if status.code() != tonic::Code::InvalidArgument {
-        return None;
-    }
+/// The `ErrorReason` detail of a status seatd made, if it has one.
+pub fn reason_of(status: &Status) -> Option<seatd_proto::v1::ErrorReason> {
     seatd_proto::v1::ErrorReason::decode(status.details())
         .ok()
-        .map(|r| r.reason)
-        .filter(|r| !r.is_empty())
+        .filter(|r| !r.reason.is_empty())
 }
 
-/// The seats named in an ABORTED status's `Conflict` detail.
-pub fn conflict_seats(status: &tonic::Status) -> Option<Vec<String>> {
-    if status.code() != tonic::Code::Aborted {
+/// The limit named in a LIMIT_EXCEEDED status's detail.
+pub fn limit_exceeded(status: &Status) -> Option<seatd_proto::v1::LimitExceeded> {
+    reason_of(status)
+        .filter(|r| r.reason == REASON_LIMIT_EXCEEDED)
+        .and_then(|r| r.limit)
+}
+
+/// The reason code in an INVALID_ARGUMENT status's `ErrorReason` detail other than
+/// plain INVALID (which every bad input has): what a program must tell apart.
+pub fn error_reason(status: &Status) -> Option<String> {
+    if status.code() != Code::InvalidArgument {
         return None;
     }
-    seatd_proto::v1::Conflict::decode(status.details())
-        .ok()
-        .map(|c| c.seat_ids)
+    reason_of(status)
+        .map(|r| r.reason)
+        .filter(|r| r != reason::INVALID)
+}
+
+/// The seats named in a CONFLICT status's detail.
+pub fn conflict_seats(status: &Status) -> Option<Vec<String>> {
+    reason_of(status)
+        .filter(|r| r.reason == reason::CONFLICT)
+        .map(|r| r.seat_ids)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tonic::Code;
 
     #[test]
-    fn refusals_map_to_the_briefs_codes() {
+    fn refusals_map_to_the_briefs_codes_with_a_reason_each() {
         let cases = [
-            (Refusal::Invalid("x".into()), Code::InvalidArgument),
-            (Refusal::NotFound("x".into()), Code::NotFound),
-            (Refusal::Expired, Code::FailedPrecondition),
-            (Refusal::Declined("no".into()), Code::FailedPrecondition),
-            (Refusal::WrongState("x".into()), Code::FailedPrecondition),
-            (Refusal::KeyReused, Code::InvalidArgument),
+            (
+                Refusal::Invalid("x".into()),
+                Code::InvalidArgument,
+                reason::INVALID,
+            ),
+            (
+                Refusal::NotFound("x".into()),
+                Code::NotFound,
+                reason::NOT_FOUND,
+            ),
+            (Refusal::Expired, Code::FailedPrecondition, reason::EXPIRED),
+            (
+                Refusal::Declined("no".into()),
+                Code::FailedPrecondition,
+                reason::DECLINED,
+            ),
+            (
+                Refusal::WrongState("x".into()),
+                Code::FailedPrecondition,
+                reason::WRONG_STATE,
+            ),
+            (
+                Refusal::KeyReused,
+                Code::InvalidArgument,
+                reason::IDEMPOTENCY_KEY_REUSED,
+            ),
+            (
+                Refusal::Conflict {
+                    seats: vec!["A-1".into()],
+                },
+                Code::Aborted,
+                reason::CONFLICT,
+            ),
         ];
-        for (r, code) in cases {
-            assert_eq!(tonic::Status::from(Error::from(r)).code(), code);
+        for (r, code, why) in cases {
+            let s = Status::from(Error::from(r));
+            assert_eq!(s.code(), code);
+            assert_eq!(reason_of(&s).unwrap().reason, why, "{s:?}");
         }
-        let s = tonic::Status::from(Error::from(Refusal::KeyReused));
+        let s = Status::from(Error::from(Refusal::KeyReused));
         assert_eq!(error_reason(&s).as_deref(), Some(REASON_KEY_REUSED));
-        let other = tonic::Status::from(Error::from(Refusal::Invalid("x".into())));
+        let other = Status::from(Error::from(Refusal::Invalid("x".into())));
         assert_eq!(error_reason(&other), None);
-        let s = tonic::Status::from(Error::from(Refusal::Expired));
-        assert!(s.message().starts_with("expired"));
-        let s = tonic::Status::from(Error::from(Refusal::Conflict {
+        let s = Status::from(Error::from(Refusal::Conflict {
             seats: vec!["A-1".into(), "A-2".into()],
         }));
         assert_eq!(s.code(), Code::Aborted);
         assert!(s.message().contains("A-1,A-2"));
         assert_eq!(conflict_seats(&s).unwrap(), vec!["A-1", "A-2"]);
-        assert_eq!(
-            tonic::Status::from(Error::Overloaded("busy".into())).code(),
-            Code::ResourceExhausted
-        );
-        assert_eq!(
-            tonic::Status::from(Error::Unavailable("no leader".into())).code(),
-            Code::Unavailable
-        );
+        let errors = [
+            (
+                Error::Overloaded("busy".into()),
+                Code::ResourceExhausted,
+                reason::OVERLOADED,
+            ),
+            (
+                Error::RateLimited("slow".into()),
+                Code::ResourceExhausted,
+                reason::RATE_LIMITED,
+            ),
+            (
+                Error::Unavailable("no leader".into()),
+                Code::Unavailable,
+                reason::UNAVAILABLE,
+            ),
+            (Error::NotLeader, Code::Unavailable, reason::UNAVAILABLE),
+            (
+                Error::Invalid("bad".into()),
+                Code::InvalidArgument,
+                reason::INVALID,
+            ),
+            (
+                Error::Internal("bug".into()),
+                Code::Internal,
+                reason::INTERNAL,
+            ),
+        ];
+        for (e, code, why) in errors {
+            let s = Status::from(e);
+            assert_eq!(
+                (s.code(), reason_of(&s).unwrap().reason.as_str()),
+                (code, why)
+            );
+        }
+        // A status passed on from another node is not touched.
+        let remote = Status::with_details(Code::NotFound, "gone", vec![1u8, 2].into());
+        let passed = Status::from(Error::Remote(remote));
+        assert_eq!(passed.details(), &[1u8, 2][..]);
     }
 
     #[test]

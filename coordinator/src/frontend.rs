@@ -20,11 +20,11 @@ use std::time::{Duration, Instant};
 
 use seatd_proto::v1 as pb;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::clock::SystemClock;
-use crate::error::Error;
+use crate::error::StartError;
+use crate::lifecycle::{Background, CancellationToken, DropGuard, Ticks};
 use crate::node::{NodeInner, Settings};
 use crate::placement::Cluster;
 use crate::service::SeatsService;
@@ -35,8 +35,7 @@ pub const LEADER_REFRESH_MS: u64 = 1_000;
 const ADDRS_WAIT_MS: u64 = 5_000;
 /// How long the frontend waits for a node to describe the cluster at start.
 pub const DISCOVERY_MS_MAX: u64 = 60_000;
-/// Most answers each cache keeps; a full cache is emptied.
-const CACHE_ENTRIES_MAX: usize = 1_024;
+use crate::limits::FRONTEND_CACHE_ENTRIES_MAX as CACHE_ENTRIES_MAX;
 
 pub struct FrontendConfig {
     /// Addresses of some (or all) nodes; the rest are learned from them. An entry
@@ -127,16 +126,13 @@ impl FrontCache {
 }
 
 /// Asks `nodes` (in turn, until one answers) for the cluster-wide status.
-async fn ask_status(nodes: &[String], timeout: Duration) -> Result<pb::ClusterStatus, Error> {
+async fn ask_status(nodes: &[String], timeout: Duration) -> Result<pb::ClusterStatus, StartError> {
     let mut last = String::from("no node given");
     for addr in nodes {
-        let url = if addr.contains("://") {
-            addr.clone()
-        } else {
-            format!("http://{addr}")
-        };
+        let url = seatd_wire::net::endpoint_url(addr)
+            .ok_or_else(|| StartError::Config("an empty node address".into()))?;
         let endpoint = tonic::transport::Endpoint::from_shared(url)
-            .map_err(|e| Error::Config(format!("node address {addr:?}: {e}")))?
+            .map_err(|e| StartError::Config(format!("node address {addr:?}: {e}")))?
             .connect_timeout(timeout);
         let answer = async {
             let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
@@ -155,12 +151,12 @@ async fn ask_status(nodes: &[String], timeout: Duration) -> Result<pb::ClusterSt
             Err(_) => last = format!("{addr}: no answer"),
         }
     }
-    Err(Error::Unavailable(last))
+    Err(StartError::Unavailable(last))
 }
 
 /// The cluster's shape, as a node describes it, with the addresses given as
 /// `ID=ADDR` taking precedence.
-async fn discover(given: &[String]) -> Result<Cluster, Error> {
+async fn discover(given: &[String]) -> Result<Cluster, StartError> {
     let mut pinned = BTreeMap::new();
     let mut nodes = Vec::new();
     for g in given {
@@ -169,7 +165,7 @@ async fn discover(given: &[String]) -> Result<Cluster, Error> {
                 let id: u64 = id
                     .trim()
                     .parse()
-                    .map_err(|_| Error::Config(format!("--nodes entry {g:?}: bad node id")))?;
+                    .map_err(|_| StartError::Config(format!("--nodes entry {g:?}: bad node id")))?;
                 pinned.insert(id, addr.trim().to_string());
                 nodes.push(addr.trim().to_string());
             }
@@ -214,14 +210,16 @@ async fn discover(given: &[String]) -> Result<Cluster, Error> {
 pub struct FrontendHandle {
     pub addr: std::net::SocketAddr,
     pub inner: Arc<NodeInner>,
-    stop: watch::Sender<bool>,
+    background: Background,
+    /// Dropping the handle without `shutdown` stops the process's work too.
+    _stop_on_drop: DropGuard,
     server: crate::node::ServerTask,
     health: tonic_health::server::HealthReporter,
     drain_timeout: Duration,
 }
 
 impl FrontendHandle {
-    pub async fn start(config: FrontendConfig, listener: TcpListener) -> Result<Self, Error> {
+    pub async fn start(config: FrontendConfig, listener: TcpListener) -> Result<Self, StartError> {
         let addr = listener.local_addr()?;
         let cluster = discover(&config.nodes).await?;
         info!(%addr, nodes = cluster.nodes().len(), shards = cluster.shards(), "frontend starting");
@@ -234,18 +232,19 @@ impl FrontendHandle {
             config.seat_map_cache,
             config.event_list_cache,
         ));
-        let (stop, stopped) = watch::channel(false);
-        tokio::spawn(refresh_leaders(inner.clone(), stopped.clone()));
+        let background = Background::default();
+        background.spawn(refresh_leaders(inner.clone(), background.stop.clone()));
         let (health, server) = crate::node::serve(
             SeatsService::with_cache(inner.clone(), cache),
             listener,
-            stopped,
+            background.stop.clone(),
         )
         .await?;
         Ok(Self {
             addr,
             inner,
-            stop,
+            _stop_on_drop: background.stop.clone().drop_guard(),
+            background,
             server,
             health,
             drain_timeout: config.settings.drain_timeout,
@@ -253,28 +252,32 @@ impl FrontendHandle {
     }
 
     /// Stops accepting calls and lets the calls in flight finish (bounded).
-    pub async fn shutdown(self) -> Result<(), Error> {
-        crate::node::stop_serving(&self.health, &self.stop, self.server, self.drain_timeout).await;
+    pub async fn shutdown(self) -> Result<(), StartError> {
+        crate::node::stop_serving(
+            &self.health,
+            &self.background.stop,
+            self.server,
+            self.drain_timeout,
+        )
+        .await;
+        if !self.background.stop_and_wait(self.drain_timeout).await {
+            warn!("background tasks still running after the drain timeout");
+        }
         info!("frontend stopped");
         Ok(())
     }
 }
 
 /// Keeps the shard → leader map fresh.
-async fn refresh_leaders(inner: Arc<NodeInner>, mut stop: watch::Receiver<bool>) {
+async fn refresh_leaders(inner: Arc<NodeInner>, stop: CancellationToken) {
     let nodes: Vec<u64> = inner.cluster.nodes().keys().copied().collect();
-    let mut tick = tokio::time::interval(Duration::from_millis(LEADER_REFRESH_MS));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.changed() => return,
-        }
+    let mut ticks = Ticks::every(Duration::from_millis(LEADER_REFRESH_MS), stop);
+    while ticks.next().await {
         // Each node's own view, over the long-lived channels calls use too.
         if let Ok(views) =
-            crate::service::peer_views(&inner, &nodes, Duration::from_millis(900)).await
+            crate::cluster_view::peer_views(&inner, &nodes, Duration::from_millis(900)).await
         {
-            inner.learn_leaders(&crate::service::merge_views(&inner, views));
+            inner.learn_leaders(&crate::cluster_view::merge_views(&inner, views));
         }
     }
 }

@@ -24,9 +24,9 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::lifecycle::{CancellationToken, Ticks};
 use openraft::BasicNode;
 use raft_store::raft::NodeId;
-use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::node::NodeInner;
@@ -36,19 +36,14 @@ pub const RECONCILE_INTERVAL_MS: u64 = 2_000;
 /// Longest a new member may take to catch up before the change is retried later.
 pub const CATCH_UP_MS_MAX: u64 = 120_000;
 
-pub async fn reconcile(node: Arc<NodeInner>, shard: u32, mut stop: watch::Receiver<bool>) {
+pub async fn reconcile(node: Arc<NodeInner>, shard: u32, stop: CancellationToken) {
     let Some(local) = node.shards.get(&shard).cloned() else {
         return;
     };
     let desired: BTreeSet<NodeId> = node.cluster.members(shard).into_iter().collect();
-    let mut tick = tokio::time::interval(Duration::from_millis(RECONCILE_INTERVAL_MS));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks = Ticks::every(Duration::from_millis(RECONCILE_INTERVAL_MS), stop.clone());
     let mut guard_logged = false;
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.changed() => return,
-        }
+    while ticks.next().await {
         if !local.leader().1 {
             continue;
         }
@@ -82,11 +77,15 @@ pub async fn reconcile(node: Arc<NodeInner>, shard: u32, mut stop: watch::Receiv
                 node = id,
                 "adding a member: catching it up as a learner"
             );
+            // Waiting for a learner to catch up may take minutes: a node that is
+            // stopping stops waiting (the learner stays; the next leader goes on).
             let added = tokio::time::timeout(
                 Duration::from_millis(CATCH_UP_MS_MAX),
                 local.raft.add_learner(*id, BasicNode::new(addr), true),
-            )
-            .await;
+            );
+            let Some(added) = stop.run_until_cancelled(added).await else {
+                return;
+            };
             match added {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => {
@@ -114,23 +113,18 @@ pub async fn reconcile(node: Arc<NodeInner>, shard: u32, mut stop: watch::Receiv
 /// On a node that hosts `shard` only because it has data for it (the placement moved
 /// the shard away): stop the group and drop its data once the shard's leader reports
 /// a membership that does not include this node.
-pub async fn retire_when_moved(node: Arc<NodeInner>, shard: u32, mut stop: watch::Receiver<bool>) {
+pub async fn retire_when_moved(node: Arc<NodeInner>, shard: u32, stop: CancellationToken) {
     let Some(local) = node.shards.get(&shard).cloned() else {
         return;
     };
     let members = node.cluster.members(shard);
-    let mut tick = tokio::time::interval(Duration::from_millis(RECONCILE_INTERVAL_MS));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.changed() => return,
-        }
+    let mut ticks = Ticks::every(Duration::from_millis(RECONCILE_INTERVAL_MS), stop);
+    while ticks.next().await {
         if local.leader().1 {
             continue; // still leading: reconcile moves the shard first
         }
         let Ok(views) =
-            crate::service::peer_views(&node, &members, Duration::from_millis(1_000)).await
+            crate::cluster_view::peer_views(&node, &members, Duration::from_millis(1_000)).await
         else {
             continue;
         };
@@ -140,7 +134,7 @@ pub async fn retire_when_moved(node: Arc<NodeInner>, shard: u32, mut stop: watch
             .flat_map(|v| v.shards.iter())
             .any(|s| {
                 s.shard == shard
-                    && s.role == "leader"
+                    && crate::shard::reports_leader(s)
                     && !s.members.is_empty()
                     && !s.members.contains(&node.id)
             });

@@ -35,13 +35,13 @@ use raft_store::storage::Store;
 use seatd_proto::v1::seats_server::SeatsServer;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::clock::{Clock, Stamper};
-use crate::error::Error;
+use crate::error::StartError;
 use crate::ids::IdGen;
+use crate::lifecycle::{pause, Background, CancellationToken, DropGuard};
 use crate::payment::PaymentGateway;
 use crate::peers::{ClientChannels, Links, PeerChannels};
 use crate::placement::Cluster;
@@ -77,7 +77,8 @@ pub struct Settings {
     pub payment_timeout: Duration,
     /// How long a shutdown waits for calls in flight.
     pub drain_timeout: Duration,
-    /// Holds one user may ask for per second where calls enter (0: no limit).
+    /// Holds one user may ask for per second, counted on the shard's leader where
+    /// holds are decided (0: no limit). Unused on a frontend.
     pub holds_per_user_per_s: u32,
     /// Whether the process exits (code [`GROUP_FAILED_EXIT_CODE`]) when one of its
     /// Raft groups stops by itself. Off only for in-process tests that look at the
@@ -103,11 +104,8 @@ impl Default for Settings {
     }
 }
 
-/// Largest client request accepted (a layout naming every seat of a big venue).
-pub const REQUEST_BYTES_MAX: usize = 16 << 20;
+pub use crate::limits::{ADDR_BYTES_MAX, REQUEST_BYTES_MAX};
 const IDENTITY_FILE: &str = "node.json";
-/// Longest client address a node may advertise (`host:port`).
-pub const ADDR_BYTES_MAX: usize = 256;
 
 /// What a data directory belongs to.
 #[derive(Serialize, Deserialize, PartialEq, Eq, Debug)]
@@ -193,7 +191,9 @@ pub struct NodeHandle {
     pub addr: std::net::SocketAddr,
     /// The peer port (mutual TLS).
     pub peer_addr: std::net::SocketAddr,
-    stop: watch::Sender<bool>,
+    background: Background,
+    /// Dropping the handle without `shutdown` stops the process's work too.
+    _stop_on_drop: DropGuard,
     server: ServerTask,
     peer_server: ServerTask,
     store: Store,
@@ -202,24 +202,24 @@ pub struct NodeHandle {
 }
 
 /// The node id and shard count `dir` belongs to (its `node.json`).
-pub(crate) fn identity_of(dir: &std::path::Path) -> Result<(NodeId, u32), Error> {
+pub(crate) fn identity_of(dir: &std::path::Path) -> Result<(NodeId, u32), StartError> {
     let path = dir.join(IDENTITY_FILE);
     let text = std::fs::read_to_string(&path)
-        .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        .map_err(|e| StartError::Config(format!("{}: {e}", path.display())))?;
     let found: Identity = serde_json::from_str(&text)
-        .map_err(|e| Error::Config(format!("{}: not a node identity: {e}", path.display())))?;
+        .map_err(|e| StartError::Config(format!("{}: not a node identity: {e}", path.display())))?;
     Ok((found.node_id, found.shards))
 }
 
-fn check_identity(dir: &std::path::Path, want: &Identity) -> Result<(), Error> {
+fn check_identity(dir: &std::path::Path, want: &Identity) -> Result<(), StartError> {
     let path = dir.join(IDENTITY_FILE);
     match std::fs::read_to_string(&path) {
         Ok(text) => {
             let found: Identity = serde_json::from_str(&text).map_err(|e| {
-                Error::Config(format!("{}: not a node identity: {e}", path.display()))
+                StartError::Config(format!("{}: not a node identity: {e}", path.display()))
             })?;
             if &found != want {
-                return Err(Error::Config(format!(
+                return Err(StartError::Config(format!(
                     "{} belongs to node {} of a cluster with {} shards; this is node {} \
                      with --shards {}",
                     dir.display(),
@@ -234,9 +234,9 @@ fn check_identity(dir: &std::path::Path, want: &Identity) -> Result<(), Error> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let text = serde_json::to_string(want).expect("plain struct");
             std::fs::write(&path, text)
-                .map_err(|e| Error::Config(format!("{}: cannot write: {e}", path.display())))
+                .map_err(|e| StartError::Config(format!("{}: cannot write: {e}", path.display())))
         }
-        Err(e) => Err(Error::Config(format!("{}: {e}", path.display()))),
+        Err(e) => Err(StartError::Config(format!("{}: {e}", path.display()))),
     }
 }
 
@@ -247,7 +247,7 @@ impl NodeHandle {
         config: NodeConfig,
         listener: TcpListener,
         peer_listener: TcpListener,
-    ) -> Result<Self, Error> {
+    ) -> Result<Self, StartError> {
         let NodeConfig {
             id,
             data_dir,
@@ -261,10 +261,12 @@ impl NodeHandle {
             advertise,
         } = config;
         if cluster.addr(id).is_none() {
-            return Err(Error::Config(format!("--peers does not name node {id}")));
+            return Err(StartError::Config(format!(
+                "--peers does not name node {id}"
+            )));
         }
         if tls.node != id {
-            return Err(Error::Config(format!(
+            return Err(StartError::Config(format!(
                 "the certificate given is node {}'s, not node {id}'s",
                 tls.node
             )));
@@ -273,7 +275,7 @@ impl NodeHandle {
         let peer_addr = peer_listener.local_addr()?;
         let advertise = advertise.unwrap_or_else(|| advertised(addr));
         if advertise.len() > ADDR_BYTES_MAX {
-            return Err(Error::Config(format!(
+            return Err(StartError::Config(format!(
                 "--advertise is longer than {ADDR_BYTES_MAX} bytes"
             )));
         }
@@ -299,7 +301,7 @@ impl NodeHandle {
                 .map(|(id, addr)| (*id, addr.clone()))
                 .collect(),
         );
-        let (stop, stopped) = watch::channel(false);
+        let background = Background::default();
         let mut shards = HashMap::new();
         let mut gates: HashMap<u32, VoteGate> = HashMap::new();
         let gate_book = GateBook::open(&data_dir)?;
@@ -310,7 +312,7 @@ impl NodeHandle {
         let stored = store.groups()?;
         for &g in &stored {
             if g >= cluster.shards() {
-                return Err(Error::Config(format!(
+                return Err(StartError::Config(format!(
                     "{} holds shard {g}, but the cluster has {} shards",
                     data_dir.display(),
                     cluster.shards()
@@ -336,7 +338,7 @@ impl NodeHandle {
             };
             let raft = Raft::new(id, raft_config.clone(), net, log, sm)
                 .await
-                .map_err(|e| Error::Unavailable(format!("shard {shard}: raft: {e}")))?;
+                .map_err(|e| StartError::Unavailable(format!("shard {shard}: raft: {e}")))?;
             let stamper = Stamper::new(clock.clone(), reader.clone());
             // Before the group runs: a replica without state starts closed.
             let gate = gate_book.gate(shard, !stored.contains(&shard))?;
@@ -353,7 +355,7 @@ impl NodeHandle {
                         reader,
                     },
                     stamper,
-                    stopped.clone(),
+                    &background,
                     failures.clone(),
                 ),
             );
@@ -391,18 +393,22 @@ impl NodeHandle {
                 .map(|(s, sh)| (*s, (sh.raft.clone(), inner.gates[s].clone())))
                 .collect(),
             inner.cluster.nodes().keys().copied().collect(),
-            Arc::new(move |digest| crate::service::local_status(&status_of, digest)),
-            stopped.clone(),
+            Arc::new(move |digest| crate::cluster_view::local_status(&status_of, digest)),
+            background.stop.clone(),
         );
         let peer_server = serve_peers(
             SeatsService::new(inner.clone()),
             raft_service,
             &tls,
             peer_listener,
-            stopped.clone(),
+            background.stop.clone(),
         )?;
-        let (health, server) =
-            serve(SeatsService::new(inner.clone()), listener, stopped.clone()).await?;
+        let (health, server) = serve(
+            SeatsService::new(inner.clone()),
+            listener,
+            background.stop.clone(),
+        )
+        .await?;
         for shard in inner.shards.keys() {
             health
                 .set_service_status(
@@ -411,34 +417,36 @@ impl NodeHandle {
                 )
                 .await;
         }
-        tokio::spawn(on_group_failure(
+        let stop = &background.stop;
+        background.spawn(on_group_failure(
             failed,
             health.clone(),
             settings.exit_on_group_failure,
+            stop.clone(),
         ));
-        tokio::spawn(refresh_client_addrs(inner.clone(), stopped.clone()));
+        background.spawn(refresh_client_addrs(inner.clone(), stop.clone()));
         for shard in inner.shards.keys().copied() {
             if inner.gates[&shard].is_closed() {
-                tokio::spawn(crate::rejoin::catch_up(
+                background.spawn(crate::rejoin::catch_up(
                     inner.clone(),
                     shard,
                     inner.gates[&shard].clone(),
-                    stopped.clone(),
+                    stop.clone(),
                 ));
             }
             if inner.cluster.members(shard).first() == Some(&id) {
-                tokio::spawn(bootstrap(inner.clone(), shard, stopped.clone()));
+                background.spawn(bootstrap(inner.clone(), shard, stop.clone()));
             }
-            tokio::spawn(crate::membership::reconcile(
+            background.spawn(crate::membership::reconcile(
                 inner.clone(),
                 shard,
-                stopped.clone(),
+                stop.clone(),
             ));
             if !inner.cluster.members(shard).contains(&id) {
-                tokio::spawn(crate::membership::retire_when_moved(
+                background.spawn(crate::membership::retire_when_moved(
                     inner.clone(),
                     shard,
-                    stopped.clone(),
+                    stop.clone(),
                 ));
             }
         }
@@ -446,7 +454,8 @@ impl NodeHandle {
             inner,
             addr,
             peer_addr,
-            stop,
+            _stop_on_drop: background.stop.clone().drop_guard(),
+            background,
             server,
             peer_server,
             store,
@@ -457,11 +466,22 @@ impl NodeHandle {
 
     /// Stops serving (letting calls in flight finish, bounded), stops every Raft group
     /// and closes the store.
-    pub async fn shutdown(self) -> Result<(), Error> {
+    pub async fn shutdown(self) -> Result<(), StartError> {
         info!(node = self.inner.id, "shutting down");
-        stop_serving(&self.health, &self.stop, self.server, self.drain_timeout).await;
+        stop_serving(
+            &self.health,
+            &self.background.stop,
+            self.server,
+            self.drain_timeout,
+        )
+        .await;
         // Calls forwarded by peers drain within the same bound; Raft stops below.
         drain(self.peer_server, self.drain_timeout).await;
+        // Every background loop ends at its next wait; a round under way finishes
+        // first (it may be proposing), within the same bound.
+        if !self.background.stop_and_wait(self.drain_timeout).await {
+            warn!("background tasks still running after the drain timeout");
+        }
         for (shard, s) in self.inner.shards.iter().filter(|(_, s)| !s.is_retired()) {
             if let Err(e) = s.raft.shutdown().await {
                 warn!(shard, error = %e, "raft shutdown failed");
@@ -485,12 +505,12 @@ impl NodeHandle {
 pub(crate) type ServerTask = JoinHandle<Result<(), tonic::transport::Error>>;
 
 /// Serves the client API, gRPC health and server reflection on `listener` until
-/// `stopped` turns true; nodes and frontends alike.
+/// `stopped` is cancelled; nodes and frontends alike.
 pub(crate) async fn serve(
     seats: SeatsService,
     listener: TcpListener,
-    mut stopped: watch::Receiver<bool>,
-) -> Result<(tonic_health::server::HealthReporter, ServerTask), Error> {
+    stopped: CancellationToken,
+) -> Result<(tonic_health::server::HealthReporter, ServerTask), StartError> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<SeatsServer<SeatsService>>().await;
     // Both reflection versions: grpcurl speaks v1, while older grpcurl, Python's
@@ -501,10 +521,10 @@ pub(crate) async fn serve(
     };
     let reflection = reflection_builder()
         .build_v1()
-        .map_err(|e| Error::Config(format!("reflection: {e}")))?;
+        .map_err(|e| StartError::Config(format!("reflection: {e}")))?;
     let reflection_v1alpha = reflection_builder()
         .build_v1alpha()
-        .map_err(|e| Error::Config(format!("reflection (v1alpha): {e}")))?;
+        .map_err(|e| StartError::Config(format!("reflection (v1alpha): {e}")))?;
     let node = seats.node().clone();
     let seats = SeatsServer::new(seats)
         .max_decoding_message_size(REQUEST_BYTES_MAX)
@@ -516,9 +536,10 @@ pub(crate) async fn serve(
             .add_service(health_service)
             .add_service(reflection)
             .add_service(reflection_v1alpha)
-            .serve_with_incoming_shutdown(incoming(listener), async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            }),
+            .serve_with_incoming_shutdown(
+                incoming(listener),
+                async move { stopped.cancelled().await },
+            ),
     );
     Ok((health, server))
 }
@@ -539,8 +560,9 @@ async fn on_group_failure(
     mut failed: tokio::sync::mpsc::UnboundedReceiver<u32>,
     health: tonic_health::server::HealthReporter,
     exit: bool,
+    stop: CancellationToken,
 ) {
-    let Some(shard) = failed.recv().await else {
+    let Some(Some(shard)) = stop.run_until_cancelled(failed.recv()).await else {
         return;
     };
     health
@@ -563,7 +585,7 @@ async fn on_group_failure(
         std::process::exit(GROUP_FAILED_EXIT_CODE);
     }
     // Kept alive for tests: later failures only add NOT_SERVING shards.
-    while let Some(shard) = failed.recv().await {
+    while let Some(Some(shard)) = stop.run_until_cancelled(failed.recv()).await {
         health
             .set_service_status(
                 shard_health_name(shard),
@@ -580,8 +602,8 @@ fn serve_peers(
     raft: RaftService,
     tls: &PeerTls,
     listener: TcpListener,
-    mut stopped: watch::Receiver<bool>,
-) -> Result<ServerTask, Error> {
+    stopped: CancellationToken,
+) -> Result<ServerTask, StartError> {
     let node = seats.node().clone();
     let seats = SeatsServer::new(seats)
         .max_decoding_message_size(REQUEST_BYTES_MAX)
@@ -589,12 +611,10 @@ fn serve_peers(
     let seats = crate::holds::PassThrough::new(seats, node);
     let server = tonic::transport::Server::builder()
         .tls_config(tls.server())
-        .map_err(|e| Error::Config(format!("peer port TLS: {e}")))?
+        .map_err(|e| StartError::Config(format!("peer port TLS: {e}")))?
         .add_service(raft.into_server())
         .add_service(seats)
-        .serve_with_incoming_shutdown(incoming(listener), async move {
-            let _ = stopped.wait_for(|s| *s).await;
-        });
+        .serve_with_incoming_shutdown(incoming(listener), async move { stopped.cancelled().await });
     Ok(tokio::spawn(server))
 }
 
@@ -618,20 +638,20 @@ const ADDRS_RETRY_MS: u64 = 500;
 const ADDRS_REFRESH_MS: u64 = 10_000;
 
 /// Learns every node's client address from the node itself, over the peer port.
-async fn refresh_client_addrs(node: Arc<NodeInner>, mut stop: watch::Receiver<bool>) {
+async fn refresh_client_addrs(node: Arc<NodeInner>, stop: CancellationToken) {
     let everyone: Vec<NodeId> = node.cluster.nodes().keys().copied().collect();
     loop {
         // peer_views records each answer's address.
-        let _ = crate::service::peer_views(&node, &everyone, Duration::from_millis(1_000)).await;
+        let _ =
+            crate::cluster_view::peer_views(&node, &everyone, Duration::from_millis(1_000)).await;
         let known = everyone.iter().all(|id| node.client_addr(*id).is_some());
         let wait = if known {
             ADDRS_REFRESH_MS
         } else {
             ADDRS_RETRY_MS
         };
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
-            _ = stop.changed() => return,
+        if !pause(&stop, Duration::from_millis(wait)).await {
+            return;
         }
     }
 }
@@ -647,12 +667,12 @@ pub(crate) fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIn
 /// for the calls in flight to finish.
 pub(crate) async fn stop_serving(
     health: &tonic_health::server::HealthReporter,
-    stop: &watch::Sender<bool>,
+    stop: &CancellationToken,
     server: ServerTask,
     drain_timeout: Duration,
 ) {
     health.set_not_serving::<SeatsServer<SeatsService>>().await;
-    let _ = stop.send(true);
+    stop.cancel();
     drain(server, drain_timeout).await;
 }
 
@@ -673,7 +693,7 @@ async fn drain(mut server: ServerTask, drain_timeout: Duration) {
 const BOOTSTRAP_RETRY_MS: u64 = 200;
 
 /// Initialises `shard` once every member is up and none has state for it.
-async fn bootstrap(node: Arc<NodeInner>, shard: u32, mut stop: watch::Receiver<bool>) {
+async fn bootstrap(node: Arc<NodeInner>, shard: u32, stop: CancellationToken) {
     let Some(local) = node.shards.get(&shard).cloned() else {
         return;
     };
@@ -686,7 +706,7 @@ async fn bootstrap(node: Arc<NodeInner>, shard: u32, mut stop: watch::Receiver<b
         if local.raft.is_initialized().await.unwrap_or(true) {
             return;
         }
-        match crate::service::peer_views(&node, &everyone, Duration::from_millis(500)).await {
+        match crate::cluster_view::peer_views(&node, &everyone, Duration::from_millis(500)).await {
             Ok(views) => {
                 let known = views
                     .iter()
@@ -740,9 +760,8 @@ async fn bootstrap(node: Arc<NodeInner>, shard: u32, mut stop: watch::Receiver<b
             }
             Err(e) => warn!(shard, error = %e, "bootstrap check failed"),
         }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(BOOTSTRAP_RETRY_MS)) => {}
-            _ = stop.changed() => return,
+        if !pause(&stop, Duration::from_millis(BOOTSTRAP_RETRY_MS)).await {
+            return;
         }
     }
 }

@@ -105,7 +105,7 @@ pub const TOKEN_DECLINED: &str = "tok_chargeDeclined";
 pub const TOKEN_TIMEOUT: &str = "tok_timeout";
 
 /// Keys the test gateway remembers; older ones are forgotten first.
-const TEST_KEYS_MAX: usize = 100_000;
+use crate::limits::TEST_GATEWAY_KEYS_MAX as TEST_KEYS_MAX;
 
 #[derive(Default)]
 struct Ledger {

@@ -73,7 +73,7 @@ impl PeerChannels {
         }
         let channel = Endpoint::from_shared(format!("https://{addr}"))
             .and_then(|e| e.tls_config(self.tls.client(id)))
-            .map_err(|e| Error::Config(format!("node {id} at {addr}: {e}")))?
+            .map_err(|e| Error::Internal(format!("node {id} at {addr}: not an address: {e}")))?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .connect_lazy();
@@ -106,7 +106,7 @@ impl ClientChannels {
             return Ok(c.clone());
         }
         let channel = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| Error::Config(format!("node address {addr:?}: {e}")))?
+            .map_err(|e| Error::Internal(format!("node address {addr:?}: {e}")))?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .connect_lazy();

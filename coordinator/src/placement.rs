@@ -19,14 +19,9 @@ use std::collections::BTreeMap;
 use raft_store::raft::NodeId;
 use raft_store::EventId;
 
-use crate::error::Error;
+use crate::error::StartError;
 
-/// Replicas per shard (one Raft group of this many voters).
-pub const REPLICAS: usize = 3;
-/// Most shards a cluster may have.
-pub const SHARDS_MAX: u32 = 1024;
-/// Most nodes a `--peers` list may name.
-pub const NODES_MAX: usize = 64;
+use crate::limits::{NODES_MAX, REPLICAS_PER_SHARD as REPLICAS, SHARDS_MAX};
 
 /// The static shape of a cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,18 +31,18 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    pub fn new(nodes: BTreeMap<NodeId, String>, shards: u32) -> Result<Self, Error> {
+    pub fn new(nodes: BTreeMap<NodeId, String>, shards: u32) -> Result<Self, StartError> {
         if nodes.is_empty() || nodes.len() > NODES_MAX {
-            return Err(Error::Config(format!(
+            return Err(StartError::Config(format!(
                 "a cluster has 1..={NODES_MAX} nodes, not {}",
                 nodes.len()
             )));
         }
         if nodes.contains_key(&0) {
-            return Err(Error::Config("node ids start at 1".into()));
+            return Err(StartError::Config("node ids start at 1".into()));
         }
         if shards == 0 || shards > SHARDS_MAX {
-            return Err(Error::Config(format!(
+            return Err(StartError::Config(format!(
                 "--shards must be 1..={SHARDS_MAX}, not {shards}"
             )));
         }
@@ -55,10 +50,11 @@ impl Cluster {
     }
 
     /// Parses `1=127.0.0.1:7001,2=127.0.0.1:7002`.
-    pub fn parse_peers(text: &str) -> Result<BTreeMap<NodeId, String>, Error> {
+    pub fn parse_peers(text: &str) -> Result<BTreeMap<NodeId, String>, StartError> {
         let mut nodes = BTreeMap::new();
         for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            let bad = || Error::Config(format!("peer {item:?} is not of the form ID=HOST:PORT"));
+            let bad =
+                || StartError::Config(format!("peer {item:?} is not of the form ID=HOST:PORT"));
             let (id, addr) = item.split_once('=').ok_or_else(bad)?;
             let id: NodeId = id.trim().parse().map_err(|_| bad())?;
             let addr = addr.trim();
@@ -66,7 +62,7 @@ impl Cluster {
                 return Err(bad());
             }
             if nodes.insert(id, addr.to_string()).is_some() {
-                return Err(Error::Config(format!(
+                return Err(StartError::Config(format!(
                     "node {id} is listed twice in --peers"
                 )));
             }

@@ -20,27 +20,27 @@ use std::path::Path;
 
 use raft_store::storage::{Reformed, Store};
 
-use crate::error::Error;
+use crate::error::StartError;
 use crate::raft_net::GateBook;
 
 /// Re-forms `shard` on the stopped node whose data dir is `dir` (see the module doc).
-pub fn reform(dir: &Path, shard: u32) -> Result<(u64, Reformed), Error> {
+pub fn reform(dir: &Path, shard: u32) -> Result<(u64, Reformed), StartError> {
     let (node, shards) = crate::node::identity_of(dir)?;
     if shard >= shards {
-        return Err(Error::Config(format!(
+        return Err(StartError::Config(format!(
             "shard {shard} does not exist: {} belongs to a cluster of {shards} shards",
             dir.display()
         )));
     }
     if GateBook::open(dir)?.closed_on_disk(shard) {
-        return Err(Error::Config(format!(
+        return Err(StartError::Config(format!(
             "this replica of shard {shard} was still catching up (rejoin.json): it is not \
              the most advanced copy; re-form from another survivor"
         )));
     }
     let store = Store::open(dir)?;
     if !store.groups()?.contains(&shard) {
-        return Err(Error::Config(format!(
+        return Err(StartError::Config(format!(
             "{} holds no state for shard {shard}",
             dir.display()
         )));

@@ -13,15 +13,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::lifecycle::{pause, CancellationToken};
 use raft_store::raft::NodeId;
-use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::node::NodeInner;
 use crate::raft_net::gate::LogPos;
 use crate::raft_net::VoteGate;
-use crate::shard::{role_name, Shard};
-use openraft::ServerState;
+use crate::shard::{reports_leader, Shard};
 
 /// How often a closed gate looks again.
 const REJOIN_POLL_MS: u64 = 250;
@@ -54,7 +53,7 @@ async fn target_from_members(
     ask.extend(mine.members.iter().copied());
     ask.remove(&node.id);
     let ask: Vec<NodeId> = ask.into_iter().collect();
-    let views = crate::service::peer_views(node, &ask, Duration::from_millis(1_000))
+    let views = crate::cluster_view::peer_views(node, &ask, Duration::from_millis(1_000))
         .await
         .ok()?;
     let answers: BTreeMap<NodeId, seatd_proto::v1::ShardStatus> = views
@@ -79,10 +78,10 @@ async fn target_from_members(
     // A leader in the highest term anyone reports holds every committed entry (it
     // was elected through the others' gates), so its answer is evidence enough even
     // when other voters are catching up (new members, or after `seatd reform`).
-    let leader = role_name(ServerState::Leader);
+
     let led = answers
         .values()
-        .any(|s| s.role == leader && s.term == term && needed.contains(&s.reported_by));
+        .any(|s| reports_leader(s) && s.term == term && needed.contains(&s.reported_by));
     for voter in &needed {
         let answer = answers.get(voter)?;
         if on_disk && answer.catching_up && !led {
@@ -103,12 +102,7 @@ struct Answers {
 }
 
 /// Runs `shard`'s closed gate until it opens (see the module doc).
-pub async fn catch_up(
-    node: Arc<NodeInner>,
-    shard: u32,
-    gate: VoteGate,
-    mut stop: watch::Receiver<bool>,
-) {
+pub async fn catch_up(node: Arc<NodeInner>, shard: u32, gate: VoteGate, stop: CancellationToken) {
     let Some(local) = node.shards.get(&shard).cloned() else {
         return;
     };
@@ -167,9 +161,8 @@ pub async fn catch_up(
                 None => {}
             }
         }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(REJOIN_POLL_MS)) => {}
-            _ = stop.changed() => return,
+        if !pause(&stop, Duration::from_millis(REJOIN_POLL_MS)).await {
+            return;
         }
     }
 }

@@ -30,7 +30,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, DnsName, ServerName};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
-use crate::error::Error;
+use crate::error::StartError;
 
 /// The CA's certificate and key, in a certs directory.
 pub const CA_CERT_FILE: &str = "ca.pem";
@@ -42,7 +42,7 @@ const CA_NAME: &str = "seatd cluster CA";
 /// The suffix of every node's certificate name.
 const NODE_NAME_SUFFIX: &str = ".seatd.internal";
 /// Largest certificate or key file read (a PEM chain is a few KiB).
-const PEM_BYTES_MAX: u64 = 64 << 10;
+use crate::limits::PEM_BYTES_MAX;
 
 /// The one name in node `id`'s certificate, and the name a peer expects when dialing it.
 pub fn node_dns_name(id: NodeId) -> String {
@@ -97,8 +97,8 @@ pub struct Written {
     pub kept: Vec<PathBuf>,
 }
 
-fn read_pem(path: &Path) -> Result<String, Error> {
-    let bad = |e: String| Error::Config(format!("{}: {e}", path.display()));
+fn read_pem(path: &Path) -> Result<String, StartError> {
+    let bad = |e: String| StartError::Config(format!("{}: {e}", path.display()));
     let size = std::fs::metadata(path)
         .map_err(|e| bad(e.to_string()))?
         .len();
@@ -110,7 +110,7 @@ fn read_pem(path: &Path) -> Result<String, Error> {
     std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))
 }
 
-fn write_new(path: &Path, text: &str, private: bool) -> Result<(), Error> {
+fn write_new(path: &Path, text: &str, private: bool) -> Result<(), StartError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut options = std::fs::OpenOptions::new();
@@ -120,14 +120,14 @@ fn write_new(path: &Path, text: &str, private: bool) -> Result<(), Error> {
     }
     let mut f = options
         .open(path)
-        .map_err(|e| Error::Config(format!("{}: cannot create: {e}", path.display())))?;
+        .map_err(|e| StartError::Config(format!("{}: cannot create: {e}", path.display())))?;
     f.write_all(text.as_bytes())
         .and_then(|()| f.sync_all())
-        .map_err(|e| Error::Config(format!("{}: cannot write: {e}", path.display())))
+        .map_err(|e| StartError::Config(format!("{}: cannot write: {e}", path.display())))
 }
 
-fn tls_error(what: &str) -> impl Fn(rcgen::Error) -> Error + '_ {
-    move |e| Error::Config(format!("{what}: {e}"))
+fn tls_error(what: &str) -> impl Fn(rcgen::Error) -> StartError + '_ {
+    move |e| StartError::Config(format!("{what}: {e}"))
 }
 
 /// Valid from a day ago (clocks of a cluster differ a little) for
@@ -152,7 +152,7 @@ fn ca_params() -> CertificateParams {
 }
 
 /// The CA's key in `dir`, with its certificate created if neither file exists yet.
-fn ca(dir: &Path, written: &mut Written) -> Result<KeyPair, Error> {
+fn ca(dir: &Path, written: &mut Written) -> Result<KeyPair, StartError> {
     let (cert_path, key_path) = (dir.join(CA_CERT_FILE), dir.join(CA_KEY_FILE));
     match (cert_path.exists(), key_path.exists()) {
         (true, true) => {
@@ -173,7 +173,7 @@ fn ca(dir: &Path, written: &mut Written) -> Result<KeyPair, Error> {
             written.created.extend([cert_path, key_path]);
             Ok(key)
         }
-        _ => Err(Error::Config(format!(
+        _ => Err(StartError::Config(format!(
             "{} has one of {CA_CERT_FILE} and {CA_KEY_FILE} but not the other; \
              restore the missing one or start a new certs directory",
             dir.display()
@@ -182,7 +182,7 @@ fn ca(dir: &Path, written: &mut Written) -> Result<KeyPair, Error> {
 }
 
 /// Node `id`'s certificate and key, signed by `issuer`.
-fn node_cert(id: NodeId, issuer: &Issuer<'_, &KeyPair>) -> Result<(String, String), Error> {
+fn node_cert(id: NodeId, issuer: &Issuer<'_, &KeyPair>) -> Result<(String, String), StartError> {
     let key = KeyPair::generate().map_err(tls_error("node key"))?;
     let mut params =
         CertificateParams::new(vec![node_dns_name(id)]).map_err(tls_error("node certificate"))?;
@@ -204,12 +204,12 @@ fn node_cert(id: NodeId, issuer: &Issuer<'_, &KeyPair>) -> Result<(String, Strin
 
 /// Writes a CA (unless `dir` has one) and a certificate for each of `nodes` (unless
 /// it has one) into `dir`, creating it.
-pub fn write_certs(dir: &Path, nodes: &[NodeId]) -> Result<Written, Error> {
+pub fn write_certs(dir: &Path, nodes: &[NodeId]) -> Result<Written, StartError> {
     if nodes.contains(&0) {
-        return Err(Error::Config("node ids start at 1".into()));
+        return Err(StartError::Config("node ids start at 1".into()));
     }
     std::fs::create_dir_all(dir)
-        .map_err(|e| Error::Config(format!("{}: cannot create: {e}", dir.display())))?;
+        .map_err(|e| StartError::Config(format!("{}: cannot create: {e}", dir.display())))?;
     let mut written = Written::default();
     let ca_key = ca(dir, &mut written)?;
     let issuer = Issuer::new(ca_params(), &ca_key);
@@ -225,7 +225,7 @@ pub fn write_certs(dir: &Path, nodes: &[NodeId]) -> Result<Written, Error> {
                 written.created.extend([cert_path, key_path]);
             }
             _ => {
-                return Err(Error::Config(format!(
+                return Err(StartError::Config(format!(
                     "{} has one of {} and {} but not the other",
                     dir.display(),
                     node_cert_file(id),
@@ -248,7 +248,7 @@ pub struct PeerTls {
 impl PeerTls {
     /// Loads node `node`'s certificate, key and the cluster CA from `dir`, checking
     /// that the certificate names `node`.
-    pub fn load(dir: &Path, node: NodeId) -> Result<Self, Error> {
+    pub fn load(dir: &Path, node: NodeId) -> Result<Self, StartError> {
         let ca = read_pem(&dir.join(CA_CERT_FILE))?;
         let cert_path = dir.join(node_cert_file(node));
         let cert = read_pem(&cert_path)?;
@@ -256,7 +256,7 @@ impl PeerTls {
         let names_node = CertificateDer::from_pem_slice(cert.as_bytes())
             .is_ok_and(|der| cert_names_node(der.as_ref(), node));
         if !names_node {
-            return Err(Error::Config(format!(
+            return Err(StartError::Config(format!(
                 "{} is not node {node}'s certificate; \
                  `seatd certs --out {} --nodes {node}` makes one",
                 cert_path.display(),

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use coordinator::clock::{Clock, Stamper};
 use coordinator::peers::PeerChannels;
-use coordinator::proposer::{ProposeError, Proposer};
 use coordinator::raft_net::ShardNetwork;
+use coordinator::shard::proposer::{Proposer, ShardError};
 use openraft::{BasicNode, Raft};
 use raft_store::layout::generate;
 use raft_store::raft::{raft_config, LogPolicy, RaftTiming, TypeConfig};
@@ -177,10 +177,7 @@ async fn stamps_never_go_backwards_when_the_clock_does() {
     // A stopped group answers every queued command, with an error.
     raft.shutdown().await.unwrap();
     let late = proposer.propose(hold("c", "A-3")).await;
-    assert!(
-        matches!(late, Err(ProposeError::Unavailable(_))),
-        "{late:?}"
-    );
+    assert!(matches!(late, Err(ShardError::Unavailable(_))), "{late:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

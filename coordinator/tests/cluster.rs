@@ -975,10 +975,11 @@ async fn hold_many_answers_the_same_on_the_leader_and_passed_through() {
             "a retry gets its first answer"
         );
 
-        // One user asking for 10 holds, then 15: the burst of 20 admits the 10 (on a
-        // node that does not lead, all admitted, so the call passes through) and 10 of
-        // the 15 (each then refused by the seat being taken); 5 are rate limited.
-        // Asking the limit twice per hold anywhere would limit at least 14.
+        // One user asking for 10 holds, then 15: the leader's burst of 20 admits the
+        // 10 and 10 of the 15 (each then refused by the seat being taken); 5 are rate
+        // limited, whichever node the call came through (a node that does not lead
+        // passes it through undecoded). Asking the limit twice per hold anywhere would
+        // limit at least 14.
         let user = format!("eager{via}");
         let mut limited = Vec::new();
         for (from, n) in [(0, 10), (10, 15)] {

@@ -142,9 +142,9 @@ async fn a_failed_group_is_reported_and_no_longer_routed_to() {
             event_id: event.clone(),
             name: "Gig".into(),
             starts_at_ms: 1_900_000_000_000,
-            layout: Some(coordinator::convert::layout_to_pb(
-                &raft_store::layout::generate("Club", 1, 1, 10),
-            )),
+            layout: Some(seatd_wire::layout_to_pb(&raft_store::layout::generate(
+                "Club", 1, 1, 10,
+            ))),
             limits: None,
         })
         .await

@@ -10,8 +10,8 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use coordinator::convert::SEAT_MAP_PAGE_SEATS_MAX;
 use coordinator::error::limit_exceeded;
+use coordinator::limits::SEAT_MAP_PAGE_SEATS_MAX;
 use prost::Message;
 use raft_store::limits::{COMMAND_BYTES_MAX, SEATS_PER_EVENT_MAX};
 use seatd_proto::v1 as pb;

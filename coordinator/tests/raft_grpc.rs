@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
+use coordinator::lifecycle::CancellationToken;
 use coordinator::peers::PeerChannels;
 use coordinator::raft_net::{GateBook, RaftService, ShardNetwork, VoteGate};
 use coordinator::tls::{write_certs, PeerTls};
@@ -18,7 +19,6 @@ use raft_store::{Batch, Command, CreateEvent, EventId, HoldRequest, Limits, Refu
 use seatd_proto::raft::raft_client::RaftClient;
 use seatd_proto::raft::{RaftReply, RaftRequest};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 
 const T0: u64 = 1_700_000_000_000;
@@ -26,7 +26,7 @@ const T0: u64 = 1_700_000_000_000;
 struct Node {
     raft: Raft<TypeConfig>,
     reader: MachineReader,
-    stop: Option<watch::Sender<bool>>,
+    stop: Option<CancellationToken>,
     server: tokio::task::JoinHandle<()>,
     _store: Store,
 }
@@ -70,12 +70,13 @@ async fn start(
         peers: PeerChannels::new(tls.clone(), book.clone()),
     };
     let raft = Raft::new(id, config, net, log, sm).await.unwrap();
-    let (stop, mut stopped) = watch::channel(false);
+    let stop = CancellationToken::new();
+    let stopped = stop.clone();
     let service = RaftService::new(
         HashMap::from([(0, (raft.clone(), open_gate(dir, id, &raft)))]),
         book.keys().copied().collect(),
         std::sync::Arc::new(|_| Default::default()),
-        stopped.clone(),
+        stop.clone(),
     );
     let server = tokio::spawn(async move {
         tonic::transport::Server::builder()
@@ -83,7 +84,7 @@ async fn start(
             .unwrap()
             .add_service(service.into_server())
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-                let _ = stopped.wait_for(|s| *s).await;
+                stopped.cancelled().await
             })
             .await
             .unwrap();
@@ -218,7 +219,7 @@ async fn three_replicas_over_grpc_survive_losing_the_leader() {
     // The leader dies: its Raft stops and its port closes.
     let mut dead = nodes.remove(&leader).unwrap();
     dead.raft.shutdown().await.unwrap();
-    let _ = dead.stop.take().unwrap().send(true);
+    dead.stop.take().unwrap().cancel();
     let _ = dead.server.await;
 
     let new_leader = leader_of(&nodes).await;
@@ -246,7 +247,7 @@ async fn three_replicas_over_grpc_survive_losing_the_leader() {
 
     for n in nodes.values_mut() {
         n.raft.shutdown().await.unwrap();
-        let _ = n.stop.take().unwrap().send(true);
+        n.stop.take().unwrap().cancel();
     }
 }
 
@@ -360,6 +361,6 @@ async fn a_peer_port_refuses_forgers_and_out_of_bounds_messages() {
 
     for n in nodes.values_mut() {
         n.raft.shutdown().await.unwrap();
-        let _ = n.stop.take().unwrap().send(true);
+        n.stop.take().unwrap().cancel();
     }
 }

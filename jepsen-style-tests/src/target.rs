@@ -88,7 +88,7 @@ pub async fn leaders(t: &impl Target) -> BTreeMap<u32, u64> {
             // A new shard starts as a group of one and takes in the others as they
             // catch up: it counts once it has its full set of voters.
             let voters = t.node_ids().len().min(3);
-            if sh.role == "leader" && sh.members.len() == voters {
+            if sh.role_kind == pb::ShardRole::Leader as i32 && sh.members.len() == voters {
                 leading.insert(sh.shard, id);
             }
         }

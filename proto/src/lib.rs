@@ -36,3 +36,20 @@ pub use packages::seatd::v1;
 /// `tonic-reflection`.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/seatd_descriptor.bin"));
+
+/// The stable reasons in `ErrorReason.reason` and `Failure.reason` (see the proto):
+/// what a program matches on instead of a status's message.
+pub mod reason {
+    pub const INVALID: &str = "INVALID";
+    pub const LIMIT_EXCEEDED: &str = "LIMIT_EXCEEDED";
+    pub const IDEMPOTENCY_KEY_REUSED: &str = "IDEMPOTENCY_KEY_REUSED";
+    pub const CONFLICT: &str = "CONFLICT";
+    pub const EXPIRED: &str = "EXPIRED";
+    pub const DECLINED: &str = "DECLINED";
+    pub const WRONG_STATE: &str = "WRONG_STATE";
+    pub const NOT_FOUND: &str = "NOT_FOUND";
+    pub const RATE_LIMITED: &str = "RATE_LIMITED";
+    pub const OVERLOADED: &str = "OVERLOADED";
+    pub const UNAVAILABLE: &str = "UNAVAILABLE";
+    pub const INTERNAL: &str = "INTERNAL";
+}

@@ -113,6 +113,14 @@ pub const APPEND_ENTRIES_BYTES_MAX: usize =
 /// allow; one that does not fit is refused, naming this limit, and is read by section
 /// or in pages.
 pub const REPLY_BYTES_MAX: usize = 64 << 20;
+/// Largest request of the client API a server accepts (a layout naming every seat of
+/// a big venue).
+pub const REQUEST_BYTES_MAX: usize = 16 << 20;
+/// Most holds one `HoldMany` call may carry (the client library's batches stay below).
+pub const HOLDS_PER_CALL_MAX: usize = 1024;
+/// Most shards a cluster may have (`--shards`; a client's routing table accepts as
+/// many).
+pub const SHARDS_MAX: u32 = 1024;
 /// Snapshot bytes per InstallSnapshot message (openraft's `snapshot_max_chunk_size`,
 /// its default).
 pub const SNAPSHOT_CHUNK_BYTES_MAX: usize = 3 << 20;

@@ -10,8 +10,13 @@
 //! is decided and wherever passing through does not apply.
 //!
 //! Invariants:
-//! - The first hop (hops 0) asks the per-user rate limit once per hold: here, unless
-//!   the pass-through already asked it and hands the verdicts in.
+//! - The per-user rate limit is asked where holds are decided: on the shard's leader,
+//!   once per hold and call ([`Verdicts`]: a leader that tries a call again, after
+//!   leadership wavered, reuses its first verdicts, so a retry is never refused a hold
+//!   it may already have applied). Every entry point (frontends,
+//!   nodes) forwards to that one leader, so a user's budget for an event is one budget
+//!   whichever way the holds come, and nothing a client sends (a forged hop count)
+//!   can skip it.
 //! - Every hold forwarded carries its retry key (filled in here when the caller left it
 //!   empty), so the router's retries cannot apply a hold twice.
 
@@ -23,38 +28,26 @@ use seatd_proto::v1 as pb;
 use tonic::transport::Channel;
 use tonic::Status;
 
-use crate::convert;
 use crate::error::Error;
 use crate::node::NodeInner;
 use crate::route::{forwarded, seats_client, Mode};
+use seatd_wire as convert;
 
 pub mod pass_through;
 
 pub use pass_through::PassThrough;
 
-/// Most holds one `HoldMany` call may carry.
-pub const HOLDS_PER_CALL_MAX: usize = 1024;
+pub use crate::limits::HOLDS_PER_CALL_MAX;
 
 /// Validates a hold request (filling in its retry key); returns its shard and event.
-/// `admitted` is the rate limit's verdict when it was already asked for this hold
-/// (else a first hop asks it here). The command is made only where the hold is
-/// decided ([`hold_command`]): a frontend or a follower that forwards the hold never
-/// needs it.
+/// The command is made only where the hold is decided ([`hold_command`]): a frontend
+/// or a follower that forwards the hold never needs it.
 pub(crate) fn validate_hold(
     node: &NodeInner,
     req: &mut pb::HoldRequest,
-    hops: u32,
-    admitted: Option<bool>,
 ) -> Result<(u32, EventId), Error> {
     let event = convert::event_id(&req.event_id)?;
-    // Before the rate limit: a request refused outright spends no budget.
     check_hold_limits(req)?;
-    if hops == 0 && !admitted.unwrap_or_else(|| node.hold_limiter.admit(&req.user_id)) {
-        return Err(Error::Overloaded(format!(
-            "user {:?} asked for more than {} holds per second",
-            req.user_id, node.settings.holds_per_user_per_s
-        )));
-    }
     if req.client_reservation_id.is_empty() {
         req.client_reservation_id = node.fresh_id("r");
     }
@@ -66,6 +59,27 @@ pub(crate) fn validate_hold(
         )));
     }
     Ok((node.cluster.shard_of(&event), event))
+}
+
+/// The rate limit's verdicts for one call's holds on this leader, asked the first time
+/// the leader tries the call and reused if it tries again (see the module doc).
+#[derive(Default)]
+pub(crate) struct Verdicts(std::sync::OnceLock<Vec<bool>>);
+
+impl Verdicts {
+    /// Whether each of `users`' holds is admitted (asked once per call).
+    pub(crate) fn of<'a>(&self, node: &NodeInner, users: impl Iterator<Item = &'a str>) -> &[bool] {
+        self.0
+            .get_or_init(|| users.map(|u| node.hold_limiter.admit(u)).collect())
+    }
+}
+
+/// The refusal of a hold over its user's rate.
+pub(crate) fn rate_limited(node: &NodeInner, user: &str) -> Error {
+    Error::RateLimited(format!(
+        "user {user:?} asked for more than {} holds per second",
+        node.settings.holds_per_user_per_s
+    ))
 }
 
 /// Refuses a hold over the absolute caps, from its fields alone: more seats than any
@@ -104,6 +118,9 @@ fn failure(status: Status) -> pb::HoldResult {
             message: status.message().to_string(),
             seat_ids: crate::error::conflict_seats(&status).unwrap_or_default(),
             limit_exceeded: crate::error::limit_exceeded(&status),
+            reason: crate::error::reason_of(&status)
+                .map(|r| r.reason)
+                .unwrap_or_default(),
         })),
     }
 }
@@ -129,20 +146,17 @@ fn check_count(holds: usize) -> Result<(), Error> {
     Ok(())
 }
 
-/// Decides a `HoldMany` call the typed way. `admitted` carries the rate limit's
-/// verdict for each hold when the pass-through already asked it.
+/// Decides a `HoldMany` call the typed way.
 pub(crate) async fn hold_many(
     node: &Arc<NodeInner>,
     req: pb::HoldManyRequest,
     hops: u32,
-    admitted: Option<&[bool]>,
 ) -> Result<pb::HoldManyResponse, Error> {
     check_count(req.holds.len())?;
     let mut results: Vec<Option<pb::HoldResult>> = vec![None; req.holds.len()];
     let mut groups: BTreeMap<u32, Vec<(usize, pb::HoldRequest, EventId)>> = BTreeMap::new();
     for (i, mut h) in req.holds.into_iter().enumerate() {
-        let verdict = admitted.and_then(|a| a.get(i).copied());
-        match validate_hold(node, &mut h, hops, verdict) {
+        match validate_hold(node, &mut h) {
             Ok((shard, event)) => groups.entry(shard).or_default().push((i, h, event)),
             Err(e) => results[i] = Some(failure(e.into())),
         }
@@ -184,6 +198,7 @@ async fn hold_group(
         events.push(e);
     }
     let forward = pb::HoldManyRequest { holds };
+    let verdicts = Verdicts::default();
     let answered = node
         .routed(
             shard,
@@ -191,19 +206,28 @@ async fn hold_group(
             hops,
             |s| {
                 // Every command is queued before any answer is awaited, so they share
-                // entries; no task per hold.
+                // entries; no task per hold. A hold over its user's rate is not queued.
+                let admitted = verdicts.of(&node, forward.holds.iter().map(|h| h.user_id.as_str()));
                 let pending: Vec<_> = forward
                     .holds
                     .iter()
                     .zip(&events)
-                    .map(|(h, e)| s.submit(hold_command(e, h)))
+                    .zip(admitted)
+                    .map(|((h, e), ok)| match ok {
+                        true => Ok(s.submit(hold_command(e, h))),
+                        false => Err(rate_limited(&node, &h.user_id)),
+                    })
                     .collect();
                 async move {
                     let mut results = Vec::with_capacity(pending.len());
                     for p in pending {
                         let outcome = match p {
-                            Ok(p) => p.outcome().await,
-                            Err(e) => Err(e),
+                            Err(limited) => {
+                                results.push(failure(limited.into()));
+                                continue;
+                            }
+                            Ok(Ok(p)) => p.outcome().await,
+                            Ok(Err(e)) => Err(e),
                         };
                         results.push(match outcome {
                             Ok(Ok(Reply::Held(h))) => pb::HoldResult {
@@ -215,8 +239,8 @@ async fn hold_group(
                             Ok(Err(refusal)) => failure(Error::from(refusal).into()),
                             // Refused here, not applied anywhere: this hold alone fails.
                             Err(
-                                e @ (crate::proposer::ProposeError::Overloaded(_)
-                                | crate::proposer::ProposeError::TooLarge(_)),
+                                e @ (crate::shard::proposer::ShardError::Overloaded(_)
+                                | crate::shard::proposer::ShardError::TooLarge(_)),
                             ) => failure(Error::from(e).into()),
                             // Not applied here, or unknown: the group goes again.
                             Err(e) => return Err(Error::from(e)),

@@ -19,14 +19,8 @@
 //!   entry; a leader that cannot be reached fails every hold with the router's
 //!   status, as a typed group does; an answer whose count does not match the call is
 //!   refused (INTERNAL for every hold).
-//! - The first hop asks the per-user rate limit once per hold whichever way the call
-//!   goes: the verdicts travel with the plan into the typed way, including when this
-//!   node became the leader between planning and routing.
-//!
-//! Caveat: a first hop asks the rate limit for the holds of a call that the leader
-//! then refuses as a whole (undecodable fields the view skipped), and for holds over
-//! the absolute caps (which the typed way refuses before asking); that spends only the
-//! caller's own budget.
+//! - The per-user rate limit is never asked here: the leader asks it for each hold it
+//!   decides (`super::admit`), whichever way the call came.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -44,10 +38,10 @@ use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 
 use super::{all_failed, check_count, count_mismatch, hold_many};
-use crate::convert;
 use crate::error::Error;
 use crate::node::{NodeInner, REQUEST_BYTES_MAX};
 use crate::route::{forwarded, hops, Mode, REPLY_BYTES_MAX};
+use seatd_wire as convert;
 
 /// The gRPC path of `Seats/HoldMany`, which [`PassThrough`] serves itself.
 const HOLD_MANY_PATH: &str = "/seatd.v1.Seats/HoldMany";
@@ -55,25 +49,17 @@ const HOLD_MANY_PATH: &str = "/seatd.v1.Seats/HoldMany";
 /// How a call goes on, as read through its routing view.
 #[derive(Debug, PartialEq)]
 enum Plan {
-    /// Forward the received bytes to `shard`'s leader. The call has `holds` holds;
-    /// `admitted` holds the rate limit's verdicts (all yes) when this is a first hop.
-    PassOn {
-        shard: u32,
-        holds: usize,
-        admitted: Option<Vec<bool>>,
-    },
-    /// Decode it and serve it the typed way, with the rate limit's verdicts if a
-    /// first hop asked them already.
-    Typed { admitted: Option<Vec<bool>> },
+    /// Forward the received bytes to `shard`'s leader. The call has `holds` holds.
+    PassOn { shard: u32, holds: usize },
+    /// Decode it and serve it the typed way.
+    Typed,
 }
 
 impl Plan {
-    const TYPED: Plan = Plan::Typed { admitted: None };
-
     /// The plan for a call whose message is `body`; an error refuses the call.
-    fn of(node: &NodeInner, body: &Bytes, hops: u32) -> Result<Plan, Error> {
+    fn of(node: &NodeInner, body: &Bytes) -> Result<Plan, Error> {
         let Ok(view) = HoldManyRouting::decode(body.clone()) else {
-            return Ok(Plan::TYPED);
+            return Ok(Plan::Typed);
         };
         check_count(view.holds.len())?;
         // Holds of one call are mostly for one event: its id is checked once.
@@ -84,56 +70,36 @@ impl Plan {
                 || !text(&h.client_reservation_id)
                 || !text(&h.user_id)
             {
-                return Ok(Plan::TYPED);
+                return Ok(Plan::Typed);
             }
             let s = match shard {
                 Some((s, event)) if *event == h.event_id => s,
                 _ => {
                     let Ok(event) = std::str::from_utf8(&h.event_id) else {
-                        return Ok(Plan::TYPED);
+                        return Ok(Plan::Typed);
                     };
                     let Ok(event) = convert::event_id(event) else {
-                        return Ok(Plan::TYPED);
+                        return Ok(Plan::Typed);
                     };
                     node.cluster.shard_of(&event)
                 }
             };
             match shard {
-                Some((first, _)) if first != s => return Ok(Plan::TYPED),
+                Some((first, _)) if first != s => return Ok(Plan::Typed),
                 Some(_) => {}
                 // Decided here: decoding is needed anyway, so the leader reads no
                 // further than the first hold.
-                None if leads(node, s) => return Ok(Plan::TYPED),
+                None if leads(node, s) => return Ok(Plan::Typed),
                 None => {}
             }
             shard = Some((s, &h.event_id));
         }
         let Some((shard, _)) = shard else {
-            return Ok(Plan::TYPED);
+            return Ok(Plan::Typed);
         };
-        let mut admitted = None;
-        if hops == 0 {
-            // Every user id is UTF-8 and every event id valid (checked above), so the
-            // typed way would ask the limit for every hold as well.
-            let verdicts: Vec<bool> = view
-                .holds
-                .iter()
-                .map(|h| {
-                    let user = std::str::from_utf8(&h.user_id).unwrap_or_default();
-                    node.hold_limiter.admit(user)
-                })
-                .collect();
-            if verdicts.contains(&false) {
-                return Ok(Plan::Typed {
-                    admitted: Some(verdicts),
-                });
-            }
-            admitted = Some(verdicts);
-        }
         Ok(Plan::PassOn {
             shard,
             holds: view.holds.len(),
-            admitted,
         })
     }
 }
@@ -149,13 +115,9 @@ fn leads(node: &NodeInner, shard: u32) -> bool {
 async fn hold_many_bytes(node: Arc<NodeInner>, request: Request<Bytes>) -> Result<Bytes, Status> {
     let hops = hops(&request);
     let body = request.into_inner();
-    let (shard, holds, admitted) = match Plan::of(&node, &body, hops)? {
-        Plan::Typed { admitted } => return Ok(typed(&node, body, hops, admitted.as_deref()).await?),
-        Plan::PassOn {
-            shard,
-            holds,
-            admitted,
-        } => (shard, holds, admitted),
+    let (shard, holds) = match Plan::of(&node, &body)? {
+        Plan::Typed => return Ok(typed(&node, body, hops).await?),
+        Plan::PassOn { shard, holds } => (shard, holds),
     };
     let answered = node
         .routed(
@@ -163,7 +125,7 @@ async fn hold_many_bytes(node: Arc<NodeInner>, request: Request<Bytes>) -> Resul
             Mode::Leader,
             hops,
             // Leadership came here since the plan: decide it here.
-            |_| typed(&node, body.clone(), hops, admitted.as_deref()),
+            |_| typed(&node, body.clone(), hops),
             |c: Channel, hops, left| forward_bytes(c, body.clone(), hops, left),
         )
         .await;
@@ -185,15 +147,10 @@ async fn hold_many_bytes(node: Arc<NodeInner>, request: Request<Bytes>) -> Resul
 }
 
 /// Decodes a call and serves it the typed way.
-async fn typed(
-    node: &Arc<NodeInner>,
-    body: Bytes,
-    hops: u32,
-    admitted: Option<&[bool]>,
-) -> Result<Bytes, Error> {
+async fn typed(node: &Arc<NodeInner>, body: Bytes, hops: u32) -> Result<Bytes, Error> {
     let req = pb::HoldManyRequest::decode(body)
         .map_err(|e| Error::Invalid(format!("undecodable HoldManyRequest: {e}")))?;
-    Ok(encode(&hold_many(node, req, hops, admitted).await?))
+    Ok(encode(&hold_many(node, req, hops).await?))
 }
 
 fn encode(answer: &pb::HoldManyResponse) -> Bytes {

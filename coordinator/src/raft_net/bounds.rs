@@ -14,15 +14,7 @@ use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use openraft::{LogId, Vote};
 use raft_store::raft::{NodeId, TypeConfig};
 
-/// Largest term a peer may name.
-pub const TERM_MAX: u64 = 1 << 48;
-/// Largest log index a peer may name.
-pub const INDEX_MAX: u64 = 1 << 56;
-/// Largest snapshot a peer may send (offset + chunk), in bytes.
-pub const SNAPSHOT_BYTES_MAX: u64 = 4 << 30;
-
-const _: () = assert!(TERM_MAX < u64::MAX / 2 && INDEX_MAX < u64::MAX / 2);
-const _: () = assert!(SNAPSHOT_BYTES_MAX > super::MESSAGE_BYTES_MAX as u64);
+pub use crate::limits::{INDEX_MAX, SNAPSHOT_BYTES_MAX, TERM_MAX};
 
 /// Why a message was refused.
 pub type Refusal = String;

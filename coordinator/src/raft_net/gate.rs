@@ -61,12 +61,11 @@ use openraft::{LogId, Raft};
 use raft_store::raft::{NodeId, TypeConfig};
 use serde::{Deserialize, Serialize};
 
-use crate::error::Error;
+use crate::error::StartError;
 
 /// The gate file, in a node's data dir.
 pub const GATE_FILE: &str = "rejoin.json";
-/// Largest gate file read (one entry per shard).
-const GATE_FILE_BYTES_MAX: u64 = 1 << 20;
+use crate::limits::GATE_FILE_BYTES_MAX;
 
 /// A position in a Raft log, ordered as openraft orders log ids: by term, then the
 /// node whose leadership wrote the entry (openraft may have two leaders in a term,
@@ -103,9 +102,9 @@ pub struct GateBook {
 
 impl GateBook {
     /// Reads `dir`'s gate file (none: every gate open).
-    pub fn open(dir: &Path) -> Result<Self, Error> {
+    pub fn open(dir: &Path) -> Result<Self, StartError> {
         let path = dir.join(GATE_FILE);
-        let bad = |e: String| Error::Config(format!("{}: {e}", path.display()));
+        let bad = |e: String| StartError::Config(format!("{}: {e}", path.display()));
         let closed = match std::fs::metadata(&path) {
             Ok(m) if m.len() > GATE_FILE_BYTES_MAX => {
                 return Err(bad(format!("larger than {GATE_FILE_BYTES_MAX} bytes")))
@@ -126,8 +125,8 @@ impl GateBook {
     }
 
     /// Writes the closed gates: a new file, synced, renamed over the old one.
-    fn persist(&self, closed: &BTreeMap<u32, Option<LogPos>>) -> Result<(), Error> {
-        let bad = |e: std::io::Error| Error::Config(format!("{}: {e}", self.path.display()));
+    fn persist(&self, closed: &BTreeMap<u32, Option<LogPos>>) -> Result<(), StartError> {
+        let bad = |e: std::io::Error| StartError::Config(format!("{}: {e}", self.path.display()));
         let tmp = self.path.with_extension("json.tmp");
         let text = serde_json::to_string(closed).expect("a map of numbers");
         {
@@ -148,7 +147,7 @@ impl GateBook {
     fn update(
         &self,
         f: impl FnOnce(&mut BTreeMap<u32, Option<LogPos>>) -> bool,
-    ) -> Result<(), Error> {
+    ) -> Result<(), StartError> {
         let mut closed = self.closed.lock().unwrap_or_else(|p| p.into_inner());
         let mut next = closed.clone();
         if f(&mut next) {
@@ -166,7 +165,7 @@ impl GateBook {
     /// replica starts with no state for it; and probing in every case, so that even a
     /// target kept in the file is raised by what the members say now (the file may
     /// have come back with a restored backup).
-    pub fn gate(&self, shard: u32, started_empty: bool) -> Result<VoteGate, Error> {
+    pub fn gate(&self, shard: u32, started_empty: bool) -> Result<VoteGate, StartError> {
         if started_empty {
             self.update(|c| {
                 if c.contains_key(&shard) {
@@ -233,13 +232,13 @@ impl VoteGate {
     }
 
     /// Opens the gate for good (a group this node creates, or a replica caught up).
-    pub fn open(&self, raft: &Raft<TypeConfig>) -> Result<(), Error> {
+    pub fn open(&self, raft: &Raft<TypeConfig>) -> Result<(), StartError> {
         self.open_book()?;
         raft.runtime_config().elect(true);
         Ok(())
     }
 
-    fn open_book(&self) -> Result<(), Error> {
+    fn open_book(&self) -> Result<(), StartError> {
         self.book.update(|c| c.remove(&self.shard).is_some())?;
         self.book.probing().remove(&self.shard);
         Ok(())
@@ -250,7 +249,7 @@ impl VoteGate {
     /// is ahead and closes for good (persisted) if one is; a closed gate records its
     /// target, unless it has one. Returns whether the gate is still closed; the
     /// caller then applies the gate to its group ([`VoteGate::apply_to`]).
-    pub fn settle(&self, others: Option<LogPos>, mine: Option<LogPos>) -> Result<bool, Error> {
+    pub fn settle(&self, others: Option<LogPos>, mine: Option<LogPos>) -> Result<bool, StartError> {
         let shard = self.shard;
         if self.is_probing() && self.book.closed_on_disk(shard) {
             // Closed already (it lost state, or was behind, at an earlier start): the
@@ -302,7 +301,7 @@ impl VoteGate {
     /// (it stopped before it noticed) is no longer catching up; it probes like any
     /// replica with state, which is as safe (a stale file from a restored backup gets
     /// the same fresh comparison) and lets two such replicas count each other's answers.
-    pub fn reached_before_start(&self, applied: Option<LogPos>) -> Result<bool, Error> {
+    pub fn reached_before_start(&self, applied: Option<LogPos>) -> Result<bool, StartError> {
         let reached =
             self.is_probing() && matches!((self.target(), applied), (Some(t), Some(a)) if a >= t);
         if reached {

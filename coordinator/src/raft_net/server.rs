@@ -22,16 +22,16 @@ use seatd_proto::raft::raft_server;
 use seatd_proto::raft::{LocalStatusRequest, RaftReply, RaftRequest};
 use seatd_proto::v1 as pb;
 use serde::{de::DeserializeOwned, Serialize};
-use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+
+use crate::lifecycle::CancellationToken;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::gate::VoteGate;
 use super::{bounds, MESSAGE_BYTES_MAX, PIPE_DEPTH};
 use crate::tls::{caller_node, from_a_node};
 
-/// Most append pipes open at once: one per (shard, leader) pair of a 64-node,
-/// 1,024-shard cluster would be far fewer; a peer opening more is misbehaving.
-pub const PIPES_MAX: usize = 4_096;
+use crate::limits::PIPES_MAX;
 
 /// This node's own view of its shards (with digests when asked).
 pub type LocalStatusFn = Arc<dyn Fn(bool) -> pb::ClusterStatus + Send + Sync>;
@@ -44,8 +44,8 @@ pub struct RaftService {
     nodes: Arc<BTreeSet<NodeId>>,
     local_status: LocalStatusFn,
     pipes: Arc<Semaphore>,
-    /// Turns true when the node stops serving; open pipes end then.
-    stopped: watch::Receiver<bool>,
+    /// Cancelled when the node stops serving; open pipes end then.
+    stopped: CancellationToken,
 }
 
 fn refusal(seq: u64, error: String) -> RaftReply {
@@ -58,12 +58,12 @@ fn refusal(seq: u64, error: String) -> RaftReply {
 
 impl RaftService {
     /// Serves `shards` to the cluster's `nodes`; every open append pipe ends once
-    /// `stopped` turns true.
+    /// `stopped` is cancelled.
     pub fn new(
         shards: HashMap<u32, (Raft<TypeConfig>, VoteGate)>,
         nodes: BTreeSet<NodeId>,
         local_status: LocalStatusFn,
-        stopped: watch::Receiver<bool>,
+        stopped: CancellationToken,
     ) -> Self {
         Self {
             shards: Arc::new(shards),
@@ -157,11 +157,11 @@ impl RaftService {
         replies: mpsc::Sender<Result<RaftReply, tonic::Status>>,
         _permit: OwnedSemaphorePermit,
     ) {
-        let mut stopped = self.stopped.clone();
+        let stopped = self.stopped.clone();
         loop {
             let next = tokio::select! {
                 next = incoming.message() => next,
-                _ = stopped.wait_for(|s| *s) => return,
+                _ = stopped.cancelled() => return,
             };
             let req = match next {
                 Ok(Some(req)) => req,

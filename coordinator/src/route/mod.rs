@@ -30,13 +30,13 @@ use crate::peers::Links;
 use crate::shard::Shard;
 use raft_store::raft::NodeId;
 
+pub mod decide;
+
+use decide::Route;
+
 /// The header that counts how often a call was forwarded.
 pub const HOPS_HEADER: &str = "x-seatd-hops";
-/// A call is forwarded at most this often: entry node → a member → its leader.
-pub const HOPS_MAX: u32 = 2;
-/// Largest message the client API sends (see `raft_store::limits`, which names it in
-/// refusals).
-pub const REPLY_BYTES_MAX: usize = raft_store::limits::REPLY_BYTES_MAX;
+pub use crate::limits::{HOPS_MAX, REPLY_BYTES_MAX};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -46,18 +46,9 @@ pub enum Mode {
     AnyReplica,
 }
 
-enum Pick {
-    Local(Arc<Shard>),
-    /// To this node (its peer port from a node, its client port from a frontend).
-    Forward(NodeId),
-    /// No leader known yet (or no hops left): wait and look again.
-    Wait,
-}
-
 /// How many times a call was forwarded already, as another node says. Only a call
 /// from a node (its peer-port certificate) is believed: on the client port anyone can
-/// write the header, and a first hop is where the per-user rate limit is asked, so a
-/// client's own header counts as 0.
+/// write the header, so a client's own header counts as 0.
 pub fn hops<T>(request: &tonic::Request<T>) -> u32 {
     if !crate::tls::from_a_node(request) {
         return 0;
@@ -70,7 +61,8 @@ pub fn hops<T>(request: &tonic::Request<T>) -> u32 {
         .unwrap_or(0)
 }
 
-/// `message` as a forwarded request that has made `hops` hops.
+/// `message` as a forwarded request that has made `hops` hops: a fresh request, so
+/// nothing the caller sent (its metadata) travels on.
 pub fn forwarded<T>(message: T, hops: u32, timeout: Duration) -> tonic::Request<T> {
     let mut r = tonic::Request::new(message);
     r.metadata_mut().insert(
@@ -94,41 +86,30 @@ pub(crate) fn seats_client(channel: Channel) -> SeatsClient<Channel> {
 pub struct Rotor(AtomicUsize);
 
 impl NodeInner {
-    fn pick(&self, shard: u32, mode: Mode, hops: u32) -> Pick {
-        if let Some(s) = self.shards.get(&shard).filter(|s| s.is_serving()) {
-            if mode == Mode::AnyReplica {
-                return Pick::Local(s.clone());
-            }
-            let (leader, me) = s.leader();
-            if me {
-                return Pick::Local(s.clone());
-            }
-            return match leader {
-                Some(l) if l != self.id && hops < HOPS_MAX && self.cluster.addr(l).is_some() => {
-                    Pick::Forward(l)
-                }
-                _ => Pick::Wait,
-            };
-        }
-        if hops >= HOPS_MAX {
-            return Pick::Wait;
-        }
-        let hint = self.hints.lock().ok().and_then(|h| h.get(&shard).copied());
-        if let Some(l) = hint.filter(|l| self.cluster.addr(*l).is_some()) {
-            return Pick::Forward(l);
-        }
-        // Never itself: a node whose group failed is a member but cannot answer.
+    /// Where a call on `shard` goes now, and this node's replica when it is served
+    /// here.
+    fn pick(&self, shard: u32, mode: Mode, hops: u32) -> (Route, Option<Arc<Shard>>) {
+        let local = self.shards.get(&shard).filter(|s| s.is_serving());
+        let replica = local.map(|s| {
+            let (leader, leads) = s.leader();
+            decide::Replica { leader, leads }
+        });
+        let hint = match replica {
+            Some(_) => None,
+            None => self.hints.lock().ok().and_then(|h| h.get(&shard).copied()),
+        };
         let members = self.cluster.members(shard);
-        let others = || members.iter().copied().filter(|m| *m != self.id);
-        let count = others().count();
-        if count == 0 {
-            return Pick::Wait;
-        }
-        let i = self.rotor.0.fetch_add(1, Ordering::Relaxed) % count;
-        match others().nth(i).filter(|m| self.cluster.addr(*m).is_some()) {
-            Some(m) => Pick::Forward(m),
-            None => Pick::Wait,
-        }
+        let route = decide::decide(&decide::Known {
+            me: self.id,
+            mode,
+            hops,
+            replica,
+            hint,
+            members: &members,
+            reachable: &|n| self.cluster.addr(n).is_some(),
+            turn: self.rotor.0.fetch_add(1, Ordering::Relaxed),
+        });
+        (route, local.cloned())
     }
 
     /// Records the leaders seen in a cluster status, for shards not hosted here.
@@ -192,11 +173,12 @@ impl NodeInner {
         }
         let started = Instant::now();
         let deadline = started + self.settings.route_wait;
-        let mut pause = Duration::from_millis(5);
+        let mut backoff =
+            seatd_wire::net::Backoff::new(Duration::from_millis(5), Duration::from_millis(100));
         let mut last = String::from("no leader known");
         loop {
             match self.pick(shard, mode, hops) {
-                Pick::Local(s) => {
+                (Route::Here, Some(s)) => {
                     // Bounded even here: a leader cut off from its quorum does not
                     // learn it at once, and its entries wait until it does.
                     let left = deadline.saturating_duration_since(Instant::now());
@@ -207,7 +189,7 @@ impl NodeInner {
                         Err(_) => last = "the leader did not commit in time".into(),
                     }
                 }
-                Pick::Forward(to) => {
+                (Route::Forward(to), _) => {
                     let left = deadline.saturating_duration_since(Instant::now());
                     let channel = self.channel_to(to)?;
                     match tokio::time::timeout(left, remote(channel, hops + 1, left)).await {
@@ -226,20 +208,19 @@ impl NodeInner {
                 // The last hop can neither serve nor forward: waiting here would hold
                 // the sender's whole budget on one path. Say so at once, so the sender
                 // picks again with what it has learned since (a new leader, say).
-                Pick::Wait if hops >= HOPS_MAX => {
+                (Route::GiveUp, _) => {
                     return Err(Error::Unavailable(format!(
                         "shard {shard}: node {} cannot serve or forward this call ({last})",
                         self.id
                     )));
                 }
-                Pick::Wait => {}
+                (Route::Wait | Route::Here, _) => {}
             }
             let now = Instant::now();
             if now >= deadline {
                 break;
             }
-            tokio::time::sleep(pause.min(deadline - now)).await;
-            pause = (pause * 2).min(Duration::from_millis(100));
+            tokio::time::sleep(backoff.next_delay().min(deadline - now)).await;
         }
         Err(Error::Unavailable(format!(
             "shard {shard}: no replica could answer within {} ms ({last})",

@@ -23,15 +23,20 @@
 
 use std::time::Duration;
 
+use crate::lifecycle::{Background, CancellationToken, Ticks};
 use openraft::{Raft, ServerState};
 use raft_store::raft::{NodeId, TypeConfig};
 use raft_store::storage::{LogStore, MachineReader};
 use raft_store::{Command, Outcome, SeatMachine};
-use tokio::sync::watch;
+use seatd_proto::v1::ShardRole;
 use tracing::{info, warn};
 
 use crate::clock::Stamper;
-use crate::proposer::{Pending, ProposeError, Proposer};
+pub use proposer::ShardError;
+use proposer::{Pending, Proposer};
+
+pub mod checkout;
+pub mod proposer;
 
 /// How often the leader checks for holds past their deadline.
 pub const EXPIRE_INTERVAL_MS: u64 = 1_000;
@@ -63,14 +68,14 @@ pub struct Replica {
 }
 
 impl Shard {
-    /// Wraps a started Raft group and starts the shard's background tasks; they stop
-    /// when `stop` turns true.
+    /// Wraps a started Raft group and starts the shard's background tasks on
+    /// `background`; they end when its token is cancelled.
     pub fn start(
         id: u32,
         node: NodeId,
         replica: Replica,
         stamper: Stamper,
-        stop: watch::Receiver<bool>,
+        background: &Background,
         failures: FailureReport,
     ) -> std::sync::Arc<Self> {
         let Replica { raft, log, reader } = replica;
@@ -87,8 +92,9 @@ impl Shard {
             failed: Default::default(),
             log,
         });
-        tokio::spawn(expire_ticker(shard.clone(), stamper, stop.clone()));
-        tokio::spawn(watch_metrics(shard.clone(), stop, failures));
+        let stop = background.stop.clone();
+        background.spawn(expire_ticker(shard.clone(), stamper, stop.clone()));
+        background.spawn(watch_metrics(shard.clone(), stop, failures));
         shard
     }
 
@@ -137,12 +143,12 @@ impl Shard {
         (m.current_leader, me)
     }
 
-    pub async fn propose(&self, command: Command) -> Result<Outcome, ProposeError> {
+    pub async fn propose(&self, command: Command) -> Result<Outcome, ShardError> {
         self.proposer.propose(command).await
     }
 
     /// Queues `command` for the shard's next entry; see [`Proposer::submit`].
-    pub fn submit(&self, command: Command) -> Result<Pending, ProposeError> {
+    pub fn submit(&self, command: Command) -> Result<Pending, ShardError> {
         self.proposer.submit(command)
     }
 
@@ -151,16 +157,16 @@ impl Shard {
         &self,
         timeout: Duration,
         f: impl FnOnce(&SeatMachine) -> T,
-    ) -> Result<T, ProposeError> {
+    ) -> Result<T, ShardError> {
         match tokio::time::timeout(timeout, self.raft.ensure_linearizable()).await {
-            Err(_) => Err(ProposeError::Unavailable(format!(
+            Err(_) => Err(ShardError::Unavailable(format!(
                 "shard {}: no quorum confirmed leadership within {} ms",
                 self.id,
                 timeout.as_millis()
             ))),
             Ok(Err(e)) => Err(match e.forward_to_leader() {
-                Some(f) => ProposeError::NotLeader(f.leader_id),
-                None => ProposeError::Unavailable(format!("shard {}: {e}", self.id)),
+                Some(f) => ShardError::NotLeader(f.leader_id),
+                None => ShardError::Unavailable(format!("shard {}: {e}", self.id)),
             }),
             Ok(Ok(_)) => Ok(self.reader.read(f)),
         }
@@ -184,6 +190,13 @@ impl Shard {
         } else {
             m.membership_config.membership().voter_ids().collect()
         };
+        let role = if retired {
+            ShardRole::Retired
+        } else if self.has_failed() {
+            ShardRole::Failed
+        } else {
+            role_of(m.state)
+        };
         seatd_proto::v1::ShardStatus {
             shard: self.id,
             leader: m.current_leader,
@@ -191,48 +204,58 @@ impl Shard {
             applied_index: applied.unwrap_or(0),
             term: m.current_term,
             reported_by: self.node,
-            role: if retired {
-                "retired".into()
-            } else if self.has_failed() {
-                "failed".into()
-            } else {
-                role_name(m.state).into()
-            },
+            role: role_name(role).into(),
+            role_kind: role as i32,
             initialized: m.current_term > 0 || m.last_log_index.is_some(),
             digest,
             last_log_index: last.map_or(0, |l| l.index),
             last_log_term: last.map_or(0, |l| l.leader_id.term),
             last_log_leader: last.map_or(0, |l| l.leader_id.node_id),
             purged_index: m.purged.map(|p| p.index).unwrap_or(0),
-            // Known to the node, which holds the gates (see `service::local_status`).
+            // Known to the node, which holds the gates (see `cluster_view::local_status`).
             rejoining: false,
             catching_up: false,
         }
     }
 }
 
-pub fn role_name(state: ServerState) -> &'static str {
+/// A replica's role as the wire says it.
+pub fn role_of(state: ServerState) -> ShardRole {
     match state {
-        ServerState::Leader => "leader",
-        ServerState::Follower => "follower",
-        ServerState::Candidate => "candidate",
-        ServerState::Learner => "learner",
-        ServerState::Shutdown => "shutdown",
+        ServerState::Leader => ShardRole::Leader,
+        ServerState::Follower => ShardRole::Follower,
+        ServerState::Candidate => ShardRole::Candidate,
+        ServerState::Learner => ShardRole::Learner,
+        ServerState::Shutdown => ShardRole::Shutdown,
     }
 }
 
-async fn expire_ticker(
-    shard: std::sync::Arc<Shard>,
-    stamper: Stamper,
-    mut stop: watch::Receiver<bool>,
-) {
-    let mut tick = tokio::time::interval(Duration::from_millis(EXPIRE_INTERVAL_MS));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.changed() => return,
-        }
+/// A role as a word for people (logs, `ShardStatus.role`).
+pub fn role_name(role: ShardRole) -> &'static str {
+    match role {
+        ShardRole::Leader => "leader",
+        ShardRole::Follower => "follower",
+        ShardRole::Candidate => "candidate",
+        ShardRole::Learner => "learner",
+        ShardRole::Shutdown => "shutdown",
+        ShardRole::Failed => "failed",
+        ShardRole::Retired => "retired",
+        ShardRole::Unspecified => "unknown",
+    }
+}
+
+/// Whether a status says its reporter leads the shard. A node of an older version
+/// sends no `role_kind`: its word for the role is read then.
+pub fn reports_leader(s: &seatd_proto::v1::ShardStatus) -> bool {
+    match ShardRole::try_from(s.role_kind) {
+        Ok(ShardRole::Unspecified) | Err(_) => s.role == "leader",
+        Ok(role) => role == ShardRole::Leader,
+    }
+}
+
+async fn expire_ticker(shard: std::sync::Arc<Shard>, stamper: Stamper, stop: CancellationToken) {
+    let mut ticks = Ticks::every(Duration::from_millis(EXPIRE_INTERVAL_MS), stop);
+    while ticks.next().await {
         stamper.tick();
         if !shard.leader().1 {
             continue;
@@ -278,7 +301,7 @@ fn group_stopped(shard: &Shard, failures: &FailureReport, why: &str) {
 /// notices when its group stops without being asked to.
 async fn watch_metrics(
     shard_ref: std::sync::Arc<Shard>,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
     failures: FailureReport,
 ) {
     let shard = shard_ref.id;
@@ -288,15 +311,15 @@ async fn watch_metrics(
         tokio::select! {
             changed = rx.changed() => if changed.is_err() {
                 // The core task is gone (a panic drops the metrics sender).
-                if !*stop.borrow() {
+                if !stop.is_cancelled() {
                     group_stopped(&shard_ref, &failures, "its core task ended");
                 }
                 return;
             },
-            _ = stop.changed() => return,
+            _ = stop.cancelled() => return,
         }
         let m = rx.borrow().clone();
-        if (m.running_state.is_err() || m.state == ServerState::Shutdown) && !*stop.borrow() {
+        if (m.running_state.is_err() || m.state == ServerState::Shutdown) && !stop.is_cancelled() {
             let why = match &m.running_state {
                 Err(e) => e.to_string(),
                 Ok(()) => "it shut down".to_string(),
@@ -305,7 +328,12 @@ async fn watch_metrics(
             return;
         }
         if m.state != last.state {
-            info!(shard, term = m.current_term, "now {}", role_name(m.state));
+            info!(
+                shard,
+                term = m.current_term,
+                "now {}",
+                role_name(role_of(m.state))
+            );
         }
         if m.current_leader != last.current_leader {
             match m.current_leader {

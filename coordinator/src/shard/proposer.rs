@@ -13,10 +13,10 @@
 //!
 //! Invariants: every command gets exactly one answer (its outcome, or an error that
 //! says it was not applied by this leader); a full queue refuses at once
-//! ([`ProposeError::Overloaded`]) rather than growing. Commands whose caller already
+//! ([`ShardError::Overloaded`]) rather than growing. Commands whose caller already
 //! gave up are dropped before they are proposed, never after. A command that encodes
 //! to more than [`COMMAND_BYTES_MAX`] is refused when it is submitted
-//! ([`ProposeError::TooLarge`]), so every entry encodes to at most [`ENTRY_BYTES_MAX`]
+//! ([`ShardError::TooLarge`]), so every entry encodes to at most [`ENTRY_BYTES_MAX`]
 //! and every AppendEntries fits the Raft transport (`raft_store::limits`).
 //!
 //! Caveat: an error after a command was proposed (leadership lost mid-flight) does not
@@ -27,9 +27,7 @@
 use std::sync::Arc;
 
 use openraft::Raft;
-use raft_store::limits::{
-    check_command_bytes, BATCH_HEADER_BYTES_MAX, COMMAND_BYTES_MAX, ENTRY_BYTES_MAX,
-};
+use raft_store::limits::{check_command_bytes, ENTRY_BYTES_MAX};
 use raft_store::raft::{NodeId, TypeConfig};
 use raft_store::{Batch, Command, Exceeded, Outcome};
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -37,24 +35,15 @@ use tracing::debug;
 
 use crate::clock::Stamper;
 
-/// Most commands in one log entry.
-pub const COMMANDS_PER_ENTRY_MAX: usize = 1024;
-/// Most bytes of commands in one log entry: what [`ENTRY_BYTES_MAX`] leaves once the
-/// batch's own fields are counted.
-pub const COMMAND_BYTES_PER_ENTRY_MAX: usize = ENTRY_BYTES_MAX - BATCH_HEADER_BYTES_MAX;
-// A command the proposer accepts always fits an entry of its own.
-const _: () = assert!(COMMAND_BYTES_MAX <= COMMAND_BYTES_PER_ENTRY_MAX);
-/// Most commands waiting for a shard's next entry; beyond this, calls are refused.
-pub const QUEUED_COMMANDS_MAX: usize = 16 * 1024;
-/// Entries of one shard proposed but not yet answered. One: while it is replicated,
-/// the next batch gathers everything that arrives, so entries are as large as the load
-/// makes them. Measured with `seatctl bench` (README.md), a second entry in flight cost
-/// more CPU per decision (more, smaller entries, each paying its syncs and messages)
-/// and gave no more throughput.
-pub const ENTRIES_IN_FLIGHT_MAX: usize = 1;
+use crate::limits::{
+    COMMANDS_PER_ENTRY_MAX, COMMAND_BYTES_PER_ENTRY_MAX, ENTRIES_IN_FLIGHT_MAX, QUEUED_COMMANDS_MAX,
+};
 
+/// Why a shard did not propose a command or serve a read: the one error type of the
+/// shard layer (`Shard::propose`, `Shard::submit`, `Shard::read_consistent`); the
+/// router acts on it, and `error.rs` turns what reaches a caller into a status.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ProposeError {
+pub enum ShardError {
     /// This node is not the shard's leader (the leader it knows, if any).
     #[error("not the leader (leader: {0:?})")]
     NotLeader(Option<NodeId>),
@@ -73,7 +62,7 @@ struct Proposal {
     command: Command,
     /// `command`'s encoded size, as the log carries it.
     bytes: usize,
-    reply: oneshot::Sender<Result<Outcome, ProposeError>>,
+    reply: oneshot::Sender<Result<Outcome, ShardError>>,
 }
 
 /// The sending side of one shard's batching queue.
@@ -92,15 +81,15 @@ impl Proposer {
     }
 
     /// Proposes `command` and waits for its outcome.
-    pub async fn propose(&self, command: Command) -> Result<Outcome, ProposeError> {
+    pub async fn propose(&self, command: Command) -> Result<Outcome, ShardError> {
         self.submit(command)?.outcome().await
     }
 
     /// Queues `command` without waiting: many commands can be queued this way (they
     /// share entries) and their outcomes awaited afterwards, in any order. A command
     /// larger than `COMMAND_BYTES_MAX` is refused here, before it is proposed.
-    pub fn submit(&self, command: Command) -> Result<Pending, ProposeError> {
-        let bytes = check_command_bytes(&command).map_err(ProposeError::TooLarge)?;
+    pub fn submit(&self, command: Command) -> Result<Pending, ShardError> {
+        let bytes = check_command_bytes(&command).map_err(ShardError::TooLarge)?;
         let (reply, answer) = oneshot::channel();
         self.queue
             .try_send(Proposal {
@@ -109,9 +98,9 @@ impl Proposer {
                 reply,
             })
             .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => ProposeError::Overloaded(self.shard),
+                mpsc::error::TrySendError::Full(_) => ShardError::Overloaded(self.shard),
                 mpsc::error::TrySendError::Closed(_) => {
-                    ProposeError::Unavailable("shard is shutting down".into())
+                    ShardError::Unavailable("shard is shutting down".into())
                 }
             })?;
         Ok(Pending(answer))
@@ -120,13 +109,13 @@ impl Proposer {
 
 /// A queued command's outcome, to come. Dropping it before the command is proposed
 /// withdraws the command (see the module doc).
-pub struct Pending(oneshot::Receiver<Result<Outcome, ProposeError>>);
+pub struct Pending(oneshot::Receiver<Result<Outcome, ShardError>>);
 
 impl Pending {
-    pub async fn outcome(self) -> Result<Outcome, ProposeError> {
+    pub async fn outcome(self) -> Result<Outcome, ShardError> {
         self.0
             .await
-            .unwrap_or_else(|_| Err(ProposeError::Unavailable("shard stopped".into())))
+            .unwrap_or_else(|_| Err(ShardError::Unavailable("shard stopped".into())))
     }
 }
 
@@ -206,8 +195,8 @@ async fn write(shard: u32, raft: Raft<TypeConfig>, ts_ms: u64, batch: Vec<Propos
         }
         Err(e) => {
             let err = match e.forward_to_leader() {
-                Some(f) => ProposeError::NotLeader(f.leader_id),
-                None => ProposeError::Unavailable(format!("shard {shard}: {e}")),
+                Some(f) => ShardError::NotLeader(f.leader_id),
+                None => ShardError::Unavailable(format!("shard {shard}: {e}")),
             };
             debug!(shard, commands = n, error = %err, "entry not written");
             for reply in replies {
@@ -220,6 +209,7 @@ async fn write(shard: u32, raft: Raft<TypeConfig>, ts_ms: u64, batch: Vec<Propos
 #[cfg(test)]
 mod tests {
     use super::*;
+    use raft_store::limits::COMMAND_BYTES_MAX;
     use raft_store::{EventId, HoldRequest};
 
     /// A hold whose encoding is about `bytes` long (its seat ids carry the bulk; the
@@ -312,7 +302,7 @@ mod tests {
             .submit(hold_of(0, COMMAND_BYTES_MAX + 1024))
             .err()
             .unwrap();
-        let ProposeError::TooLarge(e) = err else {
+        let ShardError::TooLarge(e) = err else {
             panic!("{err:?}")
         };
         assert_eq!(e.limit, raft_store::Limit::CommandBytes);

@@ -319,7 +319,7 @@ impl TestCluster {
             // they catch up: ready once its voters are the placement's.
             let leads = v.iter().any(|s| {
                 s.reported_by == l
-                    && s.role == "leader"
+                    && s.role_kind == pb::ShardRole::Leader as i32
                     && sorted(&s.members) == sorted(&placement.members(shard))
             });
             if agreed && leads && running.contains(&l) {
@@ -456,7 +456,7 @@ pub async fn assert_active(client: &mut SeatsClient<Channel>, ids: &[String]) {
 
 pub fn layout(sections: u32, rows: u32, seats: u32) -> pb::Layout {
     let l = raft_store::layout::generate("Hall", sections, rows, seats);
-    coordinator::convert::layout_to_pb(&l)
+    seatd_wire::layout_to_pb(&l)
 }
 
 pub fn create(

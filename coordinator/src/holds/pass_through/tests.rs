@@ -136,28 +136,15 @@ fn a_call_for_one_shard_with_retry_keys_passes_on() {
         hold(&event, "cy", "r3"),
     ]);
     let shard = shard_of(&node, &event);
-    let plan = |hops| Plan::of(&node, &call, hops).expect("a valid call");
     assert_eq!(
-        plan(0),
-        Plan::PassOn {
-            shard,
-            holds: 3,
-            admitted: Some(vec![true; 3])
-        }
-    );
-    assert_eq!(
-        plan(1),
-        Plan::PassOn {
-            shard,
-            holds: 3,
-            admitted: None
-        }
+        Plan::of(&node, &call).expect("a valid call"),
+        Plan::PassOn { shard, holds: 3 }
     );
 }
 
 #[test]
 fn calls_that_need_decoding_go_the_typed_way_without_asking_the_limit() {
-    // One hold per second: a verdict taken for "ann" would use her only token.
+    // One hold per second: asking the limit for "ann" would use her only token.
     let node = frontend(1);
     let (a, b) = events_in_two_shards(&node);
     let not_text = |user: &[u8], reservation: &[u8]| {
@@ -189,12 +176,12 @@ fn calls_that_need_decoding_go_the_typed_way_without_asking_the_limit() {
     ];
     for (what, call) in cases {
         assert_eq!(
-            Plan::of(&node, &call, 0).expect("not refused here"),
-            Plan::TYPED,
+            Plan::of(&node, &call).expect("not refused here"),
+            Plan::Typed,
             "{what}"
         );
     }
-    assert!(node.hold_limiter.admit("ann"), "no verdict was taken");
+    assert!(node.hold_limiter.admit("ann"), "the limit was not asked");
 }
 
 #[test]
@@ -206,12 +193,15 @@ fn a_call_with_too_many_holds_is_refused_before_it_is_decoded() {
             .map(|i| hold(&a, "ann", &format!("r{i}")))
             .collect(),
     );
-    assert!(matches!(Plan::of(&node, &call, 0), Err(Error::Invalid(_))));
+    assert!(matches!(Plan::of(&node, &call), Err(Error::Invalid(_))));
 }
 
-#[test]
-fn a_first_hop_asks_the_rate_limit_once_per_hold_and_a_later_hop_never() {
-    let node = frontend(2);
+#[tokio::test]
+async fn a_process_that_only_forwards_never_asks_the_rate_limit() {
+    // One hold per second, and no node answers: a frontend that asked the limit would
+    // refuse ann's second and third holds itself (RESOURCE_EXHAUSTED); the leader
+    // decides that, so every hold fails only as unavailable.
+    let node = frontend(1);
     let (event, _) = events_in_two_shards(&node);
     let call = body(vec![
         hold(&event, "ann", "r1"),
@@ -219,32 +209,15 @@ fn a_first_hop_asks_the_rate_limit_once_per_hold_and_a_later_hop_never() {
         hold(&event, "ann", "r3"),
     ]);
     assert_eq!(
-        Plan::of(&node, &call, 0).expect("a valid call"),
-        Plan::Typed {
-            admitted: Some(vec![true, true, false])
-        },
-        "a refused hold sends the call the typed way with the verdicts"
+        codes(&answered(node.clone(), call).await),
+        [Code::Unavailable; 3]
     );
-    // ann has no tokens left, but a forwarded call is not limited again.
-    assert!(matches!(
-        Plan::of(&node, &call, 1),
-        Ok(Plan::PassOn { admitted: None, .. })
-    ));
-}
-
-#[tokio::test]
-async fn the_typed_way_uses_the_verdicts_it_is_given() {
-    // No limit configured: only the verdict can refuse the second hold.
-    let node = frontend(0);
-    let (event, _) = events_in_two_shards(&node);
     let req = pb::HoldManyRequest {
-        holds: vec![hold(&event, "ann", "r1"), hold(&event, "ann", "r2")],
+        holds: vec![hold(&event, "ann", "r4"), hold(&event, "ann", "")],
     };
-    let answer = hold_many(&node, req, 0, Some(&[true, false]))
-        .await
-        .expect("answered");
-    // No node answers, so the admitted hold fails as unavailable.
-    assert_eq!(codes(&answer), [Code::Unavailable, Code::ResourceExhausted]);
+    let answer = hold_many(&node, req, 0).await.expect("answered");
+    assert_eq!(codes(&answer), [Code::Unavailable; 2]);
+    assert!(node.hold_limiter.admit("ann"), "the limit was not asked");
 }
 
 /// A leader that answers every `HoldMany` with `answer` and keeps what it received

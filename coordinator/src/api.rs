@@ -1,0 +1,491 @@
+//! The client API, typed: one method per call, taking the request and the hops it
+//! has made and answering with the reply or a call-outcome [`Error`]. The gRPC service
+//! (`service`) is a thin adapter over it, and the HTTP API is to be another.
+//!
+//! Each method validates what it can without state (the absolute caps of
+//! `raft_store::limits` among it, so an oversized request is refused before anything
+//! is proposed), turns the request into a command or a read, and hands it to the
+//! router (`route`), which runs it on the shard's leader (here or by forwarding).
+//! Retry keys the caller left empty (client reservation id, idempotency key, event
+//! id) are filled in here, before routing, so the router's own retries reuse them.
+//!
+//! Commit runs the checkout saga on the shard's leader (`shard::checkout`).
+//!
+//! Caveat: each routed method still builds its own local and remote closures for the
+//! router; one forwarding component for every call is issue 19's open part.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use raft_store::limits::check_command_bytes;
+use raft_store::raft::NodeId;
+use raft_store::{Command, Limit, Reply, SeatMapPart};
+use seatd_proto::v1 as pb;
+use seatd_wire as convert;
+use tonic::transport::Channel;
+use tonic::{Response, Status};
+
+use crate::cluster_view::{local_status, merge_views, peer_views};
+use crate::error::Error;
+use crate::frontend::FrontCache;
+use crate::holds::{self, hold_command, validate_hold};
+use crate::limits::{EVENTS_PER_LIST_DEFAULT, EVENTS_PER_LIST_MAX};
+use crate::node::NodeInner;
+use crate::route::{forwarded, seats_client, Mode};
+use crate::shard::Shard;
+
+/// The forwarding half of a routed call: `method` of the next node's client with
+/// `req`, marked with its hop count and the time left.
+macro_rules! forward {
+    ($req:expr, $method:ident) => {
+        |c: Channel, hops, left| {
+            let req = $req.clone();
+            async move { seats_client(c).$method(forwarded(req, hops, left)).await }
+        }
+    };
+}
+
+/// The client API, typed: what the gRPC service (`service`) calls, and what the HTTP
+/// API will call.
+#[derive(Clone)]
+pub struct Api {
+    node: Arc<NodeInner>,
+    /// A frontend's cache of answers that callers accept old (see `frontend`).
+    cache: Option<Arc<FrontCache>>,
+}
+
+impl Api {
+    pub fn new(node: Arc<NodeInner>) -> Self {
+        Self { node, cache: None }
+    }
+
+    /// A frontend's API: `cache` answers what callers accept old.
+    pub fn with_cache(node: Arc<NodeInner>, cache: Arc<FrontCache>) -> Self {
+        Self {
+            node,
+            cache: Some(cache),
+        }
+    }
+
+    pub(crate) fn node(&self) -> &Arc<NodeInner> {
+        &self.node
+    }
+
+    fn events_changed(&self) {
+        if let Some(c) = &self.cache {
+            c.events_changed();
+        }
+    }
+}
+
+/// Waits for a linearizable read point on `shard`, then runs `f`.
+async fn consistent<T>(
+    node: &NodeInner,
+    shard: &Shard,
+    f: impl FnOnce(&raft_store::SeatMachine) -> T,
+) -> Result<T, Error> {
+    Ok(shard.read_consistent(node.settings.route_wait, f).await?)
+}
+
+/// Runs `read` on tokio's blocking pool: it takes the state lock, which an apply
+/// holds for a whole entry, and may read RocksDB (a hold evicted to disk) or build a
+/// large answer (a seat map); an async worker must wait for none of these.
+async fn read_off_worker<T, F>(read: Arc<F>, shard: Arc<Shard>) -> Result<T, Error>
+where
+    T: Send + 'static,
+    F: Fn(&Shard) -> Result<T, Error> + Send + Sync + 'static,
+{
+    match tokio::task::spawn_blocking(move || read(&shard)).await {
+        Ok(answer) => answer,
+        Err(e) => Err(Error::Internal(format!("a read failed: {e}"))),
+    }
+}
+
+fn summary(shard: &Shard, event: &raft_store::EventId) -> Result<pb::Event, Error> {
+    let s = shard.reader.read(|m| m.event_summary(event))?;
+    Ok(convert::event_to_pb(s, shard.id))
+}
+
+/// One shard's part of an event list, read on its leader.
+async fn list_shard(
+    node: Arc<NodeInner>,
+    shard: u32,
+    req: pb::ListEventsRequest,
+    hops: u32,
+) -> Result<Vec<pb::Event>, Error> {
+    let limit = req.limit as usize;
+    let mut forwarded_req = req.clone();
+    forwarded_req.shard = Some(shard);
+    node.routed(
+        shard,
+        Mode::Leader,
+        hops,
+        |s| {
+            let (node, q) = (node.clone(), req.q.clone());
+            async move {
+                let found = consistent(&node, &s, |m| {
+                    m.events(req.from_ms, req.to_ms, Some(q.as_str()), limit)
+                })
+                .await?;
+                Ok(pb::ListEventsResponse {
+                    events: found
+                        .into_iter()
+                        .map(|e| convert::event_to_pb(e, s.id))
+                        .collect(),
+                    cache_age_ms: 0,
+                })
+            }
+        },
+        forward!(forwarded_req, list_events),
+    )
+    .await
+    .map(|r| r.events)
+}
+
+impl Api {
+    /// Proposes `command` on its shard's leader (here or forwarded) and turns the
+    /// state machine's reply into the answer with `answer`.
+    async fn write<T, R, RF>(
+        &self,
+        shard: u32,
+        hops: u32,
+        command: Command,
+        answer: impl Fn(&Shard, Reply) -> Result<T, Error>,
+        remote: R,
+    ) -> Result<T, Error>
+    where
+        R: Fn(Channel, u32, Duration) -> RF,
+        RF: Future<Output = Result<Response<T>, Status>>,
+    {
+        let answer = &answer;
+        self.node
+            .routed(
+                shard,
+                Mode::Leader,
+                hops,
+                |s| {
+                    let command = command.clone();
+                    async move {
+                        let reply = s.propose(command).await??;
+                        answer(&s, reply)
+                    }
+                },
+                remote,
+            )
+            .await
+    }
+
+    /// Runs `read` on the shard's leader (here or forwarded) once a linearizable read
+    /// point has been applied.
+    async fn read<T, F, R, RF>(
+        &self,
+        shard: u32,
+        hops: u32,
+        read: Arc<F>,
+        remote: R,
+    ) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: Fn(&Shard) -> Result<T, Error> + Send + Sync + 'static,
+        R: Fn(Channel, u32, Duration) -> RF,
+        RF: Future<Output = Result<Response<T>, Status>>,
+    {
+        let (node, read) = (&self.node, &read);
+        node.routed(
+            shard,
+            Mode::Leader,
+            hops,
+            |s| async move {
+                consistent(node, &s, |_| ()).await?;
+                read_off_worker(read.clone(), s).await
+            },
+            remote,
+        )
+        .await
+    }
+}
+
+impl Api {
+    pub async fn create_event(
+        &self,
+        mut req: pb::CreateEventRequest,
+        hops: u32,
+    ) -> Result<pb::Event, Error> {
+        if req.event_id.is_empty() {
+            req.event_id = self.node.fresh_id("ev");
+        }
+        let event = convert::event_id(&req.event_id)?;
+        let def = raft_store::CreateEvent {
+            event_id: event.clone(),
+            name: req.name.clone(),
+            starts_at_ms: req.starts_at_ms,
+            layout: convert::layout(req.layout.clone())?,
+            limits: convert::limits(req.limits),
+        };
+        // The caps, where the call enters: the layout's counts and lengths (cheap, no
+        // plan built), then the command's encoded size. `apply` checks them again.
+        def.check_limits()?;
+        let seats = def.layout.capacity() as usize;
+        let command = Command::CreateEvent(def);
+        check_command_bytes(&command)?;
+        let shard = self.node.cluster.shard_of(&event);
+        let answer = &|s: &Shard, reply: Reply| match reply {
+            Reply::EventCreated { .. } => summary(s, &event),
+            other => Err(Error::unexpected(other)),
+        };
+        let event = &event;
+        self.events_changed();
+        let created = self
+            .node
+            .routed(
+                shard,
+                Mode::Leader,
+                hops,
+                |s| {
+                    let command = command.clone();
+                    async move {
+                        // A clear answer on the leader when the shard is full; `apply`
+                        // decides (another creation may take the room meanwhile).
+                        s.reader.read(|m| m.check_room(event, seats))?;
+                        let reply = s.propose(command).await??;
+                        answer(&s, reply)
+                    }
+                },
+                forward!(req, create_event),
+            )
+            .await;
+        self.events_changed();
+        created
+    }
+
+    pub async fn list_events(
+        &self,
+        mut req: pb::ListEventsRequest,
+        hops: u32,
+    ) -> Result<pb::ListEventsResponse, Error> {
+        Limit::TextBytes.check(req.q.len())?;
+        req.limit = match req.limit {
+            0 => EVENTS_PER_LIST_DEFAULT,
+            n => n.min(EVENTS_PER_LIST_MAX),
+        };
+        if let Some(hit) = self.cache.as_ref().and_then(|c| c.event_list(&req)) {
+            return Ok(hit);
+        }
+        let shards: Vec<u32> = match req.shard {
+            Some(s) => vec![s],
+            None => (0..self.node.cluster.shards()).collect(),
+        };
+        let mut tasks = tokio::task::JoinSet::new();
+        for shard in shards {
+            tasks.spawn(list_shard(self.node.clone(), shard, req.clone(), hops));
+        }
+        let mut events = Vec::new();
+        while let Some(joined) = tasks.join_next().await {
+            let found = joined.map_err(|e| Error::Internal(format!("list task: {e}")))??;
+            events.extend(found);
+        }
+        events.sort_by(|a, b| (a.starts_at_ms, &a.event_id).cmp(&(b.starts_at_ms, &b.event_id)));
+        events.truncate(req.limit as usize);
+        let list = pb::ListEventsResponse {
+            events,
+            cache_age_ms: 0,
+        };
+        if let Some(c) = &self.cache {
+            c.keep_event_list(&req, &list);
+        }
+        Ok(list)
+    }
+
+    pub async fn get_event(&self, req: pb::GetEventRequest, hops: u32) -> Result<pb::Event, Error> {
+        let event = convert::event_id(&req.event_id)?;
+        let shard = self.node.cluster.shard_of(&event);
+        let read = Arc::new(move |s: &Shard| summary(s, &event));
+        self.read(shard, hops, read, forward!(req, get_event)).await
+    }
+
+    pub async fn set_sale(&self, req: pb::SetSaleRequest, hops: u32) -> Result<pb::Event, Error> {
+        let event = convert::event_id(&req.event_id)?;
+        let command = Command::SetSale {
+            event_id: event.clone(),
+            sale: convert::sale(req.sale)?,
+        };
+        let shard = self.node.cluster.shard_of(&event);
+        let answer = |s: &Shard, reply| match reply {
+            Reply::SaleSet { .. } => summary(s, &event),
+            other => Err(Error::unexpected(other)),
+        };
+        let set = self
+            .write(shard, hops, command, answer, forward!(req, set_sale))
+            .await;
+        self.events_changed();
+        set
+    }
+
+    pub async fn get_seat_map(
+        &self,
+        req: pb::GetSeatMapRequest,
+        hops: u32,
+    ) -> Result<pb::SeatMap, Error> {
+        let event = convert::event_id(&req.event_id)?;
+        let part = convert::seat_map_part(&req)?;
+        let whole = part == SeatMapPart::default();
+        let shard = self.node.cluster.shard_of(&event);
+        let read = Arc::new(move |s: &Shard| {
+            let map = s.reader.read(|m| m.seat_map_part(&event, &part))?;
+            Ok(convert::whole_map_within_reply(convert::seat_map_to_pb(
+                &map, s.id,
+            ))?)
+        });
+        if !req.stale_ok {
+            return self
+                .read(shard, hops, read, forward!(req, get_seat_map))
+                .await;
+        }
+        // Any replica (or a cached answer) may do; the map names the log index it
+        // reflects and its age. Only whole maps are cached.
+        let cache = self.cache.as_ref().filter(|_| whole);
+        if let Some(hit) = cache.and_then(|c| c.seat_map(&req.event_id)) {
+            return Ok(hit);
+        }
+        let map = self
+            .node
+            .routed(
+                shard,
+                Mode::AnyReplica,
+                hops,
+                |s| read_off_worker(read.clone(), s),
+                forward!(req, get_seat_map),
+            )
+            .await?;
+        if let Some(c) = cache {
+            c.keep_seat_map(&map);
+        }
+        Ok(map)
+    }
+
+    pub async fn hold(&self, mut req: pb::HoldRequest, hops: u32) -> Result<pb::Hold, Error> {
+        let (shard, event) = validate_hold(&self.node, &mut req)?;
+        let command = hold_command(&event, &req);
+        let node = &self.node;
+        let verdicts = holds::Verdicts::default();
+        let verdict = &verdicts;
+        let hold = node
+            .routed(
+                shard,
+                Mode::Leader,
+                hops,
+                |s| {
+                    let (command, user) = (command.clone(), &req.user_id);
+                    async move {
+                        if !verdict.of(node, std::iter::once(user.as_str()))[0] {
+                            return Err(holds::rate_limited(node, user));
+                        }
+                        match s.propose(command).await?? {
+                            Reply::Held(h) => Ok(convert::hold_to_pb(&h)),
+                            other => Err(Error::unexpected(other)),
+                        }
+                    }
+                },
+                forward!(req, hold),
+            )
+            .await?;
+        Ok(hold)
+    }
+
+    pub async fn hold_many(
+        &self,
+        request: pb::HoldManyRequest,
+        hops: u32,
+    ) -> Result<pb::HoldManyResponse, Error> {
+        // A running server serves `HoldMany` in `holds::PassThrough`, which passes
+        // it through undecoded where it can; this is the typed way.
+        holds::hold_many(&self.node, request, hops).await
+    }
+
+    pub async fn commit(&self, mut req: pb::CommitRequest, hops: u32) -> Result<pb::Order, Error> {
+        let hold = convert::hold_id(&req.hold_id)?;
+        raft_store::ids::validate_token("payment token", &req.payment_token)
+            .map_err(Error::Invalid)?;
+        Limit::TokenBytes.check(req.idempotency_key.len())?;
+        if req.idempotency_key.is_empty() {
+            req.idempotency_key = self.node.fresh_id("k");
+        }
+        let shard = self.node.cluster.shard_of(&hold.event);
+        let node = &self.node;
+        let order = node
+            .routed(
+                shard,
+                Mode::Leader,
+                hops,
+                |s| {
+                    let (hold, token, key) = (
+                        hold.clone(),
+                        req.payment_token.clone(),
+                        req.idempotency_key.clone(),
+                    );
+                    async move {
+                        let order = crate::shard::checkout::run(
+                            &s,
+                            node.gateway.as_ref(),
+                            node.settings.payment_timeout,
+                            crate::shard::checkout::Checkout { hold, token, key },
+                        )
+                        .await?;
+                        Ok(convert::order_to_pb(&order))
+                    }
+                },
+                forward!(req, commit),
+            )
+            .await?;
+        Ok(order)
+    }
+
+    pub async fn release(&self, req: pb::ReleaseRequest, hops: u32) -> Result<pb::Hold, Error> {
+        let hold = convert::hold_id(&req.hold_id)?;
+        Limit::TokenBytes.check(req.user_id.len())?;
+        let command = Command::Release {
+            hold: hold.clone(),
+            user: req.user_id.clone(),
+        };
+        let shard = self.node.cluster.shard_of(&hold.event);
+        let answer = |s: &Shard, reply| match reply {
+            Reply::Released { .. } => Ok(convert::hold_to_pb(&s.reader.hold(&hold)??)),
+            other => Err(Error::unexpected(other)),
+        };
+        self.write(shard, hops, command, answer, forward!(req, release))
+            .await
+    }
+
+    pub async fn get_hold(&self, req: pb::GetHoldRequest, hops: u32) -> Result<pb::Hold, Error> {
+        let hold = convert::hold_id(&req.hold_id)?;
+        let shard = self.node.cluster.shard_of(&hold.event);
+        // `hold` also finds holds whose records live only on disk.
+        let read = Arc::new(move |s: &Shard| Ok(convert::hold_to_pb(&s.reader.hold(&hold)??)));
+        self.read(shard, hops, read, forward!(req, get_hold)).await
+    }
+
+    pub async fn get_order(&self, req: pb::GetOrderRequest, hops: u32) -> Result<pb::Order, Error> {
+        let order = convert::order_id(&req.order_id)?;
+        let shard = self.node.cluster.shard_of(&order.event);
+        let read = Arc::new(move |s: &Shard| {
+            let o = s.reader.read(|m| m.order(&order))?;
+            Ok(convert::order_to_pb(&o))
+        });
+        self.read(shard, hops, read, forward!(req, get_order)).await
+    }
+
+    pub async fn cluster_status(
+        &self,
+        req: pb::ClusterStatusRequest,
+    ) -> Result<pb::ClusterStatus, Error> {
+        if req.local {
+            // No digest on the client port: it reads a shard's whole state, so only
+            // peers may ask for it (over the peer port).
+            return Ok(local_status(&self.node, false));
+        }
+        let nodes: Vec<NodeId> = self.node.cluster.nodes().keys().copied().collect();
+        let views = peer_views(&self.node, &nodes, Duration::from_millis(1_000)).await?;
+        Ok(merge_views(&self.node, views))
+    }
+}
