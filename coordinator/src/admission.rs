@@ -56,7 +56,13 @@ impl HoldLimiter {
                 buckets.clear();
             }
         }
-        let (tokens, at) = buckets.entry(user.to_string()).or_insert((self.per_s, now));
+        // A user seen before costs a lookup, not an allocation.
+        if !buckets.contains_key(user) {
+            buckets.insert(user.to_string(), (self.per_s, now));
+        }
+        let Some((tokens, at)) = buckets.get_mut(user) else {
+            return true;
+        };
         *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * self.per_s).min(self.per_s);
         *at = now;
         if *tokens >= 1.0 {

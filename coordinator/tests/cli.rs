@@ -75,17 +75,43 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// A process this test started, killed when the test ends however it ends (a panic
+/// included), so no server outlives its test.
+struct Proc(Child);
+
+impl std::ops::Deref for Proc {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Proc {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `seatd dev` as a process, until it prints its endpoint.
-fn start_dev(dir: &std::path::Path, port: u16) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_seatd"))
-        .args(["dev", "--listen", &format!("127.0.0.1:{port}")])
-        .args(["--holds-per-user-per-s", "5"])
-        .arg("--data-dir")
-        .arg(dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
+fn start_dev(dir: &std::path::Path, port: u16) -> (Proc, String) {
+    let mut child = Proc(
+        Command::new(env!("CARGO_BIN_EXE_seatd"))
+            .args(["dev", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--holds-per-user-per-s", "5"])
+            .arg("--data-dir")
+            .arg(dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let endpoint = loop {
         let line = lines
@@ -450,7 +476,7 @@ async fn seatctl_contract_against_seatd_dev() {
 }
 
 /// `seatd frontend` as a process.
-fn start_frontend(nodes: &str) -> (Child, String) {
+fn start_frontend(nodes: &str) -> (Proc, String) {
     let addr = format!("127.0.0.1:{}", free_port());
     let child = Command::new(env!("CARGO_BIN_EXE_seatd"))
         .args(["frontend", "--listen", &addr, "--nodes", nodes])
@@ -459,7 +485,7 @@ fn start_frontend(nodes: &str) -> (Child, String) {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    (child, format!("http://{addr}"))
+    (Proc(child), format!("http://{addr}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
