@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use raft_store::limits::check_command_bytes;
 use raft_store::raft::NodeId;
-use raft_store::{Command, Limit, Reply, SeatMapPart};
+use raft_store::{Command, Limit, Reply};
 use seatd_proto::v1 as pb;
 use seatd_wire as convert;
 use tonic::transport::Channel;
@@ -28,12 +28,166 @@ use tonic::{Response, Status};
 
 use crate::cluster_view::{local_status, merge_views, peer_views};
 use crate::error::Error;
-use crate::frontend::FrontCache;
 use crate::holds::{self, hold_command, validate_hold};
 use crate::limits::{EVENTS_PER_LIST_DEFAULT, EVENTS_PER_LIST_MAX};
 use crate::node::NodeInner;
 use crate::route::{forwarded, seats_client, Mode};
 use crate::shard::Shard;
+
+/// The client API as its callers see it: the gRPC service calls it, and the HTTP API
+/// will. [`Api`] decides or forwards each call; a frontend wraps it in a cache
+/// (`frontend::Cached`), a decorator that answers what callers accept old.
+pub trait SeatsApi: Send + Sync + 'static {
+    /// The process the API runs in (for what sits beside it: the pass-through).
+    fn node(&self) -> &Arc<NodeInner>;
+    fn create_event(
+        &self,
+        req: pb::CreateEventRequest,
+        hops: u32,
+    ) -> impl Future<Output = Result<pb::Event, Error>> + Send;
+    fn list_events(
+        &self,
+        req: pb::ListEventsRequest,
+        hops: u32,
+    ) -> impl Future<Output = Result<pb::ListEventsResponse, Error>> + Send;
+    fn get_event(
+        &self,
+        req: pb::GetEventRequest,
+        hops: u32,
+    ) -> impl Future<Output = Result<pb::Event, Error>> + Send;
+    fn set_sale(
+        &self,
+        req: pb::SetSaleRequest,
+        hops: u32,
+    ) -> impl Future<Output = Result<pb::Event, Error>> + Send;
+    fn get_seat_map(
+        &self,
+        req: pb::GetSeatMapRequest,
+        hops: u32,
+    ) -> impl Future<Output = Result<pb::SeatMap, Error>> + Send;
+    fn hold(
+        &self,
+        req: pb::HoldRequest,
+        hops: u32,
+    ) -> impl Future<Output = Result<pb::Hold, Error>> + Send;
+    fn hold_many(
+        &self,
+        req: pb::HoldManyRequest,
+        hops: u32,
+    ) -> impl Future<Output = Result<pb::HoldManyResponse, Error>> + Send;
+    fn commit(
+        &self,
+        req: pb::CommitRequest,
+        hops: u32,
+    ) -> impl Future<Output = Result<pb::Order, Error>> + Send;
+    fn release(
+        &self,
+        req: pb::ReleaseRequest,
+        hops: u32,
+    ) -> impl Future<Output = Result<pb::Hold, Error>> + Send;
+    fn get_hold(
+        &self,
+        req: pb::GetHoldRequest,
+        hops: u32,
+    ) -> impl Future<Output = Result<pb::Hold, Error>> + Send;
+    fn get_order(
+        &self,
+        req: pb::GetOrderRequest,
+        hops: u32,
+    ) -> impl Future<Output = Result<pb::Order, Error>> + Send;
+    fn cluster_status(
+        &self,
+        req: pb::ClusterStatusRequest,
+    ) -> impl Future<Output = Result<pb::ClusterStatus, Error>> + Send;
+}
+
+/// Implements [`SeatsApi`]'s routed methods for a type by calling, for each listed
+/// method, the method of the same name on what `$to` gives for `self` (an inherent
+/// method, or the wrapped API's).
+#[macro_export]
+macro_rules! delegate_seats_api {
+    (|$this:ident| $to:expr; $($method:ident($req:ty) -> $reply:ty;)*) => {
+        $(
+            async fn $method(&self, req: $req, hops: u32) -> Result<$reply, $crate::error::Error> {
+                let $this = self;
+                $to.$method(req, hops).await
+            }
+        )*
+    };
+}
+
+impl SeatsApi for Api {
+    fn node(&self) -> &Arc<NodeInner> {
+        &self.node
+    }
+
+    async fn create_event(
+        &self,
+        req: pb::CreateEventRequest,
+        hops: u32,
+    ) -> Result<pb::Event, Error> {
+        Api::create_event(self, req, hops).await
+    }
+
+    async fn list_events(
+        &self,
+        req: pb::ListEventsRequest,
+        hops: u32,
+    ) -> Result<pb::ListEventsResponse, Error> {
+        Api::list_events(self, req, hops).await
+    }
+
+    async fn get_event(&self, req: pb::GetEventRequest, hops: u32) -> Result<pb::Event, Error> {
+        Api::get_event(self, req, hops).await
+    }
+
+    async fn set_sale(&self, req: pb::SetSaleRequest, hops: u32) -> Result<pb::Event, Error> {
+        Api::set_sale(self, req, hops).await
+    }
+
+    async fn get_seat_map(
+        &self,
+        req: pb::GetSeatMapRequest,
+        hops: u32,
+    ) -> Result<pb::SeatMap, Error> {
+        Api::get_seat_map(self, req, hops).await
+    }
+
+    async fn hold(&self, req: pb::HoldRequest, hops: u32) -> Result<pb::Hold, Error> {
+        Api::hold(self, req, hops).await
+    }
+
+    async fn hold_many(
+        &self,
+        req: pb::HoldManyRequest,
+        hops: u32,
+    ) -> Result<pb::HoldManyResponse, Error> {
+        Api::hold_many(self, req, hops).await
+    }
+
+    async fn commit(&self, req: pb::CommitRequest, hops: u32) -> Result<pb::Order, Error> {
+        Api::commit(self, req, hops).await
+    }
+
+    async fn release(&self, req: pb::ReleaseRequest, hops: u32) -> Result<pb::Hold, Error> {
+        Api::release(self, req, hops).await
+    }
+
+    async fn get_hold(&self, req: pb::GetHoldRequest, hops: u32) -> Result<pb::Hold, Error> {
+        Api::get_hold(self, req, hops).await
+    }
+
+    async fn get_order(&self, req: pb::GetOrderRequest, hops: u32) -> Result<pb::Order, Error> {
+        Api::get_order(self, req, hops).await
+    }
+
+    async fn cluster_status(
+        &self,
+        req: pb::ClusterStatusRequest,
+    ) -> Result<pb::ClusterStatus, Error> {
+        Api::cluster_status(self, req).await
+    }
+}
 
 /// The forwarding half of a routed call: `method` of the next node's client with
 /// `req`, marked with its hop count and the time left.
@@ -51,31 +205,11 @@ macro_rules! forward {
 #[derive(Clone)]
 pub struct Api {
     node: Arc<NodeInner>,
-    /// A frontend's cache of answers that callers accept old (see `frontend`).
-    cache: Option<Arc<FrontCache>>,
 }
 
 impl Api {
     pub fn new(node: Arc<NodeInner>) -> Self {
-        Self { node, cache: None }
-    }
-
-    /// A frontend's API: `cache` answers what callers accept old.
-    pub fn with_cache(node: Arc<NodeInner>, cache: Arc<FrontCache>) -> Self {
-        Self {
-            node,
-            cache: Some(cache),
-        }
-    }
-
-    pub(crate) fn node(&self) -> &Arc<NodeInner> {
-        &self.node
-    }
-
-    fn events_changed(&self) {
-        if let Some(c) = &self.cache {
-            c.events_changed();
-        }
+        Self { node }
     }
 }
 
@@ -235,9 +369,7 @@ impl Api {
             other => Err(Error::unexpected(other)),
         };
         let event = &event;
-        self.events_changed();
-        let created = self
-            .node
+        self.node
             .routed(
                 shard,
                 Mode::Leader,
@@ -254,9 +386,7 @@ impl Api {
                 },
                 forward!(req, create_event),
             )
-            .await;
-        self.events_changed();
-        created
+            .await
     }
 
     pub async fn list_events(
@@ -269,9 +399,6 @@ impl Api {
             0 => EVENTS_PER_LIST_DEFAULT,
             n => n.min(EVENTS_PER_LIST_MAX),
         };
-        if let Some(hit) = self.cache.as_ref().and_then(|c| c.event_list(&req)) {
-            return Ok(hit);
-        }
         let shards: Vec<u32> = match req.shard {
             Some(s) => vec![s],
             None => (0..self.node.cluster.shards()).collect(),
@@ -287,14 +414,10 @@ impl Api {
         }
         events.sort_by(|a, b| (a.starts_at_ms, &a.event_id).cmp(&(b.starts_at_ms, &b.event_id)));
         events.truncate(req.limit as usize);
-        let list = pb::ListEventsResponse {
+        Ok(pb::ListEventsResponse {
             events,
             cache_age_ms: 0,
-        };
-        if let Some(c) = &self.cache {
-            c.keep_event_list(&req, &list);
-        }
-        Ok(list)
+        })
     }
 
     pub async fn get_event(&self, req: pb::GetEventRequest, hops: u32) -> Result<pb::Event, Error> {
@@ -315,11 +438,8 @@ impl Api {
             Reply::SaleSet { .. } => summary(s, &event),
             other => Err(Error::unexpected(other)),
         };
-        let set = self
-            .write(shard, hops, command, answer, forward!(req, set_sale))
-            .await;
-        self.events_changed();
-        set
+        self.write(shard, hops, command, answer, forward!(req, set_sale))
+            .await
     }
 
     pub async fn get_seat_map(
@@ -329,7 +449,6 @@ impl Api {
     ) -> Result<pb::SeatMap, Error> {
         let event = convert::event_id(&req.event_id)?;
         let part = convert::seat_map_part(&req)?;
-        let whole = part == SeatMapPart::default();
         let shard = self.node.cluster.shard_of(&event);
         let read = Arc::new(move |s: &Shard| {
             let map = s.reader.read(|m| m.seat_map_part(&event, &part))?;
@@ -342,14 +461,8 @@ impl Api {
                 .read(shard, hops, read, forward!(req, get_seat_map))
                 .await;
         }
-        // Any replica (or a cached answer) may do; the map names the log index it
-        // reflects and its age. Only whole maps are cached.
-        let cache = self.cache.as_ref().filter(|_| whole);
-        if let Some(hit) = cache.and_then(|c| c.seat_map(&req.event_id)) {
-            return Ok(hit);
-        }
-        let map = self
-            .node
+        // Any replica may do; the map names the log index it reflects.
+        self.node
             .routed(
                 shard,
                 Mode::AnyReplica,
@@ -357,11 +470,7 @@ impl Api {
                 |s| read_off_worker(read.clone(), s),
                 forward!(req, get_seat_map),
             )
-            .await?;
-        if let Some(c) = cache {
-            c.keep_seat_map(&map);
-        }
-        Ok(map)
+            .await
     }
 
     pub async fn hold(&self, mut req: pb::HoldRequest, hops: u32) -> Result<pb::Hold, Error> {

@@ -22,8 +22,9 @@ use seatd_proto::v1 as pb;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
+use crate::api::{Api, SeatsApi};
 use crate::clock::SystemClock;
-use crate::error::StartError;
+use crate::error::{Error, StartError};
 use crate::lifecycle::{Background, CancellationToken, DropGuard, Ticks};
 use crate::node::{NodeInner, Settings};
 use crate::placement::Cluster;
@@ -122,6 +123,99 @@ impl FrontCache {
         if let Ok(mut lists) = self.lists.lock() {
             lists.clear();
         }
+    }
+}
+
+/// The client API with a frontend's cache in front: event lists and whole seat maps
+/// asked for with `stale_ok` are answered from the cache while fresh; an event created
+/// or changed through this frontend empties the lists. Everything else goes to the
+/// wrapped API unchanged.
+pub struct Cached<A> {
+    inner: A,
+    cache: FrontCache,
+}
+
+impl<A: SeatsApi> Cached<A> {
+    pub fn new(inner: A, cache: FrontCache) -> Self {
+        Self { inner, cache }
+    }
+}
+
+/// Whether a seat map request asks for the whole map (no section, no page): only
+/// those are cached.
+fn whole_map(req: &pb::GetSeatMapRequest) -> bool {
+    req.section.is_none() && req.page_size == 0 && req.page_token.is_empty()
+}
+
+impl<A: SeatsApi> SeatsApi for Cached<A> {
+    fn node(&self) -> &Arc<NodeInner> {
+        self.inner.node()
+    }
+
+    crate::delegate_seats_api! { |this| this.inner;
+        get_event(pb::GetEventRequest) -> pb::Event;
+        hold(pb::HoldRequest) -> pb::Hold;
+        hold_many(pb::HoldManyRequest) -> pb::HoldManyResponse;
+        commit(pb::CommitRequest) -> pb::Order;
+        release(pb::ReleaseRequest) -> pb::Hold;
+        get_hold(pb::GetHoldRequest) -> pb::Hold;
+        get_order(pb::GetOrderRequest) -> pb::Order;
+    }
+
+    async fn create_event(
+        &self,
+        req: pb::CreateEventRequest,
+        hops: u32,
+    ) -> Result<pb::Event, Error> {
+        // Before and after: a list cached meanwhile may miss the event.
+        self.cache.events_changed();
+        let created = self.inner.create_event(req, hops).await;
+        self.cache.events_changed();
+        created
+    }
+
+    async fn set_sale(&self, req: pb::SetSaleRequest, hops: u32) -> Result<pb::Event, Error> {
+        let set = self.inner.set_sale(req, hops).await;
+        self.cache.events_changed();
+        set
+    }
+
+    async fn list_events(
+        &self,
+        req: pb::ListEventsRequest,
+        hops: u32,
+    ) -> Result<pb::ListEventsResponse, Error> {
+        if let Some(hit) = self.cache.event_list(&req) {
+            return Ok(hit);
+        }
+        let list = self.inner.list_events(req.clone(), hops).await?;
+        self.cache.keep_event_list(&req, &list);
+        Ok(list)
+    }
+
+    async fn get_seat_map(
+        &self,
+        req: pb::GetSeatMapRequest,
+        hops: u32,
+    ) -> Result<pb::SeatMap, Error> {
+        let cached = req.stale_ok && whole_map(&req);
+        if cached {
+            if let Some(hit) = self.cache.seat_map(&req.event_id) {
+                return Ok(hit);
+            }
+        }
+        let map = self.inner.get_seat_map(req, hops).await?;
+        if cached {
+            self.cache.keep_seat_map(&map);
+        }
+        Ok(map)
+    }
+
+    async fn cluster_status(
+        &self,
+        req: pb::ClusterStatusRequest,
+    ) -> Result<pb::ClusterStatus, Error> {
+        self.inner.cluster_status(req).await
     }
 }
 
@@ -228,14 +322,11 @@ impl FrontendHandle {
             config.settings,
             &SystemClock::default(),
         ));
-        let cache = Arc::new(FrontCache::new(
-            config.seat_map_cache,
-            config.event_list_cache,
-        ));
+        let cache = FrontCache::new(config.seat_map_cache, config.event_list_cache);
         let background = Background::default();
         background.spawn(refresh_leaders(inner.clone(), background.stop.clone()));
         let (health, server) = crate::node::serve(
-            SeatsService::with_cache(inner.clone(), cache),
+            SeatsService::new(Cached::new(Api::new(inner.clone()), cache)),
             listener,
             background.stop.clone(),
         )
@@ -278,6 +369,171 @@ async fn refresh_leaders(inner: Arc<NodeInner>, stop: CancellationToken) {
             crate::cluster_view::peer_views(&inner, &nodes, Duration::from_millis(900)).await
         {
             inner.learn_leaders(&crate::cluster_view::merge_views(&inner, views));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// An API that counts the calls that reach it and answers from fixed values.
+    struct Counting {
+        node: Arc<NodeInner>,
+        lists: AtomicU32,
+        maps: AtomicU32,
+    }
+
+    fn unexpected<T>() -> Result<T, Error> {
+        Err(Error::Internal("not used by this test".into()))
+    }
+
+    impl SeatsApi for Counting {
+        fn node(&self) -> &Arc<NodeInner> {
+            &self.node
+        }
+        async fn list_events(
+            &self,
+            _: pb::ListEventsRequest,
+            _: u32,
+        ) -> Result<pb::ListEventsResponse, Error> {
+            self.lists.fetch_add(1, Ordering::SeqCst);
+            Ok(pb::ListEventsResponse::default())
+        }
+        async fn get_seat_map(
+            &self,
+            r: pb::GetSeatMapRequest,
+            _: u32,
+        ) -> Result<pb::SeatMap, Error> {
+            self.maps.fetch_add(1, Ordering::SeqCst);
+            Ok(pb::SeatMap {
+                event_id: r.event_id,
+                ..Default::default()
+            })
+        }
+        async fn create_event(
+            &self,
+            _: pb::CreateEventRequest,
+            _: u32,
+        ) -> Result<pb::Event, Error> {
+            Ok(pb::Event::default())
+        }
+        async fn set_sale(&self, _: pb::SetSaleRequest, _: u32) -> Result<pb::Event, Error> {
+            Ok(pb::Event::default())
+        }
+        async fn get_event(&self, _: pb::GetEventRequest, _: u32) -> Result<pb::Event, Error> {
+            unexpected()
+        }
+        async fn hold(&self, _: pb::HoldRequest, _: u32) -> Result<pb::Hold, Error> {
+            unexpected()
+        }
+        async fn hold_many(
+            &self,
+            _: pb::HoldManyRequest,
+            _: u32,
+        ) -> Result<pb::HoldManyResponse, Error> {
+            unexpected()
+        }
+        async fn commit(&self, _: pb::CommitRequest, _: u32) -> Result<pb::Order, Error> {
+            unexpected()
+        }
+        async fn release(&self, _: pb::ReleaseRequest, _: u32) -> Result<pb::Hold, Error> {
+            unexpected()
+        }
+        async fn get_hold(&self, _: pb::GetHoldRequest, _: u32) -> Result<pb::Hold, Error> {
+            unexpected()
+        }
+        async fn get_order(&self, _: pb::GetOrderRequest, _: u32) -> Result<pb::Order, Error> {
+            unexpected()
+        }
+        async fn cluster_status(
+            &self,
+            _: pb::ClusterStatusRequest,
+        ) -> Result<pb::ClusterStatus, Error> {
+            unexpected()
+        }
+    }
+
+    fn cached() -> Cached<Counting> {
+        let nodes = BTreeMap::from([(1, "127.0.0.1:1".to_string())]);
+        let cluster = Cluster::new(nodes, 1).expect("a cluster");
+        let node = Arc::new(NodeInner::stateless(
+            cluster,
+            Settings::default(),
+            &SystemClock::default(),
+        ));
+        let inner = Counting {
+            node,
+            lists: AtomicU32::new(0),
+            maps: AtomicU32::new(0),
+        };
+        Cached::new(
+            inner,
+            FrontCache::new(Duration::from_secs(60), Duration::from_secs(60)),
+        )
+    }
+
+    #[tokio::test]
+    async fn lists_are_cached_until_an_event_changes_through_this_frontend() {
+        let api = cached();
+        let req = pb::ListEventsRequest::default();
+        api.list_events(req.clone(), 0).await.unwrap();
+        let again = api.list_events(req.clone(), 0).await.unwrap();
+        assert_eq!(
+            api.inner.lists.load(Ordering::SeqCst),
+            1,
+            "the second is cached"
+        );
+        assert!(again.cache_age_ms < 60_000);
+        // Another query is another entry.
+        let other = pb::ListEventsRequest {
+            q: "jazz".into(),
+            ..Default::default()
+        };
+        api.list_events(other, 0).await.unwrap();
+        assert_eq!(api.inner.lists.load(Ordering::SeqCst), 2);
+        for change in 0..2 {
+            match change {
+                0 => drop(api.create_event(Default::default(), 0).await),
+                _ => drop(api.set_sale(Default::default(), 0).await),
+            }
+            api.list_events(req.clone(), 0).await.unwrap();
+            assert_eq!(api.inner.lists.load(Ordering::SeqCst), 3 + change);
+        }
+    }
+
+    #[tokio::test]
+    async fn only_whole_stale_ok_seat_maps_are_cached() {
+        let api = cached();
+        let stale = pb::GetSeatMapRequest {
+            event_id: "ev".into(),
+            stale_ok: true,
+            ..Default::default()
+        };
+        api.get_seat_map(stale.clone(), 0).await.unwrap();
+        let hit = api.get_seat_map(stale.clone(), 0).await.unwrap();
+        assert_eq!(
+            (hit.event_id.as_str(), api.inner.maps.load(Ordering::SeqCst)),
+            ("ev", 1)
+        );
+        let uncached = [
+            pb::GetSeatMapRequest {
+                stale_ok: false,
+                ..stale.clone()
+            },
+            pb::GetSeatMapRequest {
+                section: Some("S1".into()),
+                ..stale.clone()
+            },
+            pb::GetSeatMapRequest {
+                page_size: 10,
+                ..stale.clone()
+            },
+        ];
+        for (i, req) in uncached.into_iter().enumerate() {
+            api.get_seat_map(req, 0).await.unwrap();
+            assert_eq!(api.inner.maps.load(Ordering::SeqCst), 2 + i as u32);
         }
     }
 }

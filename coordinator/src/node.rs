@@ -38,6 +38,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+use crate::api::SeatsApi;
 use crate::clock::{Clock, Stamper};
 use crate::error::StartError;
 use crate::ids::IdGen;
@@ -397,14 +398,14 @@ impl NodeHandle {
             background.stop.clone(),
         );
         let peer_server = serve_peers(
-            SeatsService::new(inner.clone()),
+            SeatsService::for_node(inner.clone()),
             raft_service,
             &tls,
             peer_listener,
             background.stop.clone(),
         )?;
         let (health, server) = serve(
-            SeatsService::new(inner.clone()),
+            SeatsService::for_node(inner.clone()),
             listener,
             background.stop.clone(),
         )
@@ -506,8 +507,8 @@ pub(crate) type ServerTask = JoinHandle<Result<(), tonic::transport::Error>>;
 
 /// Serves the client API, gRPC health and server reflection on `listener` until
 /// `stopped` is cancelled; nodes and frontends alike.
-pub(crate) async fn serve(
-    seats: SeatsService,
+pub(crate) async fn serve<A: SeatsApi>(
+    seats: SeatsService<A>,
     listener: TcpListener,
     stopped: CancellationToken,
 ) -> Result<(tonic_health::server::HealthReporter, ServerTask), StartError> {

@@ -13,27 +13,26 @@ use seatd_proto::v1 as pb;
 use seatd_proto::v1::seats_server::Seats;
 use tonic::{Request, Response, Status};
 
-use crate::api::Api;
+use crate::api::{Api, SeatsApi};
 use crate::error::Error;
-use crate::frontend::FrontCache;
 use crate::node::NodeInner;
 use crate::route::hops;
 
-pub struct SeatsService {
-    api: Api,
+/// The gRPC service over an API: a node's [`Api`], or a frontend's cached one.
+pub struct SeatsService<A = Api> {
+    api: A,
 }
 
-impl SeatsService {
-    pub fn new(node: Arc<NodeInner>) -> Self {
-        Self {
-            api: Api::new(node),
-        }
+impl SeatsService<Api> {
+    /// A node's service: its API, uncached.
+    pub fn for_node(node: Arc<NodeInner>) -> Self {
+        Self::new(Api::new(node))
     }
+}
 
-    pub fn with_cache(node: Arc<NodeInner>, cache: Arc<FrontCache>) -> Self {
-        Self {
-            api: Api::with_cache(node, cache),
-        }
+impl<A: SeatsApi> SeatsService<A> {
+    pub fn new(api: A) -> Self {
+        Self { api }
     }
 
     pub(crate) fn node(&self) -> &Arc<NodeInner> {
@@ -52,7 +51,7 @@ fn answer<T>(r: Result<T, Error>) -> Result<Response<T>, Status> {
 macro_rules! seats_service {
     ($($method:ident($req:ty) -> $reply:ty;)*) => {
         #[tonic::async_trait]
-        impl Seats for SeatsService {
+        impl<A: SeatsApi> Seats for SeatsService<A> {
             $(
                 async fn $method(
                     &self,
