@@ -138,18 +138,6 @@ impl From<seatd_wire::Invalid> for Error {
     }
 }
 
-impl From<crate::shard::proposer::ShardError> for Error {
-    fn from(e: crate::shard::proposer::ShardError) -> Self {
-        use crate::shard::proposer::ShardError as P;
-        match e {
-            P::NotLeader(_) => Error::NotLeader,
-            P::TooLarge(e) => Error::Limit(e),
-            P::Overloaded(_) => Error::Overloaded(e.to_string()),
-            P::Unavailable(m) => Error::Unavailable(m),
-        }
-    }
-}
-
 fn refusal_status(r: Refusal) -> Status {
     match r {
         Refusal::Invalid(m) => status(Code::InvalidArgument, m, reason::INVALID),

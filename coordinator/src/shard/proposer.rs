@@ -58,6 +58,20 @@ pub enum ShardError {
     TooLarge(Exceeded),
 }
 
+/// What a caller of the shard is told (here, not in `error.rs`, so the error layer
+/// does not depend on the shard layer).
+impl From<ShardError> for crate::error::Error {
+    fn from(e: ShardError) -> Self {
+        use crate::error::Error;
+        match e {
+            ShardError::NotLeader(_) => Error::NotLeader,
+            ShardError::TooLarge(e) => Error::Limit(e),
+            ShardError::Overloaded(_) => Error::Overloaded(e.to_string()),
+            ShardError::Unavailable(m) => Error::Unavailable(m),
+        }
+    }
+}
+
 struct Proposal {
     command: Command,
     /// `command`'s encoded size, as the log carries it.
