@@ -116,79 +116,6 @@ macro_rules! delegate_seats_api {
     };
 }
 
-impl SeatsApi for Api {
-    fn node(&self) -> &Arc<NodeInner> {
-        &self.node
-    }
-
-    async fn create_event(
-        &self,
-        req: pb::CreateEventRequest,
-        hops: u32,
-    ) -> Result<pb::Event, Error> {
-        Api::create_event(self, req, hops).await
-    }
-
-    async fn list_events(
-        &self,
-        req: pb::ListEventsRequest,
-        hops: u32,
-    ) -> Result<pb::ListEventsResponse, Error> {
-        Api::list_events(self, req, hops).await
-    }
-
-    async fn get_event(&self, req: pb::GetEventRequest, hops: u32) -> Result<pb::Event, Error> {
-        Api::get_event(self, req, hops).await
-    }
-
-    async fn set_sale(&self, req: pb::SetSaleRequest, hops: u32) -> Result<pb::Event, Error> {
-        Api::set_sale(self, req, hops).await
-    }
-
-    async fn get_seat_map(
-        &self,
-        req: pb::GetSeatMapRequest,
-        hops: u32,
-    ) -> Result<pb::SeatMap, Error> {
-        Api::get_seat_map(self, req, hops).await
-    }
-
-    async fn hold(&self, req: pb::HoldRequest, hops: u32) -> Result<pb::Hold, Error> {
-        Api::hold(self, req, hops).await
-    }
-
-    async fn hold_many(
-        &self,
-        req: pb::HoldManyRequest,
-        hops: u32,
-    ) -> Result<pb::HoldManyResponse, Error> {
-        Api::hold_many(self, req, hops).await
-    }
-
-    async fn commit(&self, req: pb::CommitRequest, hops: u32) -> Result<pb::Order, Error> {
-        Api::commit(self, req, hops).await
-    }
-
-    async fn release(&self, req: pb::ReleaseRequest, hops: u32) -> Result<pb::Hold, Error> {
-        Api::release(self, req, hops).await
-    }
-
-    async fn get_hold(&self, req: pb::GetHoldRequest, hops: u32) -> Result<pb::Hold, Error> {
-        Api::get_hold(self, req, hops).await
-    }
-
-    async fn get_order(&self, req: pb::GetOrderRequest, hops: u32) -> Result<pb::Order, Error> {
-        Api::get_order(self, req, hops).await
-    }
-
-    async fn cluster_status(
-        &self,
-        req: pb::ClusterStatusRequest,
-    ) -> Result<pb::ClusterStatus, Error> {
-        Api::cluster_status(self, req).await
-    }
-}
-
 /// The forwarding half of a routed call: `method` of the next node's client with
 /// `req`, marked with its hop count and the time left.
 macro_rules! forward {
@@ -340,8 +267,12 @@ impl Api {
     }
 }
 
-impl Api {
-    pub async fn create_event(
+impl SeatsApi for Api {
+    fn node(&self) -> &Arc<NodeInner> {
+        &self.node
+    }
+
+    async fn create_event(
         &self,
         mut req: pb::CreateEventRequest,
         hops: u32,
@@ -389,7 +320,7 @@ impl Api {
             .await
     }
 
-    pub async fn list_events(
+    async fn list_events(
         &self,
         mut req: pb::ListEventsRequest,
         hops: u32,
@@ -420,14 +351,14 @@ impl Api {
         })
     }
 
-    pub async fn get_event(&self, req: pb::GetEventRequest, hops: u32) -> Result<pb::Event, Error> {
+    async fn get_event(&self, req: pb::GetEventRequest, hops: u32) -> Result<pb::Event, Error> {
         let event = convert::event_id(&req.event_id)?;
         let shard = self.node.cluster.shard_of(&event);
         let read = Arc::new(move |s: &Shard| summary(s, &event));
         self.read(shard, hops, read, forward!(req, get_event)).await
     }
 
-    pub async fn set_sale(&self, req: pb::SetSaleRequest, hops: u32) -> Result<pb::Event, Error> {
+    async fn set_sale(&self, req: pb::SetSaleRequest, hops: u32) -> Result<pb::Event, Error> {
         let event = convert::event_id(&req.event_id)?;
         let command = Command::SetSale {
             event_id: event.clone(),
@@ -442,7 +373,7 @@ impl Api {
             .await
     }
 
-    pub async fn get_seat_map(
+    async fn get_seat_map(
         &self,
         req: pb::GetSeatMapRequest,
         hops: u32,
@@ -473,7 +404,7 @@ impl Api {
             .await
     }
 
-    pub async fn hold(&self, mut req: pb::HoldRequest, hops: u32) -> Result<pb::Hold, Error> {
+    async fn hold(&self, mut req: pb::HoldRequest, hops: u32) -> Result<pb::Hold, Error> {
         let (shard, event) = validate_hold(&self.node, &mut req)?;
         let command = hold_command(&event, &req);
         let node = &self.node;
@@ -502,7 +433,7 @@ impl Api {
         Ok(hold)
     }
 
-    pub async fn hold_many(
+    async fn hold_many(
         &self,
         request: pb::HoldManyRequest,
         hops: u32,
@@ -512,7 +443,7 @@ impl Api {
         holds::hold_many(&self.node, request, hops).await
     }
 
-    pub async fn commit(&self, mut req: pb::CommitRequest, hops: u32) -> Result<pb::Order, Error> {
+    async fn commit(&self, mut req: pb::CommitRequest, hops: u32) -> Result<pb::Order, Error> {
         let hold = convert::hold_id(&req.hold_id)?;
         raft_store::ids::validate_token("payment token", &req.payment_token)
             .map_err(Error::Invalid)?;
@@ -550,7 +481,7 @@ impl Api {
         Ok(order)
     }
 
-    pub async fn release(&self, req: pb::ReleaseRequest, hops: u32) -> Result<pb::Hold, Error> {
+    async fn release(&self, req: pb::ReleaseRequest, hops: u32) -> Result<pb::Hold, Error> {
         let hold = convert::hold_id(&req.hold_id)?;
         Limit::TokenBytes.check(req.user_id.len())?;
         let command = Command::Release {
@@ -566,7 +497,7 @@ impl Api {
             .await
     }
 
-    pub async fn get_hold(&self, req: pb::GetHoldRequest, hops: u32) -> Result<pb::Hold, Error> {
+    async fn get_hold(&self, req: pb::GetHoldRequest, hops: u32) -> Result<pb::Hold, Error> {
         let hold = convert::hold_id(&req.hold_id)?;
         let shard = self.node.cluster.shard_of(&hold.event);
         // `hold` also finds holds whose records live only on disk.
@@ -574,7 +505,7 @@ impl Api {
         self.read(shard, hops, read, forward!(req, get_hold)).await
     }
 
-    pub async fn get_order(&self, req: pb::GetOrderRequest, hops: u32) -> Result<pb::Order, Error> {
+    async fn get_order(&self, req: pb::GetOrderRequest, hops: u32) -> Result<pb::Order, Error> {
         let order = convert::order_id(&req.order_id)?;
         let shard = self.node.cluster.shard_of(&order.event);
         let read = Arc::new(move |s: &Shard| {
@@ -584,7 +515,7 @@ impl Api {
         self.read(shard, hops, read, forward!(req, get_order)).await
     }
 
-    pub async fn cluster_status(
+    async fn cluster_status(
         &self,
         req: pb::ClusterStatusRequest,
     ) -> Result<pb::ClusterStatus, Error> {

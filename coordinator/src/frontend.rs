@@ -185,6 +185,11 @@ impl<A: SeatsApi> SeatsApi for Cached<A> {
         req: pb::ListEventsRequest,
         hops: u32,
     ) -> Result<pb::ListEventsResponse, Error> {
+        // The cache key holds the query: an oversized one goes straight to the API,
+        // which refuses it, and is never copied into a key.
+        if req.q.len() > raft_store::limits::TEXT_BYTES_MAX {
+            return self.inner.list_events(req, hops).await;
+        }
         if let Some(hit) = self.cache.event_list(&req) {
             return Ok(hit);
         }
@@ -501,6 +506,22 @@ mod tests {
             api.list_events(req.clone(), 0).await.unwrap();
             assert_eq!(api.inner.lists.load(Ordering::SeqCst), 3 + change);
         }
+    }
+
+    #[tokio::test]
+    async fn an_oversized_query_is_never_made_a_cache_key() {
+        let api = cached();
+        let huge = pb::ListEventsRequest {
+            q: "x".repeat(raft_store::limits::TEXT_BYTES_MAX + 1),
+            ..Default::default()
+        };
+        api.list_events(huge.clone(), 0).await.unwrap();
+        api.list_events(huge, 0).await.unwrap();
+        assert_eq!(
+            api.inner.lists.load(Ordering::SeqCst),
+            2,
+            "both reach the API"
+        );
     }
 
     #[tokio::test]

@@ -112,15 +112,16 @@ pub(crate) fn hold_command(event: &EventId, req: &pb::HoldRequest) -> Command {
 
 /// A failed item of a `HoldMany` answer.
 fn failure(status: Status) -> pb::HoldResult {
+    // One decode of the status's detail (a flash sale's conflicts come through here):
+    // it names the seats only for CONFLICT and the limit only for LIMIT_EXCEEDED.
+    let detail = crate::error::reason_of(&status).unwrap_or_default();
     pb::HoldResult {
         result: Some(pb::hold_result::Result::Failure(pb::Failure {
             code: status.code() as i32,
             message: status.message().to_string(),
-            seat_ids: crate::error::conflict_seats(&status).unwrap_or_default(),
-            limit_exceeded: crate::error::limit_exceeded(&status),
-            reason: crate::error::reason_of(&status)
-                .map(|r| r.reason)
-                .unwrap_or_default(),
+            seat_ids: detail.seat_ids,
+            limit_exceeded: detail.limit,
+            reason: detail.reason,
         })),
     }
 }

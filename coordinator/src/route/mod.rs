@@ -94,11 +94,16 @@ impl NodeInner {
             let (leader, leads) = s.leader();
             decide::Replica { leader, leads }
         });
-        let hint = match replica {
-            Some(_) => None,
-            None => self.hints.lock().ok().and_then(|h| h.get(&shard).copied()),
+        // What only a shard not hosted here needs (the hint, the members, a turn) is
+        // not looked up on a replica's path: the leader's hot path stays a map lookup.
+        let (hint, members, turn) = match replica {
+            Some(_) => (None, Vec::new(), 0),
+            None => (
+                self.hints.lock().ok().and_then(|h| h.get(&shard).copied()),
+                self.cluster.members(shard),
+                self.rotor.0.fetch_add(1, Ordering::Relaxed),
+            ),
         };
-        let members = self.cluster.members(shard);
         let route = decide::decide(&decide::Known {
             me: self.id,
             mode,
@@ -107,7 +112,7 @@ impl NodeInner {
             hint,
             members: &members,
             reachable: &|n| self.cluster.addr(n).is_some(),
-            turn: self.rotor.0.fetch_add(1, Ordering::Relaxed),
+            turn,
         });
         (route, local.cloned())
     }
