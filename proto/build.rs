@@ -2,11 +2,7 @@
 //! system `protoc`, and keeps the descriptor set for gRPC server reflection.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = [
-        "proto/seatd/v1/seatd.proto",
-        "proto/seatd/v1/raft.proto",
-        "proto/seatd/v1/passthrough.proto",
-    ];
+    let files = ["proto/seatd/v1/seatd.proto", "proto/seatd/v1/raft.proto"];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }
@@ -16,9 +12,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out.join("seatd_descriptor.bin"),
         prost::Message::encode_to_vec(&fds),
     )?;
-    // The pass-through views decode into slices of the received buffer.
-    tonic_prost_build::configure()
-        .bytes(".seatd.passthrough.v1")
-        .compile_fds(fds)?;
+    tonic_prost_build::configure().compile_fds(fds)?;
     Ok(())
 }

@@ -283,11 +283,29 @@ impl Transport {
     }
 }
 
+/// The routing metadata of a call about `event` (see `seatd_wire::routing`): lets a
+/// node or frontend that only forwards the call pass it on undecoded. A hint only;
+/// an id that cannot be metadata goes without.
+fn route_to(event: Option<String>) -> Option<tonic::metadata::AsciiMetadataValue> {
+    event.and_then(|e| e.parse().ok())
+}
+
+/// `message` as a request carrying the routing metadata `route`.
+fn routed<T>(message: T, route: &Option<tonic::metadata::AsciiMetadataValue>) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(message);
+    if let Some(event) = route {
+        r.metadata_mut()
+            .insert(seatd_wire::routing::EVENT_METADATA, event.clone());
+    }
+    r
+}
+
 impl Client {
     /// Creates an event (a no-op that succeeds when the same event exists).
     pub async fn create_event(&self, request: pb::CreateEventRequest) -> Result<pb::Event, Error> {
+        let route = route_to((!request.event_id.is_empty()).then(|| request.event_id.clone()));
         self.call(|mut c| {
-            let r = request.clone();
+            let r = routed(request.clone(), &route);
             async move { c.create_event(r).await }
         })
         .await
@@ -308,8 +326,9 @@ impl Client {
         let r = pb::GetEventRequest {
             event_id: event_id.into(),
         };
+        let route = route_to(Some(event_id.to_string()));
         self.call(|mut c| {
-            let r = r.clone();
+            let r = routed(r.clone(), &route);
             async move { c.get_event(r).await }
         })
         .await
@@ -320,8 +339,9 @@ impl Client {
             event_id: event_id.into(),
             sale: sale as i32,
         };
+        let route = route_to(Some(event_id.to_string()));
         self.call(|mut c| {
-            let r = r.clone();
+            let r = routed(r.clone(), &route);
             async move { c.set_sale(r).await }
         })
         .await
@@ -335,8 +355,9 @@ impl Client {
             stale_ok,
             ..Default::default()
         };
+        let route = route_to((!stale_ok).then(|| event_id.to_string()));
         self.call(|mut c| {
-            let r = r.clone();
+            let r = routed(r.clone(), &route);
             async move { c.get_seat_map(r).await }
         })
         .await
@@ -351,8 +372,9 @@ impl Client {
         &self,
         request: pb::GetSeatMapRequest,
     ) -> Result<pb::SeatMap, Error> {
+        let route = route_to((!request.stale_ok).then(|| request.event_id.clone()));
         self.call(|mut c| {
-            let r = request.clone();
+            let r = routed(request.clone(), &route);
             async move { c.get_seat_map(r).await }
         })
         .await
@@ -385,9 +407,10 @@ impl Client {
             request.client_reservation_id = self.ids.next("r");
         }
         let Some(queue) = &self.holds else {
+            let route = route_to(Some(request.event_id.clone()));
             return self
                 .call(|mut c| {
-                    let r = request.clone();
+                    let r = routed(request.clone(), &route);
                     async move { c.hold(r).await }
                 })
                 .await;
@@ -454,8 +477,9 @@ impl Client {
                 .map(str::to_string)
                 .unwrap_or_else(|| self.ids.next("k")),
         };
+        let route = route_to(seatd_wire::routing::event_of_hold(hold_id));
         self.call(|mut c| {
-            let r = r.clone();
+            let r = routed(r.clone(), &route);
             async move { c.commit(r).await }
         })
         .await
@@ -467,8 +491,9 @@ impl Client {
             hold_id: hold_id.into(),
             user_id: user.into(),
         };
+        let route = route_to(seatd_wire::routing::event_of_hold(hold_id));
         self.call(|mut c| {
-            let r = r.clone();
+            let r = routed(r.clone(), &route);
             async move { c.release(r).await }
         })
         .await
@@ -478,8 +503,9 @@ impl Client {
         let r = pb::GetHoldRequest {
             hold_id: hold_id.into(),
         };
+        let route = route_to(seatd_wire::routing::event_of_hold(hold_id));
         self.call(|mut c| {
-            let r = r.clone();
+            let r = routed(r.clone(), &route);
             async move { c.get_hold(r).await }
         })
         .await
@@ -489,8 +515,9 @@ impl Client {
         let r = pb::GetOrderRequest {
             order_id: order_id.into(),
         };
+        let route = route_to(seatd_wire::routing::event_of_order(order_id));
         self.call(|mut c| {
-            let r = r.clone();
+            let r = routed(r.clone(), &route);
             async move { c.get_order(r).await }
         })
         .await
@@ -641,10 +668,15 @@ async fn send_holds(
     _slot: Arc<CallSlot>,
 ) {
     let (requests, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+    // Routing metadata only when the batch is about one event (a batch for several
+    // is decoded where it enters, and split by shard there).
+    let first = requests.first().map(|h| h.event_id.clone());
+    let one_event = requests.iter().all(|h| Some(&h.event_id) == first.as_ref());
+    let route = route_to(first.filter(|_| one_event));
     let request = pb::HoldManyRequest { holds: requests };
     let answer = transport
         .call_at(at, |mut c| {
-            let r = request.clone();
+            let r = routed(request.clone(), &route);
             async move { c.hold_many(r).await }
         })
         .await;

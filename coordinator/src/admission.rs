@@ -4,7 +4,7 @@
 //! `holds_per_user_per_s`, holding at most that many tokens) answers the excess with
 //! RESOURCE_EXHAUSTED (reason RATE_LIMITED; HTTP 429) before it reaches a shard's
 //! queue. It is asked where holds are decided, on the leader of the event's shard
-//! (`holds::admit`), so one user has one budget per event whichever frontends or
+//! (`api::holds::Verdicts`), so one user has one budget per event whichever frontends or
 //! nodes the holds come through, and no header a client sends skips it. It is not
 //! replicated: it protects capacity, not correctness, so it uses the leader's
 //! monotonic clock, and a new leader starts with full buckets.

@@ -239,7 +239,7 @@ fn run_frontend(args: FrontendArgs) -> anyhow::Result<()> {
         nodes: args.nodes,
         seat_map_cache: Duration::from_millis(args.seat_map_cache_ms),
         event_list_cache: Duration::from_millis(args.event_list_cache_ms),
-        settings: crate::node::Settings {
+        settings: crate::process::Settings {
             route_wait: Duration::from_millis(args.route_wait_ms),
             holds_per_user_per_s: args.holds_per_user_per_s,
             ..Default::default()
@@ -282,8 +282,9 @@ fn run_dev(args: DevArgs) -> anyhow::Result<()> {
 }
 
 fn run_node(args: NodeArgs) -> anyhow::Result<()> {
-    use crate::node::{NodeConfig, NodeHandle, Settings};
+    use crate::node::{NodeConfig, NodeHandle};
     use crate::placement::Cluster;
+    use crate::process::Settings;
     init_logs(DEFAULT_LOG_FILTER);
     let cluster = Cluster::new(Cluster::parse_peers(&args.peers)?, args.shards)?;
     let config = NodeConfig {

@@ -17,16 +17,16 @@ use seatd_proto::v1 as pb;
 use tonic::{Request, Response};
 
 use crate::error::Error;
-use crate::node::NodeInner;
+use crate::forward::forwarded;
 use crate::peers::Links;
-use crate::route::forwarded;
+use crate::process::Process;
 
 /// Asks every node in `nodes` for its local view (this node answers itself), each
 /// within `timeout`; `None` for a node that did not answer. A node asks its peers
 /// over the peer port (and learns where each serves clients from the answer); a
 /// frontend asks the nodes' client ports.
 pub async fn peer_views(
-    node: &Arc<NodeInner>,
+    node: &Arc<Process>,
     nodes: &[NodeId],
     timeout: Duration,
 ) -> Result<Vec<(NodeId, Option<pb::ClusterStatus>)>, Error> {
@@ -58,7 +58,7 @@ pub async fn peer_views(
 }
 
 /// Node `peer`'s own view, without digests.
-async fn view_of(node: &NodeInner, peer: NodeId, timeout: Duration) -> Option<pb::ClusterStatus> {
+async fn view_of(node: &Process, peer: NodeId, timeout: Duration) -> Option<pb::ClusterStatus> {
     let channel = node.channel_to(peer).ok()?;
     match &node.links {
         Links::Peers(_) => {
@@ -92,7 +92,7 @@ async fn view_of(node: &NodeInner, peer: NodeId, timeout: Duration) -> Option<pb
 
 /// This node's own view of the shards it hosts, with each shard's state digest when
 /// `with_digest` (asked over the peer port only: it reads a shard's whole state).
-pub(crate) fn local_status(node: &NodeInner, with_digest: bool) -> pb::ClusterStatus {
+pub(crate) fn local_status(node: &Process, with_digest: bool) -> pb::ClusterStatus {
     let mut shards: Vec<pb::ShardStatus> = node
         .shards
         .values()
@@ -118,7 +118,7 @@ pub(crate) fn local_status(node: &NodeInner, with_digest: bool) -> pb::ClusterSt
 /// The best view of each shard among the answers: a leader's (highest term first),
 /// else the most advanced replica's.
 pub(crate) fn merge_views(
-    node: &NodeInner,
+    node: &Process,
     views: Vec<(NodeId, Option<pb::ClusterStatus>)>,
 ) -> pb::ClusterStatus {
     let mut best: BTreeMap<u32, pb::ShardStatus> = BTreeMap::new();

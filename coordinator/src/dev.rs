@@ -19,7 +19,7 @@ use tracing::info;
 use crate::clock::SystemClock;
 use crate::error::StartError;
 use crate::local::{FrontendCaches, LocalCluster, LocalConfig};
-use crate::node::Settings;
+use crate::process::Settings;
 
 /// The demo event created on first start.
 pub const DEMO_EVENT: &str = "demo";

@@ -26,9 +26,10 @@ use crate::api::{Api, SeatsApi};
 use crate::clock::SystemClock;
 use crate::error::{Error, StartError};
 use crate::lifecycle::{Background, CancellationToken, DropGuard, Ticks};
-use crate::node::{NodeInner, Settings};
 use crate::placement::Cluster;
+use crate::process::{Process, Settings};
 use crate::service::SeatsService;
+use seatd_wire::routing::paths;
 
 /// How often the frontend refreshes its shard → leader map.
 pub const LEADER_REFRESH_MS: u64 = 1_000;
@@ -148,8 +149,13 @@ fn whole_map(req: &pb::GetSeatMapRequest) -> bool {
 }
 
 impl<A: SeatsApi> SeatsApi for Cached<A> {
-    fn node(&self) -> &Arc<NodeInner> {
+    fn node(&self) -> &Arc<Process> {
         self.inner.node()
+    }
+
+    /// Event changes are seen decoded, so the lists they change are forgotten.
+    fn decodes(&self, path: &str) -> bool {
+        matches!(path, paths::CREATE_EVENT | paths::SET_SALE) || self.inner.decodes(path)
     }
 
     crate::delegate_seats_api! { |this| this.inner;
@@ -308,11 +314,11 @@ async fn discover(given: &[String]) -> Result<Cluster, StartError> {
 /// A running frontend.
 pub struct FrontendHandle {
     pub addr: std::net::SocketAddr,
-    pub inner: Arc<NodeInner>,
+    pub inner: Arc<Process>,
     background: Background,
     /// Dropping the handle without `shutdown` stops the process's work too.
     _stop_on_drop: DropGuard,
-    server: crate::node::ServerTask,
+    server: crate::server::ServerTask,
     health: tonic_health::server::HealthReporter,
     drain_timeout: Duration,
 }
@@ -322,7 +328,7 @@ impl FrontendHandle {
         let addr = listener.local_addr()?;
         let cluster = discover(&config.nodes).await?;
         info!(%addr, nodes = cluster.nodes().len(), shards = cluster.shards(), "frontend starting");
-        let inner = Arc::new(NodeInner::stateless(
+        let inner = Arc::new(Process::frontend(
             cluster,
             config.settings,
             &SystemClock::default(),
@@ -330,7 +336,7 @@ impl FrontendHandle {
         let cache = FrontCache::new(config.seat_map_cache, config.event_list_cache);
         let background = Background::default();
         background.spawn(refresh_leaders(inner.clone(), background.stop.clone()));
-        let (health, server) = crate::node::serve(
+        let (health, server) = crate::server::serve(
             SeatsService::new(Cached::new(Api::new(inner.clone()), cache)),
             listener,
             background.stop.clone(),
@@ -349,7 +355,7 @@ impl FrontendHandle {
 
     /// Stops accepting calls and lets the calls in flight finish (bounded).
     pub async fn shutdown(self) -> Result<(), StartError> {
-        crate::node::stop_serving(
+        crate::server::stop_serving(
             &self.health,
             &self.background.stop,
             self.server,
@@ -365,7 +371,7 @@ impl FrontendHandle {
 }
 
 /// Keeps the shard → leader map fresh.
-async fn refresh_leaders(inner: Arc<NodeInner>, stop: CancellationToken) {
+async fn refresh_leaders(inner: Arc<Process>, stop: CancellationToken) {
     let nodes: Vec<u64> = inner.cluster.nodes().keys().copied().collect();
     let mut ticks = Ticks::every(Duration::from_millis(LEADER_REFRESH_MS), stop);
     while ticks.next().await {
@@ -385,7 +391,7 @@ mod tests {
 
     /// An API that counts the calls that reach it and answers from fixed values.
     struct Counting {
-        node: Arc<NodeInner>,
+        node: Arc<Process>,
         lists: AtomicU32,
         maps: AtomicU32,
     }
@@ -395,7 +401,7 @@ mod tests {
     }
 
     impl SeatsApi for Counting {
-        fn node(&self) -> &Arc<NodeInner> {
+        fn node(&self) -> &Arc<Process> {
             &self.node
         }
         async fn list_events(
@@ -463,7 +469,7 @@ mod tests {
     fn cached() -> Cached<Counting> {
         let nodes = BTreeMap::from([(1, "127.0.0.1:1".to_string())]);
         let cluster = Cluster::new(nodes, 1).expect("a cluster");
-        let node = Arc::new(NodeInner::stateless(
+        let node = Arc::new(Process::frontend(
             cluster,
             Settings::default(),
             &SystemClock::default(),

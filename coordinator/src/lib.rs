@@ -1,29 +1,24 @@
 //! seatd's coordinator: wires the replicated state machine (`raft-store`) to the
-//! network (`seatd-proto`).
+//! network (`seatd-proto`). Layers, top to bottom (`docs/ARCHITECTURE.md` has the
+//! whole picture; no module imports one above it):
 //!
-//! - [`cli`]: the `seatd` command line.
-//! - [`node`]: a replica process (`seatd node`): its shards, its server, bootstrap and
-//!   graceful shutdown.
-//! - [`shard`]: one hosted Raft group with its batching queue (`shard::proposer`), expiry
-//!   ticker and event log.
-//! - [`api`]: the client API, typed; [`service`]: it over gRPC; [`route`]: how a call
-//!   reaches the replica that may answer it; [`cluster_view`]: what nodes report about
-//!   their shards; [`holds`]: `HoldMany`, decided per shard, and passed through
-//!   undecoded where a process only forwards it.
-//! - [`frontend`]: `seatd frontend`, the stateless gateway; [`local`]: a whole cluster
-//!   in one process (tests, and [`dev`]: `seatd dev`).
-//! - [`raft_net`]: the Raft transport over gRPC, on the peer port; [`tls`]: the
-//!   cluster CA, node certificates and who is calling; [`peers`]: channels to other
-//!   processes (mutual TLS between nodes, plaintext from frontends).
-//! - [`placement`]: which shard holds an event, which nodes replicate a shard;
-//!   [`membership`]: moving a shard's group onto the nodes its placement names.
-//! - [`clock`], [`payment`]: the injected clock and the payment gateway;
-//!   [`admission`]: the per-user hold rate, asked on the shard leader;
-//!   [`lifecycle`]: one cancellation token and task tracker per process.
-//! - [`error`]: the one mapping to gRPC status codes (wire conversions are the
-//!   `seatd-wire` crate's, shared with the client);
-//!   [`ids`]: the ids a process makes up for callers that leave them empty;
-//!   [`limits`]: every bound, with the relations between them asserted.
+//! - entry points: [`cli`], [`node`] (`seatd node`), [`frontend`] (`seatd frontend`
+//!   and its cache), [`dev`] (`seatd dev`), [`local`] (a whole cluster in one
+//!   process), [`reform`];
+//! - serving: [`server`] (the client port's stack), [`service`] (the client API over
+//!   gRPC: passed on as bytes, or decoded for the API);
+//! - the API, typed: [`api`] (one method per call; `api::holds` for holds),
+//!   [`admission`] (the per-user hold rate, asked on the shard leader),
+//!   [`cluster_view`] (what nodes report about their shards);
+//! - routing: [`route`] (where a call goes, and acting on it), [`forward`] (the one
+//!   way a call reaches another node), [`peers`] (channels to other processes);
+//! - [`process`]: one process's shared state;
+//! - shards: [`shard`] (a hosted Raft group, its proposer, expiry and checkout),
+//!   [`clock`], [`payment`];
+//! - cluster: [`placement`], [`membership`], [`rejoin`], [`raft_net`] (the peer
+//!   port's Raft transport and internal status), [`tls`];
+//! - cross-cutting: [`error`] (start-up errors and call outcomes, mapped to gRPC
+//!   status in one place), [`limits`] (every bound), [`lifecycle`], [`ids`].
 
 pub mod admission;
 pub mod api;
@@ -32,8 +27,8 @@ pub mod clock;
 pub mod cluster_view;
 pub mod dev;
 pub mod error;
+pub mod forward;
 pub mod frontend;
-pub mod holds;
 pub mod ids;
 pub mod lifecycle;
 pub mod limits;
@@ -43,10 +38,12 @@ pub mod node;
 pub mod payment;
 pub mod peers;
 pub mod placement;
+pub mod process;
 pub mod raft_net;
 pub mod reform;
 pub mod rejoin;
 pub mod route;
+pub mod server;
 pub mod service;
 pub mod shard;
 pub mod tls;

@@ -24,9 +24,10 @@ use tokio::net::TcpListener;
 use crate::clock::SystemClock;
 use crate::error::StartError;
 use crate::frontend::{FrontendConfig, FrontendHandle};
-use crate::node::{NodeConfig, NodeHandle, Settings};
+use crate::node::{NodeConfig, NodeHandle};
 use crate::payment::TestGateway;
 use crate::placement::Cluster;
+use crate::process::Settings;
 
 pub use crate::limits::LOCAL_NODES_MAX;
 

@@ -29,14 +29,14 @@ use openraft::BasicNode;
 use raft_store::raft::NodeId;
 use tracing::{info, warn};
 
-use crate::node::NodeInner;
+use crate::process::Process;
 
 /// How often a shard's leader compares its membership with the placement.
 pub const RECONCILE_INTERVAL_MS: u64 = 2_000;
 /// Longest a new member may take to catch up before the change is retried later.
 pub const CATCH_UP_MS_MAX: u64 = 120_000;
 
-pub async fn reconcile(node: Arc<NodeInner>, shard: u32, stop: CancellationToken) {
+pub async fn reconcile(node: Arc<Process>, shard: u32, stop: CancellationToken) {
     let Some(local) = node.shards.get(&shard).cloned() else {
         return;
     };
@@ -113,7 +113,7 @@ pub async fn reconcile(node: Arc<NodeInner>, shard: u32, stop: CancellationToken
 /// On a node that hosts `shard` only because it has data for it (the placement moved
 /// the shard away): stop the group and drop its data once the shard's leader reports
 /// a membership that does not include this node.
-pub async fn retire_when_moved(node: Arc<NodeInner>, shard: u32, stop: CancellationToken) {
+pub async fn retire_when_moved(node: Arc<Process>, shard: u32, stop: CancellationToken) {
     let Some(local) = node.shards.get(&shard).cloned() else {
         return;
     };

@@ -32,22 +32,20 @@ use std::time::Duration;
 use openraft::{BasicNode, Raft};
 use raft_store::raft::{raft_config, LogPolicy, NodeId, RaftTiming};
 use raft_store::storage::Store;
-use seatd_proto::v1::seats_server::SeatsServer;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::api::SeatsApi;
 use crate::clock::{Clock, Stamper};
 use crate::error::StartError;
-use crate::ids::IdGen;
 use crate::lifecycle::{pause, Background, CancellationToken, DropGuard};
+use crate::limits::ADDR_BYTES_MAX;
 use crate::payment::PaymentGateway;
-use crate::peers::{ClientChannels, Links, PeerChannels};
+use crate::peers::{Links, PeerChannels};
 use crate::placement::Cluster;
+use crate::process::{Hosted, Process, Settings};
 use crate::raft_net::{GateBook, RaftService, ShardNetwork, VoteGate};
-use crate::route::Rotor;
+use crate::server::{drain, incoming, serve, stop_serving, ServerTask};
 use crate::service::SeatsService;
 use crate::shard::Shard;
 use crate::tls::PeerTls;
@@ -69,43 +67,12 @@ pub struct NodeConfig {
     pub advertise: Option<String>,
 }
 
-/// Bounds on how long the node waits for others.
-#[derive(Clone, Copy, Debug)]
-pub struct Settings {
-    /// How long a call waits for a shard leader before UNAVAILABLE.
-    pub route_wait: Duration,
-    /// How long a charge may take before its outcome counts as unknown.
-    pub payment_timeout: Duration,
-    /// How long a shutdown waits for calls in flight.
-    pub drain_timeout: Duration,
-    /// Holds one user may ask for per second, counted on the shard's leader where
-    /// holds are decided (0: no limit). Unused on a frontend.
-    pub holds_per_user_per_s: u32,
-    /// Whether the process exits (code [`GROUP_FAILED_EXIT_CODE`]) when one of its
-    /// Raft groups stops by itself. Off only for in-process tests that look at the
-    /// failed state.
-    pub exit_on_group_failure: bool,
-}
-
 /// The exit code of a node whose Raft group failed, for its supervisor to restart it.
 pub const GROUP_FAILED_EXIT_CODE: i32 = 3;
 /// How long a node with a failed group keeps reporting NOT_SERVING before it exits,
 /// so probes and peers see why it goes.
 const GROUP_FAILED_EXIT_DELAY_MS: u64 = 1_000;
 
-impl Default for Settings {
-    fn default() -> Self {
-        Self {
-            route_wait: Duration::from_secs(5),
-            payment_timeout: Duration::from_secs(3),
-            drain_timeout: Duration::from_secs(10),
-            holds_per_user_per_s: 20,
-            exit_on_group_failure: true,
-        }
-    }
-}
-
-pub use crate::limits::{ADDR_BYTES_MAX, REQUEST_BYTES_MAX};
 const IDENTITY_FILE: &str = "node.json";
 
 /// What a data directory belongs to.
@@ -115,79 +82,9 @@ struct Identity {
     shards: u32,
 }
 
-/// State shared by the client service, the router and the bootstrapper.
-pub struct NodeInner {
-    pub id: NodeId,
-    pub cluster: Cluster,
-    pub shards: HashMap<u32, Arc<Shard>>,
-    pub settings: Settings,
-    pub gateway: Arc<dyn PaymentGateway>,
-    /// How this process reaches the nodes it forwards calls to.
-    pub(crate) links: Links,
-    /// Where each node serves clients, as the nodes advertise it.
-    client_addrs: std::sync::RwLock<BTreeMap<NodeId, String>>,
-    /// `None` on a frontend, which stores nothing.
-    pub(crate) store: Option<Store>,
-    pub(crate) rotor: Rotor,
-    /// The leader last seen for each shard this process does not host.
-    pub(crate) hints: std::sync::Mutex<HashMap<u32, NodeId>>,
-    pub(crate) hold_limiter: crate::admission::HoldLimiter,
-    /// Each hosted shard's rejoin gate (none on a frontend).
-    pub gates: HashMap<u32, VoteGate>,
-    ids: IdGen,
-}
-
-impl NodeInner {
-    /// The state of a process that hosts no shard and forwards every call: a
-    /// frontend. Its id 0 is no node's.
-    pub fn stateless(cluster: Cluster, settings: Settings, clock: &dyn Clock) -> Self {
-        // A frontend's cluster shape holds the nodes' client addresses.
-        let client_addrs = std::sync::RwLock::new(cluster.nodes().clone());
-        Self {
-            id: 0,
-            cluster,
-            shards: HashMap::new(),
-            settings,
-            gateway: Arc::new(crate::payment::TestGateway::default()),
-            links: Links::Clients(ClientChannels::default()),
-            client_addrs,
-            store: None,
-            rotor: Rotor::default(),
-            hints: Default::default(),
-            hold_limiter: crate::admission::HoldLimiter::new(settings.holds_per_user_per_s),
-            gates: HashMap::new(),
-            ids: IdGen::new(0, clock.now_ms()),
-        }
-    }
-
-    /// Where node `id` serves clients, if known yet.
-    pub fn client_addr(&self, id: NodeId) -> Option<String> {
-        let addrs = self.client_addrs.read().unwrap_or_else(|p| p.into_inner());
-        addrs.get(&id).cloned()
-    }
-
-    /// Records where node `id` serves clients (from its own answer). Ids outside the
-    /// cluster and oversized addresses are ignored.
-    pub(crate) fn learn_client_addr(&self, id: NodeId, addr: &str) {
-        if !self.cluster.nodes().contains_key(&id) || addr.is_empty() || addr.len() > ADDR_BYTES_MAX
-        {
-            return;
-        }
-        let mut addrs = self.client_addrs.write().unwrap_or_else(|p| p.into_inner());
-        if addrs.get(&id).map(String::as_str) != Some(addr) {
-            addrs.insert(id, addr.to_string());
-        }
-    }
-
-    /// A fresh id for a retry key or an event the caller did not name.
-    pub fn fresh_id(&self, prefix: &str) -> String {
-        self.ids.next(prefix)
-    }
-}
-
 /// A running node.
 pub struct NodeHandle {
-    pub inner: Arc<NodeInner>,
+    pub inner: Arc<Process>,
     /// The client port.
     pub addr: std::net::SocketAddr,
     /// The peer port (mutual TLS).
@@ -370,21 +267,20 @@ impl NodeHandle {
             data_dir = %data_dir.display(),
             "node starting"
         );
-        let inner = Arc::new(NodeInner {
-            id,
-            cluster,
-            shards,
-            settings,
-            gateway,
-            links: Links::Peers(raft_peers),
-            client_addrs: std::sync::RwLock::new(BTreeMap::from([(id, advertise)])),
-            store: Some(store.clone()),
-            rotor: Rotor::default(),
-            hints: Default::default(),
-            hold_limiter: crate::admission::HoldLimiter::new(settings.holds_per_user_per_s),
-            gates,
-            ids: IdGen::new(id, clock.now_ms()),
-        });
+        let inner = Arc::new(Process::node(
+            Hosted {
+                id,
+                cluster,
+                shards,
+                settings,
+                gateway,
+                store: store.clone(),
+                gates,
+                advertise,
+            },
+            Links::Peers(raft_peers),
+            clock.as_ref(),
+        ));
 
         let status_of = inner.clone();
         let raft_service = RaftService::new(
@@ -503,48 +399,6 @@ impl NodeHandle {
     }
 }
 
-pub(crate) type ServerTask = JoinHandle<Result<(), tonic::transport::Error>>;
-
-/// Serves the client API, gRPC health and server reflection on `listener` until
-/// `stopped` is cancelled; nodes and frontends alike.
-pub(crate) async fn serve<A: SeatsApi>(
-    seats: SeatsService<A>,
-    listener: TcpListener,
-    stopped: CancellationToken,
-) -> Result<(tonic_health::server::HealthReporter, ServerTask), StartError> {
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<SeatsServer<SeatsService>>().await;
-    // Both reflection versions: grpcurl speaks v1, while older grpcurl, Python's
-    // reflection client and Evans speak only v1alpha.
-    let reflection_builder = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(seatd_proto::FILE_DESCRIPTOR_SET)
-    };
-    let reflection = reflection_builder()
-        .build_v1()
-        .map_err(|e| StartError::Config(format!("reflection: {e}")))?;
-    let reflection_v1alpha = reflection_builder()
-        .build_v1alpha()
-        .map_err(|e| StartError::Config(format!("reflection (v1alpha): {e}")))?;
-    let node = seats.node().clone();
-    let seats = SeatsServer::new(seats)
-        .max_decoding_message_size(REQUEST_BYTES_MAX)
-        .max_encoding_message_size(crate::route::REPLY_BYTES_MAX);
-    let seats = crate::holds::PassThrough::new(seats, node);
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(seats)
-            .add_service(health_service)
-            .add_service(reflection)
-            .add_service(reflection_v1alpha)
-            .serve_with_incoming_shutdown(
-                incoming(listener),
-                async move { stopped.cancelled().await },
-            ),
-    );
-    Ok((health, server))
-}
-
 /// The gRPC health service name of one hosted shard (`seatd.shard.N`), NOT_SERVING
 /// once its group failed.
 pub fn shard_health_name(shard: u32) -> String {
@@ -572,7 +426,7 @@ async fn on_group_failure(
             tonic_health::ServingStatus::NotServing,
         )
         .await;
-    health.set_not_serving::<SeatsServer<SeatsService>>().await;
+    health.set_not_serving::<SeatsService>().await;
     health
         .set_service_status("", tonic_health::ServingStatus::NotServing)
         .await;
@@ -605,11 +459,6 @@ fn serve_peers(
     listener: TcpListener,
     stopped: CancellationToken,
 ) -> Result<ServerTask, StartError> {
-    let node = seats.node().clone();
-    let seats = SeatsServer::new(seats)
-        .max_decoding_message_size(REQUEST_BYTES_MAX)
-        .max_encoding_message_size(crate::route::REPLY_BYTES_MAX);
-    let seats = crate::holds::PassThrough::new(seats, node);
     let server = tonic::transport::Server::builder()
         .tls_config(tls.server())
         .map_err(|e| StartError::Config(format!("peer port TLS: {e}")))?
@@ -639,7 +488,7 @@ const ADDRS_RETRY_MS: u64 = 500;
 const ADDRS_REFRESH_MS: u64 = 10_000;
 
 /// Learns every node's client address from the node itself, over the peer port.
-async fn refresh_client_addrs(node: Arc<NodeInner>, stop: CancellationToken) {
+async fn refresh_client_addrs(node: Arc<Process>, stop: CancellationToken) {
     let everyone: Vec<NodeId> = node.cluster.nodes().keys().copied().collect();
     loop {
         // peer_views records each answer's address.
@@ -657,44 +506,11 @@ async fn refresh_client_addrs(node: Arc<NodeInner>, stop: CancellationToken) {
     }
 }
 
-/// Accepted connections with Nagle's algorithm off. The server's own `tcp_nodelay`
-/// only applies to listeners it binds itself; without this, small replies waited
-/// for the peer's delayed ACK (about 40 ms) whenever a connection was not busy.
-pub(crate) fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
-    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
-}
-
-/// Reports NOT_SERVING, stops accepting calls and waits (at most `drain_timeout`)
-/// for the calls in flight to finish.
-pub(crate) async fn stop_serving(
-    health: &tonic_health::server::HealthReporter,
-    stop: &CancellationToken,
-    server: ServerTask,
-    drain_timeout: Duration,
-) {
-    health.set_not_serving::<SeatsServer<SeatsService>>().await;
-    stop.cancel();
-    drain(server, drain_timeout).await;
-}
-
-/// Waits (at most `drain_timeout`) for a stopping server's calls in flight.
-async fn drain(mut server: ServerTask, drain_timeout: Duration) {
-    match tokio::time::timeout(drain_timeout, &mut server).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => warn!(error = %e, "server ended with an error"),
-        Ok(Err(e)) => warn!(error = %e, "server task failed"),
-        Err(_) => {
-            warn!("calls still in flight after the drain timeout; cutting them off");
-            server.abort();
-        }
-    }
-}
-
 /// How often the bootstrapper asks the members again.
 const BOOTSTRAP_RETRY_MS: u64 = 200;
 
 /// Initialises `shard` once every member is up and none has state for it.
-async fn bootstrap(node: Arc<NodeInner>, shard: u32, stop: CancellationToken) {
+async fn bootstrap(node: Arc<Process>, shard: u32, stop: CancellationToken) {
     let Some(local) = node.shards.get(&shard).cloned() else {
         return;
     };

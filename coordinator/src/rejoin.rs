@@ -17,7 +17,7 @@ use crate::lifecycle::{pause, CancellationToken};
 use raft_store::raft::NodeId;
 use tracing::{info, warn};
 
-use crate::node::NodeInner;
+use crate::process::Process;
 use crate::raft_net::gate::LogPos;
 use crate::raft_net::VoteGate;
 use crate::shard::{reports_leader, Shard};
@@ -42,11 +42,7 @@ fn position(s: &seatd_proto::v1::ShardStatus) -> Option<LogPos> {
 /// state may lack what was committed, and two such are a majority lost (`seatd
 /// reform`). Members outside that configuration (the placement's, not yet added)
 /// count when they answer.
-async fn target_from_members(
-    node: &Arc<NodeInner>,
-    local: &Shard,
-    on_disk: bool,
-) -> Option<Answers> {
+async fn target_from_members(node: &Arc<Process>, local: &Shard, on_disk: bool) -> Option<Answers> {
     let shard = local.id;
     let mine = local.status(false);
     let mut ask: BTreeSet<NodeId> = node.cluster.members(shard).into_iter().collect();
@@ -102,7 +98,7 @@ struct Answers {
 }
 
 /// Runs `shard`'s closed gate until it opens (see the module doc).
-pub async fn catch_up(node: Arc<NodeInner>, shard: u32, gate: VoteGate, stop: CancellationToken) {
+pub async fn catch_up(node: Arc<Process>, shard: u32, gate: VoteGate, stop: CancellationToken) {
     let Some(local) = node.shards.get(&shard).cloned() else {
         return;
     };

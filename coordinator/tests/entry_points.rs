@@ -5,13 +5,15 @@
 //!   holds over two frontends (and a node's client port) gets no more than through one.
 //! - Metadata only nodes may set (the hop count) has no effect when a client sends it:
 //!   a forged hop count neither stops a call from being forwarded nor skips the limit.
+//! - Routing metadata is a hint: a call whose `x-seatd-event` names another shard's
+//!   event is still answered by its own event's leader, correctly.
 
 mod support;
 
 use std::time::{Duration, Instant};
 
 use coordinator::local::{FrontendCaches, LocalCluster, LocalConfig};
-use coordinator::node::Settings;
+use coordinator::process::Settings;
 use raft_store::raft::RaftTiming;
 use seatd_proto::v1 as pb;
 use seatd_proto::v1::seats_client::SeatsClient;
@@ -44,6 +46,11 @@ async fn client(addr: impl std::fmt::Display) -> SeatsClient<Channel> {
 /// Three nodes (one shard, so every hold meets one leader), two frontends, and an
 /// event `ev` with 200 seats.
 async fn setup() -> Setup {
+    setup_with(1).await
+}
+
+/// [`setup`] with `shards` shards.
+async fn setup_with(shards: u32) -> Setup {
     let dir = tempfile::tempdir().expect("a temp dir");
     let settings = Settings {
         holds_per_user_per_s: HOLDS_PER_USER_PER_S,
@@ -54,7 +61,7 @@ async fn setup() -> Setup {
     let mut cluster = LocalCluster::start(LocalConfig {
         data_dir: dir.path().to_path_buf(),
         nodes: 3,
-        shards: 1,
+        shards,
         settings,
         timing: RaftTiming::default(),
     })
@@ -209,6 +216,111 @@ async fn a_forged_hop_count_from_a_client_changes_nothing() {
         "a forged hop count skipped the limit: {granted} granted in {elapsed_s:.2} s"
     );
     s.cluster.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routing_metadata_that_lies_costs_a_hop_not_a_wrong_answer() {
+    let s = setup_with(4).await;
+    // An event in another shard than `ev`'s, for the metadata to name.
+    let other = (0..1_000)
+        .map(|i| format!("other-{i}"))
+        .find(|e| raft_store::ids::shard_of(e, 4) != raft_store::ids::shard_of("ev", 4))
+        .expect("4 shards: some id lands elsewhere");
+    let mut f = s.frontends[0].clone();
+    f.create_event(create(&other, layout(1, 1, 10), None))
+        .await
+        .expect("the other event is created");
+    let other_seats = f
+        .get_seat_map(pb::GetSeatMapRequest {
+            event_id: other.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("a seat map")
+        .into_inner()
+        .seats;
+    let mut entry_points: Vec<SeatsClient<Channel>> = s.frontends.clone();
+    entry_points.extend(s.nodes.iter().cloned());
+    for (i, c) in entry_points.iter_mut().enumerate() {
+        let seat = &s.seats[i];
+        let rid = format!("lie-{i}");
+        let held = c
+            .hold(lying_about(
+                &other,
+                hold("ev", &format!("u{i}"), &[seat], &rid),
+            ))
+            .await
+            .unwrap_or_else(|e| panic!("entry point {i}: {e:?}"))
+            .into_inner();
+        assert!(held.hold_id.starts_with("ev."), "{held:?}");
+        assert_eq!(held.seats[0].seat_id, *seat);
+        let read = c
+            .get_hold(lying_about(
+                &other,
+                pb::GetHoldRequest {
+                    hold_id: held.hold_id.clone(),
+                },
+            ))
+            .await
+            .unwrap_or_else(|e| panic!("entry point {i}: {e:?}"))
+            .into_inner();
+        assert_eq!(read.hold_id, held.hold_id);
+        // Several events in one call, the metadata naming one of them: each hold is
+        // decided by its own event's leader.
+        let many = c
+            .hold_many(lying_about(
+                &other,
+                pb::HoldManyRequest {
+                    holds: vec![
+                        hold(
+                            "ev",
+                            &format!("m{i}"),
+                            &[&s.seats[50 + i]],
+                            &format!("m-{i}"),
+                        ),
+                        hold(
+                            &other,
+                            &format!("n{i}"),
+                            &[&other_seats[i].id],
+                            &format!("n-{i}"),
+                        ),
+                    ],
+                },
+            ))
+            .await
+            .unwrap_or_else(|e| panic!("entry point {i}: {e:?}"))
+            .into_inner();
+        let first = match &many.results[0].result {
+            Some(pb::hold_result::Result::Hold(h)) => h.hold_id.clone(),
+            other => panic!("entry point {i}: {other:?}"),
+        };
+        assert!(first.starts_with("ev."), "{first}");
+        assert!(
+            matches!(&many.results[1].result, Some(pb::hold_result::Result::Hold(h)) if h.hold_id.starts_with(&format!("{other}."))),
+            "entry point {i}: {:?}",
+            many.results[1]
+        );
+    }
+    // Passed on undecoded, a call may be sent again: one without its retry key is
+    // refused, never given a fresh key per attempt.
+    for (i, c) in entry_points.iter_mut().enumerate() {
+        let keyless = hold("ev", &format!("k{i}"), &[&s.seats[120 + i]], "");
+        let got = c.hold(lying_about("ev", keyless)).await;
+        assert_eq!(
+            got.err().map(|e| e.code()),
+            Some(Code::InvalidArgument),
+            "entry point {i}"
+        );
+    }
+    s.cluster.shutdown().await.expect("clean shutdown");
+}
+
+/// `message` as a request whose routing metadata names `event`.
+fn lying_about<T>(event: &str, message: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(message);
+    r.metadata_mut()
+        .insert("x-seatd-event", event.parse().expect("ascii"));
+    r
 }
 
 /// Runs every future at once (each on its own task) and collects the answers in

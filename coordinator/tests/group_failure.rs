@@ -13,9 +13,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use coordinator::clock::SystemClock;
-use coordinator::node::{shard_health_name, NodeConfig, NodeHandle, Settings};
+use coordinator::node::{shard_health_name, NodeConfig, NodeHandle};
 use coordinator::payment::TestGateway;
 use coordinator::placement::Cluster;
+use coordinator::process::Settings;
 use coordinator::tls::{write_certs, PeerTls};
 use raft_store::raft::{LogPolicy, RaftTiming};
 use raft_store::EventId;

@@ -18,12 +18,13 @@ use std::time::{Duration, Instant};
 
 use coordinator::clock::Clock;
 use coordinator::error::{error_reason, REASON_KEY_REUSED};
-use coordinator::node::{NodeConfig, NodeHandle, Settings};
+use coordinator::node::{NodeConfig, NodeHandle};
 use coordinator::payment::{
     charge_key, refund_key, ChargeRequest, PaymentError, PaymentFuture, PaymentGateway,
     RefundRequest,
 };
 use coordinator::placement::Cluster;
+use coordinator::process::Settings;
 use raft_store::raft::{LogPolicy, RaftTiming};
 use raft_store::HoldId;
 use seatd_proto::v1 as pb;

@@ -10,7 +10,8 @@
 //! request is refused before it is proposed.)
 //!
 //! Also shared: how an address becomes an endpoint URL and how long to back off
-//! between attempts ([`net`]).
+//! between attempts ([`net`]), and the routing metadata and gRPC paths a call is
+//! forwarded by ([`routing`]).
 //!
 //! Seat maps ([`seat_map`]) are answered whole, by section or in pages; a page is
 //! bounded at compile time to fit gRPC's default 4 MiB, a whole map is checked against
@@ -25,6 +26,7 @@ use seatd_proto::v1 as pb;
 
 pub mod limits;
 pub mod net;
+pub mod routing;
 pub mod seat_map;
 
 pub use seat_map::{seat_map_part, seat_map_to_pb, whole_map_within_reply};

@@ -17,16 +17,16 @@
 //!   allowed to give it.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use seatd_proto::v1::seats_client::SeatsClient;
 use tonic::transport::Channel;
 
 use crate::error::Error;
-use crate::node::NodeInner;
+use crate::forward::{self, Answer, Outbound};
 use crate::peers::Links;
+use crate::process::Process;
 use crate::shard::Shard;
 use raft_store::raft::NodeId;
 
@@ -34,9 +34,7 @@ pub mod decide;
 
 use decide::Route;
 
-/// The header that counts how often a call was forwarded.
-pub const HOPS_HEADER: &str = "x-seatd-hops";
-pub use crate::limits::{HOPS_MAX, REPLY_BYTES_MAX};
+pub use crate::limits::HOPS_MAX;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -46,46 +44,14 @@ pub enum Mode {
     AnyReplica,
 }
 
-/// How many times a call was forwarded already, as another node says. Only a call
-/// from a node (its peer-port certificate) is believed: on the client port anyone can
-/// write the header, so a client's own header counts as 0.
-pub fn hops<T>(request: &tonic::Request<T>) -> u32 {
-    if !crate::tls::from_a_node(request) {
-        return 0;
+impl Process {
+    /// Whether this node leads `shard` now, and so decides calls on it here.
+    pub fn leads(&self, shard: u32) -> bool {
+        self.shards
+            .get(&shard)
+            .is_some_and(|s| s.is_serving() && s.leader().1)
     }
-    request
-        .metadata()
-        .get(HOPS_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
-}
 
-/// `message` as a forwarded request that has made `hops` hops: a fresh request, so
-/// nothing the caller sent (its metadata) travels on.
-pub fn forwarded<T>(message: T, hops: u32, timeout: Duration) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(message);
-    r.metadata_mut().insert(
-        HOPS_HEADER,
-        tonic::metadata::MetadataValue::from(hops.min(HOPS_MAX)),
-    );
-    r.set_timeout(timeout);
-    r
-}
-
-/// A client for forwarding calls to `channel`'s node, with the size limits of the
-/// client API.
-pub(crate) fn seats_client(channel: Channel) -> SeatsClient<Channel> {
-    SeatsClient::new(channel)
-        .max_decoding_message_size(REPLY_BYTES_MAX)
-        .max_encoding_message_size(REPLY_BYTES_MAX)
-}
-
-/// Round-robin position for picking a member of a shard this node does not host.
-#[derive(Default)]
-pub struct Rotor(AtomicUsize);
-
-impl NodeInner {
     /// Where a call on `shard` goes now, and this node's replica when it is served
     /// here.
     fn pick(&self, shard: u32, mode: Mode, hops: u32) -> (Route, Option<Arc<Shard>>) {
@@ -101,7 +67,7 @@ impl NodeInner {
             None => (
                 self.hints.lock().ok().and_then(|h| h.get(&shard).copied()),
                 self.cluster.members(shard),
-                self.rotor.0.fetch_add(1, Ordering::Relaxed),
+                self.turn.fetch_add(1, Ordering::Relaxed),
             ),
         };
         let route = decide::decide(&decide::Known {
@@ -153,22 +119,21 @@ impl NodeInner {
         }
     }
 
-    /// Serves a call on `shard`: `local` where this node may answer it, `remote` (with
-    /// the channel to the next node, the hop count to send and the time left)
-    /// elsewhere.
-    pub async fn routed<T, L, LF, R, RF>(
+    /// Serves a call on `shard`: by `local` with this node's replica where this node
+    /// may answer it, and elsewhere by forwarding `call` (`forward`), whose answer
+    /// becomes a `T`.
+    pub async fn routed<T, L, LF>(
         &self,
         shard: u32,
         mode: Mode,
         hops: u32,
+        call: &Outbound,
         local: L,
-        remote: R,
     ) -> Result<T, Error>
     where
+        T: Answer,
         L: Fn(Arc<Shard>) -> LF,
         LF: Future<Output = Result<T, Error>>,
-        R: Fn(Channel, u32, Duration) -> RF,
-        RF: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         if shard >= self.cluster.shards() {
             return Err(Error::Invalid(format!(
@@ -197,8 +162,9 @@ impl NodeInner {
                 (Route::Forward(to), _) => {
                     let left = deadline.saturating_duration_since(Instant::now());
                     let channel = self.channel_to(to)?;
-                    match tokio::time::timeout(left, remote(channel, hops + 1, left)).await {
-                        Ok(Ok(reply)) => return Ok(reply.into_inner()),
+                    let sent = forward::send(channel, call, hops + 1, left);
+                    match tokio::time::timeout(left, sent).await {
+                        Ok(Ok(answer)) => return T::from_answer(answer),
                         Ok(Err(st)) if is_retryable(&st) => {
                             self.forget_leader(shard);
                             last = format!("node {to}: {}", st.message())

@@ -11,8 +11,9 @@
 //!
 //! Commit runs the checkout saga on the shard's leader (`shard::checkout`).
 //!
-//! Caveat: each routed method still builds its own local and remote closures for the
-//! router; one forwarding component for every call is issue 19's open part.
+//! Each routed method gives the router two things: what to run where the shard is
+//! hosted (a closure given this node's replica), and the call as it is forwarded
+//! elsewhere ([`Outbound`]: the request encoded once, sent on by `forward`).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -23,23 +24,32 @@ use raft_store::raft::NodeId;
 use raft_store::{Command, Limit, Reply};
 use seatd_proto::v1 as pb;
 use seatd_wire as convert;
-use tonic::transport::Channel;
-use tonic::{Response, Status};
+use seatd_wire::routing::paths;
+
+pub mod holds;
 
 use crate::cluster_view::{local_status, merge_views, peer_views};
 use crate::error::Error;
-use crate::holds::{self, hold_command, validate_hold};
+use crate::forward::{Answer, Outbound};
 use crate::limits::{EVENTS_PER_LIST_DEFAULT, EVENTS_PER_LIST_MAX};
-use crate::node::NodeInner;
-use crate::route::{forwarded, seats_client, Mode};
+use crate::process::Process;
+use crate::route::Mode;
 use crate::shard::Shard;
+use holds::{hold_command, validate_hold};
 
 /// The client API as its callers see it: the gRPC service calls it, and the HTTP API
 /// will. [`Api`] decides or forwards each call; a frontend wraps it in a cache
 /// (`frontend::Cached`), a decorator that answers what callers accept old.
 pub trait SeatsApi: Send + Sync + 'static {
-    /// The process the API runs in (for what sits beside it: the pass-through).
-    fn node(&self) -> &Arc<NodeInner>;
+    /// The process the API runs in (the gRPC service routes by its shards).
+    fn node(&self) -> &Arc<Process>;
+    /// Whether calls on `path` must reach this API decoded even when their routing
+    /// metadata names a shard led elsewhere (a decorator that watches them: the
+    /// frontend's cache forgets its lists when an event changes). Otherwise the gRPC
+    /// service passes such a call on as bytes.
+    fn decodes(&self, _path: &str) -> bool {
+        false
+    }
     fn create_event(
         &self,
         req: pb::CreateEventRequest,
@@ -116,33 +126,22 @@ macro_rules! delegate_seats_api {
     };
 }
 
-/// The forwarding half of a routed call: `method` of the next node's client with
-/// `req`, marked with its hop count and the time left.
-macro_rules! forward {
-    ($req:expr, $method:ident) => {
-        |c: Channel, hops, left| {
-            let req = $req.clone();
-            async move { seats_client(c).$method(forwarded(req, hops, left)).await }
-        }
-    };
-}
-
 /// The client API, typed: what the gRPC service (`service`) calls, and what the HTTP
 /// API will call.
 #[derive(Clone)]
 pub struct Api {
-    node: Arc<NodeInner>,
+    node: Arc<Process>,
 }
 
 impl Api {
-    pub fn new(node: Arc<NodeInner>) -> Self {
+    pub fn new(node: Arc<Process>) -> Self {
         Self { node }
     }
 }
 
 /// Waits for a linearizable read point on `shard`, then runs `f`.
 async fn consistent<T>(
-    node: &NodeInner,
+    node: &Process,
     shard: &Shard,
     f: impl FnOnce(&raft_store::SeatMachine) -> T,
 ) -> Result<T, Error> {
@@ -170,7 +169,7 @@ fn summary(shard: &Shard, event: &raft_store::EventId) -> Result<pb::Event, Erro
 
 /// One shard's part of an event list, read on its leader.
 async fn list_shard(
-    node: Arc<NodeInner>,
+    node: Arc<Process>,
     shard: u32,
     req: pb::ListEventsRequest,
     hops: u32,
@@ -178,97 +177,74 @@ async fn list_shard(
     let limit = req.limit as usize;
     let mut forwarded_req = req.clone();
     forwarded_req.shard = Some(shard);
-    node.routed(
-        shard,
-        Mode::Leader,
-        hops,
-        |s| {
-            let (node, q) = (node.clone(), req.q.clone());
-            async move {
-                let found = consistent(&node, &s, |m| {
-                    m.events(req.from_ms, req.to_ms, Some(q.as_str()), limit)
-                })
-                .await?;
-                Ok(pb::ListEventsResponse {
-                    events: found
-                        .into_iter()
-                        .map(|e| convert::event_to_pb(e, s.id))
-                        .collect(),
-                    cache_age_ms: 0,
-                })
-            }
-        },
-        forward!(forwarded_req, list_events),
-    )
+    let call = Outbound::message(paths::LIST_EVENTS, &forwarded_req, None);
+    node.routed(shard, Mode::Leader, hops, &call, |s| {
+        let (node, q) = (node.clone(), req.q.clone());
+        async move {
+            let found = consistent(&node, &s, |m| {
+                m.events(req.from_ms, req.to_ms, Some(q.as_str()), limit)
+            })
+            .await?;
+            Ok(pb::ListEventsResponse {
+                events: found
+                    .into_iter()
+                    .map(|e| convert::event_to_pb(e, s.id))
+                    .collect(),
+                cache_age_ms: 0,
+            })
+        }
+    })
     .await
-    .map(|r| r.events)
+    .map(|r: pb::ListEventsResponse| r.events)
 }
 
 impl Api {
     /// Proposes `command` on its shard's leader (here or forwarded) and turns the
     /// state machine's reply into the answer with `answer`.
-    async fn write<T, R, RF>(
+    async fn write<T: Answer>(
         &self,
         shard: u32,
         hops: u32,
         command: Command,
         answer: impl Fn(&Shard, Reply) -> Result<T, Error>,
-        remote: R,
-    ) -> Result<T, Error>
-    where
-        R: Fn(Channel, u32, Duration) -> RF,
-        RF: Future<Output = Result<Response<T>, Status>>,
-    {
+        call: Outbound,
+    ) -> Result<T, Error> {
         let answer = &answer;
         self.node
-            .routed(
-                shard,
-                Mode::Leader,
-                hops,
-                |s| {
-                    let command = command.clone();
-                    async move {
-                        let reply = s.propose(command).await??;
-                        answer(&s, reply)
-                    }
-                },
-                remote,
-            )
+            .routed(shard, Mode::Leader, hops, &call, |s| {
+                let command = command.clone();
+                async move {
+                    let reply = s.propose(command).await??;
+                    answer(&s, reply)
+                }
+            })
             .await
     }
 
     /// Runs `read` on the shard's leader (here or forwarded) once a linearizable read
     /// point has been applied.
-    async fn read<T, F, R, RF>(
+    async fn read<T, F>(
         &self,
         shard: u32,
         hops: u32,
         read: Arc<F>,
-        remote: R,
+        call: Outbound,
     ) -> Result<T, Error>
     where
-        T: Send + 'static,
+        T: Answer + Send + 'static,
         F: Fn(&Shard) -> Result<T, Error> + Send + Sync + 'static,
-        R: Fn(Channel, u32, Duration) -> RF,
-        RF: Future<Output = Result<Response<T>, Status>>,
     {
         let (node, read) = (&self.node, &read);
-        node.routed(
-            shard,
-            Mode::Leader,
-            hops,
-            |s| async move {
-                consistent(node, &s, |_| ()).await?;
-                read_off_worker(read.clone(), s).await
-            },
-            remote,
-        )
+        node.routed(shard, Mode::Leader, hops, &call, |s| async move {
+            consistent(node, &s, |_| ()).await?;
+            read_off_worker(read.clone(), s).await
+        })
         .await
     }
 }
 
 impl SeatsApi for Api {
-    fn node(&self) -> &Arc<NodeInner> {
+    fn node(&self) -> &Arc<Process> {
         &self.node
     }
 
@@ -299,24 +275,19 @@ impl SeatsApi for Api {
             Reply::EventCreated { .. } => summary(s, &event),
             other => Err(Error::unexpected(other)),
         };
+        let call = Outbound::message(paths::CREATE_EVENT, &req, Some(&event));
         let event = &event;
         self.node
-            .routed(
-                shard,
-                Mode::Leader,
-                hops,
-                |s| {
-                    let command = command.clone();
-                    async move {
-                        // A clear answer on the leader when the shard is full; `apply`
-                        // decides (another creation may take the room meanwhile).
-                        s.reader.read(|m| m.check_room(event, seats))?;
-                        let reply = s.propose(command).await??;
-                        answer(&s, reply)
-                    }
-                },
-                forward!(req, create_event),
-            )
+            .routed(shard, Mode::Leader, hops, &call, |s| {
+                let command = command.clone();
+                async move {
+                    // A clear answer on the leader when the shard is full; `apply`
+                    // decides (another creation may take the room meanwhile).
+                    s.reader.read(|m| m.check_room(event, seats))?;
+                    let reply = s.propose(command).await??;
+                    answer(&s, reply)
+                }
+            })
             .await
     }
 
@@ -354,8 +325,9 @@ impl SeatsApi for Api {
     async fn get_event(&self, req: pb::GetEventRequest, hops: u32) -> Result<pb::Event, Error> {
         let event = convert::event_id(&req.event_id)?;
         let shard = self.node.cluster.shard_of(&event);
+        let call = Outbound::message(paths::GET_EVENT, &req, Some(&event));
         let read = Arc::new(move |s: &Shard| summary(s, &event));
-        self.read(shard, hops, read, forward!(req, get_event)).await
+        self.read(shard, hops, read, call).await
     }
 
     async fn set_sale(&self, req: pb::SetSaleRequest, hops: u32) -> Result<pb::Event, Error> {
@@ -365,12 +337,12 @@ impl SeatsApi for Api {
             sale: convert::sale(req.sale)?,
         };
         let shard = self.node.cluster.shard_of(&event);
+        let call = Outbound::message(paths::SET_SALE, &req, Some(&event));
         let answer = |s: &Shard, reply| match reply {
             Reply::SaleSet { .. } => summary(s, &event),
             other => Err(Error::unexpected(other)),
         };
-        self.write(shard, hops, command, answer, forward!(req, set_sale))
-            .await
+        self.write(shard, hops, command, answer, call).await
     }
 
     async fn get_seat_map(
@@ -381,6 +353,10 @@ impl SeatsApi for Api {
         let event = convert::event_id(&req.event_id)?;
         let part = convert::seat_map_part(&req)?;
         let shard = self.node.cluster.shard_of(&event);
+        // A stale read goes on without routing metadata: the next process (a
+        // frontend's cache, any replica) may answer it, not only the leader.
+        let routing = (!req.stale_ok).then_some(&event);
+        let call = Outbound::message(paths::GET_SEAT_MAP, &req, routing);
         let read = Arc::new(move |s: &Shard| {
             let map = s.reader.read(|m| m.seat_map_part(&event, &part))?;
             Ok(convert::whole_map_within_reply(convert::seat_map_to_pb(
@@ -388,49 +364,36 @@ impl SeatsApi for Api {
             ))?)
         });
         if !req.stale_ok {
-            return self
-                .read(shard, hops, read, forward!(req, get_seat_map))
-                .await;
+            return self.read(shard, hops, read, call).await;
         }
         // Any replica may do; the map names the log index it reflects.
         self.node
-            .routed(
-                shard,
-                Mode::AnyReplica,
-                hops,
-                |s| read_off_worker(read.clone(), s),
-                forward!(req, get_seat_map),
-            )
+            .routed(shard, Mode::AnyReplica, hops, &call, |s| {
+                read_off_worker(read.clone(), s)
+            })
             .await
     }
 
     async fn hold(&self, mut req: pb::HoldRequest, hops: u32) -> Result<pb::Hold, Error> {
         let (shard, event) = validate_hold(&self.node, &mut req)?;
         let command = hold_command(&event, &req);
+        let call = Outbound::message(paths::HOLD, &req, Some(&event));
         let node = &self.node;
         let verdicts = holds::Verdicts::default();
         let verdict = &verdicts;
-        let hold = node
-            .routed(
-                shard,
-                Mode::Leader,
-                hops,
-                |s| {
-                    let (command, user) = (command.clone(), &req.user_id);
-                    async move {
-                        if !verdict.of(node, std::iter::once(user.as_str()))[0] {
-                            return Err(holds::rate_limited(node, user));
-                        }
-                        match s.propose(command).await?? {
-                            Reply::Held(h) => Ok(convert::hold_to_pb(&h)),
-                            other => Err(Error::unexpected(other)),
-                        }
-                    }
-                },
-                forward!(req, hold),
-            )
-            .await?;
-        Ok(hold)
+        node.routed(shard, Mode::Leader, hops, &call, |s| {
+            let (command, user) = (command.clone(), &req.user_id);
+            async move {
+                if !verdict.of(node, std::iter::once(user.as_str()))[0] {
+                    return Err(holds::rate_limited(node, user));
+                }
+                match s.propose(command).await?? {
+                    Reply::Held(h) => Ok(convert::hold_to_pb(&h)),
+                    other => Err(Error::unexpected(other)),
+                }
+            }
+        })
+        .await
     }
 
     async fn hold_many(
@@ -438,8 +401,6 @@ impl SeatsApi for Api {
         request: pb::HoldManyRequest,
         hops: u32,
     ) -> Result<pb::HoldManyResponse, Error> {
-        // A running server serves `HoldMany` in `holds::PassThrough`, which passes
-        // it through undecoded where it can; this is the typed way.
         holds::hold_many(&self.node, request, hops).await
     }
 
@@ -452,33 +413,26 @@ impl SeatsApi for Api {
             req.idempotency_key = self.node.fresh_id("k");
         }
         let shard = self.node.cluster.shard_of(&hold.event);
+        let call = Outbound::message(paths::COMMIT, &req, Some(&hold.event));
         let node = &self.node;
-        let order = node
-            .routed(
-                shard,
-                Mode::Leader,
-                hops,
-                |s| {
-                    let (hold, token, key) = (
-                        hold.clone(),
-                        req.payment_token.clone(),
-                        req.idempotency_key.clone(),
-                    );
-                    async move {
-                        let order = crate::shard::checkout::run(
-                            &s,
-                            node.gateway.as_ref(),
-                            node.settings.payment_timeout,
-                            crate::shard::checkout::Checkout { hold, token, key },
-                        )
-                        .await?;
-                        Ok(convert::order_to_pb(&order))
-                    }
-                },
-                forward!(req, commit),
-            )
-            .await?;
-        Ok(order)
+        node.routed(shard, Mode::Leader, hops, &call, |s| {
+            let (hold, token, key) = (
+                hold.clone(),
+                req.payment_token.clone(),
+                req.idempotency_key.clone(),
+            );
+            async move {
+                let order = crate::shard::checkout::run(
+                    &s,
+                    node.gateway.as_ref(),
+                    node.settings.payment_timeout,
+                    crate::shard::checkout::Checkout { hold, token, key },
+                )
+                .await?;
+                Ok(convert::order_to_pb(&order))
+            }
+        })
+        .await
     }
 
     async fn release(&self, req: pb::ReleaseRequest, hops: u32) -> Result<pb::Hold, Error> {
@@ -489,30 +443,32 @@ impl SeatsApi for Api {
             user: req.user_id.clone(),
         };
         let shard = self.node.cluster.shard_of(&hold.event);
+        let call = Outbound::message(paths::RELEASE, &req, Some(&hold.event));
         let answer = |s: &Shard, reply| match reply {
             Reply::Released { .. } => Ok(convert::hold_to_pb(&s.reader.hold(&hold)??)),
             other => Err(Error::unexpected(other)),
         };
-        self.write(shard, hops, command, answer, forward!(req, release))
-            .await
+        self.write(shard, hops, command, answer, call).await
     }
 
     async fn get_hold(&self, req: pb::GetHoldRequest, hops: u32) -> Result<pb::Hold, Error> {
         let hold = convert::hold_id(&req.hold_id)?;
         let shard = self.node.cluster.shard_of(&hold.event);
+        let call = Outbound::message(paths::GET_HOLD, &req, Some(&hold.event));
         // `hold` also finds holds whose records live only on disk.
         let read = Arc::new(move |s: &Shard| Ok(convert::hold_to_pb(&s.reader.hold(&hold)??)));
-        self.read(shard, hops, read, forward!(req, get_hold)).await
+        self.read(shard, hops, read, call).await
     }
 
     async fn get_order(&self, req: pb::GetOrderRequest, hops: u32) -> Result<pb::Order, Error> {
         let order = convert::order_id(&req.order_id)?;
         let shard = self.node.cluster.shard_of(&order.event);
+        let call = Outbound::message(paths::GET_ORDER, &req, Some(&order.event));
         let read = Arc::new(move |s: &Shard| {
             let o = s.reader.read(|m| m.order(&order))?;
             Ok(convert::order_to_pb(&o))
         });
-        self.read(shard, hops, read, forward!(req, get_order)).await
+        self.read(shard, hops, read, call).await
     }
 
     async fn cluster_status(

@@ -5,9 +5,10 @@
 //! in the call's order: a refused or failed hold fails alone. A group that no leader
 //! answers within the router's wait fails every one of its holds with that status.
 //!
-//! A process that would only forward a call does not decode it when it need not
-//! ([`pass_through`]); this module is the typed way, which every call takes where it
-//! is decided and wherever passing through does not apply.
+//! A process that only forwards a call whose routing metadata names one event passes
+//! it on undecoded (`service`, `forward`); this module is the typed way, which every
+//! call takes where it is decided and where it has no such metadata (holds for
+//! several events, say).
 //!
 //! Invariants:
 //! - The per-user rate limit is asked where holds are decided: on the shard's leader,
@@ -25,17 +26,14 @@ use std::sync::Arc;
 
 use raft_store::{Command, EventId, HoldRequest, Limit, Reply};
 use seatd_proto::v1 as pb;
-use tonic::transport::Channel;
 use tonic::Status;
 
 use crate::error::Error;
-use crate::node::NodeInner;
-use crate::route::{forwarded, seats_client, Mode};
+use crate::forward::Outbound;
+use crate::process::Process;
+use crate::route::Mode;
 use seatd_wire as convert;
-
-pub mod pass_through;
-
-pub use pass_through::PassThrough;
+use seatd_wire::routing::paths;
 
 pub use crate::limits::HOLDS_PER_CALL_MAX;
 
@@ -43,7 +41,7 @@ pub use crate::limits::HOLDS_PER_CALL_MAX;
 /// The command is made only where the hold is decided ([`hold_command`]): a frontend
 /// or a follower that forwards the hold never needs it.
 pub(crate) fn validate_hold(
-    node: &NodeInner,
+    node: &Process,
     req: &mut pb::HoldRequest,
 ) -> Result<(u32, EventId), Error> {
     let event = convert::event_id(&req.event_id)?;
@@ -68,14 +66,14 @@ pub(crate) struct Verdicts(std::sync::OnceLock<Vec<bool>>);
 
 impl Verdicts {
     /// Whether each of `users`' holds is admitted (asked once per call).
-    pub(crate) fn of<'a>(&self, node: &NodeInner, users: impl Iterator<Item = &'a str>) -> &[bool] {
+    pub(crate) fn of<'a>(&self, node: &Process, users: impl Iterator<Item = &'a str>) -> &[bool] {
         self.0
             .get_or_init(|| users.map(|u| node.hold_limiter.admit(u)).collect())
     }
 }
 
 /// The refusal of a hold over its user's rate.
-pub(crate) fn rate_limited(node: &NodeInner, user: &str) -> Error {
+pub(crate) fn rate_limited(node: &Process, user: &str) -> Error {
     Error::RateLimited(format!(
         "user {user:?} asked for more than {} holds per second",
         node.settings.holds_per_user_per_s
@@ -149,7 +147,7 @@ fn check_count(holds: usize) -> Result<(), Error> {
 
 /// Decides a `HoldMany` call the typed way.
 pub(crate) async fn hold_many(
-    node: &Arc<NodeInner>,
+    node: &Arc<Process>,
     req: pb::HoldManyRequest,
     hops: u32,
 ) -> Result<pb::HoldManyResponse, Error> {
@@ -185,7 +183,7 @@ pub(crate) async fn hold_many(
 /// leadership moves while they are in flight the whole group is tried again at the
 /// new leader, which is safe: every hold carries its reservation id.
 async fn hold_group(
-    node: Arc<NodeInner>,
+    node: Arc<Process>,
     shard: u32,
     hops: u32,
     items: Vec<(usize, pb::HoldRequest, EventId)>,
@@ -199,62 +197,53 @@ async fn hold_group(
         events.push(e);
     }
     let forward = pb::HoldManyRequest { holds };
+    // Sent on with one of its events as routing metadata: they share the shard.
+    let call = Outbound::message(paths::HOLD_MANY, &forward, events.first());
     let verdicts = Verdicts::default();
     let answered = node
-        .routed(
-            shard,
-            Mode::Leader,
-            hops,
-            |s| {
-                // Every command is queued before any answer is awaited, so they share
-                // entries; no task per hold. A hold over its user's rate is not queued.
-                let admitted = verdicts.of(&node, forward.holds.iter().map(|h| h.user_id.as_str()));
-                let pending: Vec<_> = forward
-                    .holds
-                    .iter()
-                    .zip(&events)
-                    .zip(admitted)
-                    .map(|((h, e), ok)| match ok {
-                        true => Ok(s.submit(hold_command(e, h))),
-                        false => Err(rate_limited(&node, &h.user_id)),
-                    })
-                    .collect();
-                async move {
-                    let mut results = Vec::with_capacity(pending.len());
-                    for p in pending {
-                        let outcome = match p {
-                            Err(limited) => {
-                                results.push(failure(limited.into()));
-                                continue;
-                            }
-                            Ok(Ok(p)) => p.outcome().await,
-                            Ok(Err(e)) => Err(e),
-                        };
-                        results.push(match outcome {
-                            Ok(Ok(Reply::Held(h))) => pb::HoldResult {
-                                result: Some(pb::hold_result::Result::Hold(convert::hold_to_pb(
-                                    &h,
-                                ))),
-                            },
-                            Ok(Ok(other)) => failure(Error::unexpected(other).into()),
-                            Ok(Err(refusal)) => failure(Error::from(refusal).into()),
-                            // Refused here, not applied anywhere: this hold alone fails.
-                            Err(
-                                e @ (crate::shard::proposer::ShardError::Overloaded(_)
-                                | crate::shard::proposer::ShardError::TooLarge(_)),
-                            ) => failure(Error::from(e).into()),
-                            // Not applied here, or unknown: the group goes again.
-                            Err(e) => return Err(Error::from(e)),
-                        });
-                    }
-                    Ok(pb::HoldManyResponse { results })
+        .routed(shard, Mode::Leader, hops, &call, |s| {
+            // Every command is queued before any answer is awaited, so they share
+            // entries; no task per hold. A hold over its user's rate is not queued.
+            let admitted = verdicts.of(&node, forward.holds.iter().map(|h| h.user_id.as_str()));
+            let pending: Vec<_> = forward
+                .holds
+                .iter()
+                .zip(&events)
+                .zip(admitted)
+                .map(|((h, e), ok)| match ok {
+                    true => Ok(s.submit(hold_command(e, h))),
+                    false => Err(rate_limited(&node, &h.user_id)),
+                })
+                .collect();
+            async move {
+                let mut results = Vec::with_capacity(pending.len());
+                for p in pending {
+                    let outcome = match p {
+                        Err(limited) => {
+                            results.push(failure(limited.into()));
+                            continue;
+                        }
+                        Ok(Ok(p)) => p.outcome().await,
+                        Ok(Err(e)) => Err(e),
+                    };
+                    results.push(match outcome {
+                        Ok(Ok(Reply::Held(h))) => pb::HoldResult {
+                            result: Some(pb::hold_result::Result::Hold(convert::hold_to_pb(&h))),
+                        },
+                        Ok(Ok(other)) => failure(Error::unexpected(other).into()),
+                        Ok(Err(refusal)) => failure(Error::from(refusal).into()),
+                        // Refused here, not applied anywhere: this hold alone fails.
+                        Err(
+                            e @ (crate::shard::proposer::ShardError::Overloaded(_)
+                            | crate::shard::proposer::ShardError::TooLarge(_)),
+                        ) => failure(Error::from(e).into()),
+                        // Not applied here, or unknown: the group goes again.
+                        Err(e) => return Err(Error::from(e)),
+                    });
                 }
-            },
-            |c: Channel, hops, left| {
-                let req = forward.clone();
-                async move { seats_client(c).hold_many(forwarded(req, hops, left)).await }
-            },
-        )
+                Ok(pb::HoldManyResponse { results })
+            }
+        })
         .await;
     let results = match answered {
         Ok(r) if r.results.len() == indices.len() => r.results,
