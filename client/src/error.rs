@@ -39,6 +39,13 @@ pub enum Error {
     /// same call would fail the same way. Whether the command took effect is unknown.
     #[error("internal: {0}")]
     Internal(String),
+    /// No valid token: none sent, expired, or signed by a key the cluster does not
+    /// trust.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    /// The token's role may not make this call (a buyer creating an event, say).
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
 }
 
 impl Error {
@@ -52,6 +59,8 @@ impl Error {
             Error::RateLimited(_) => "rate_limited",
             Error::Unavailable(_) => "unavailable",
             Error::Internal(_) => "internal",
+            Error::Unauthenticated(_) => "unauthenticated",
+            Error::PermissionDenied(_) => "permission_denied",
         }
     }
 
@@ -65,6 +74,8 @@ impl Error {
             Error::RateLimited(_) => 6,
             Error::Unavailable(_) => 7,
             Error::Internal(_) => 8,
+            Error::Unauthenticated(_) => 9,
+            Error::PermissionDenied(_) => 10,
         }
     }
 
@@ -75,7 +86,9 @@ impl Error {
             | Error::NotFound(m)
             | Error::RateLimited(m)
             | Error::Unavailable(m)
-            | Error::Internal(m) => m,
+            | Error::Internal(m)
+            | Error::Unauthenticated(m)
+            | Error::PermissionDenied(m) => m,
             Error::Conflict { message, .. } => message,
         }
     }
@@ -107,6 +120,8 @@ impl Error {
             Code::FailedPrecondition => Error::Invalid(message),
             Code::NotFound => Error::NotFound(message),
             Code::ResourceExhausted => Error::RateLimited(message),
+            Code::Unauthenticated => Error::Unauthenticated(message),
+            Code::PermissionDenied => Error::PermissionDenied(message),
             Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => {
                 Error::Unavailable(format!("{:?}: {message}", status.code()))
             }

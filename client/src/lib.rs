@@ -122,6 +122,8 @@ pub struct Client {
 struct Transport {
     endpoints: Vec<(String, SeatsClient<Channel>)>,
     options: Options,
+    /// `Bearer <token>`, sent with every call when the client has a token.
+    bearer: Option<tonic::metadata::AsciiMetadataValue>,
     next: AtomicUsize,
     routes: route::Routes,
 }
@@ -166,6 +168,24 @@ impl Client {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
+        Self::with_token(endpoints, options, None)
+    }
+
+    /// [`Client::with_options`] that sends `token` (a JWT from the identity provider,
+    /// or `seatd token issue`) as `authorization: Bearer <token>` with every call.
+    pub fn with_token<I, S>(
+        endpoints: I,
+        options: Options,
+        token: Option<&str>,
+    ) -> Result<Self, Error>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let bearer = token
+            .map(|t| format!("Bearer {}", t.trim()).parse())
+            .transpose()
+            .map_err(|_| Error::Invalid("the token is not printable ASCII".into()))?;
         let mut list = Vec::new();
         for e in endpoints {
             let url = normalise(e.as_ref());
@@ -187,6 +207,7 @@ impl Client {
         let transport = Arc::new(Transport {
             endpoints: list,
             options,
+            bearer,
             next: AtomicUsize::new(start),
             routes: route::Routes::new(route),
         });
@@ -290,12 +311,19 @@ fn route_to(event: Option<String>) -> Option<tonic::metadata::AsciiMetadataValue
     event.and_then(|e| e.parse().ok())
 }
 
-/// `message` as a request carrying the routing metadata `route`.
-fn routed<T>(message: T, route: &Option<tonic::metadata::AsciiMetadataValue>) -> tonic::Request<T> {
+/// `message` as a request carrying the routing metadata `route` and the bearer token.
+fn routed<T>(
+    message: T,
+    route: &Option<tonic::metadata::AsciiMetadataValue>,
+    bearer: &Option<tonic::metadata::AsciiMetadataValue>,
+) -> tonic::Request<T> {
     let mut r = tonic::Request::new(message);
     if let Some(event) = route {
         r.metadata_mut()
             .insert(seatd_wire::routing::EVENT_METADATA, event.clone());
+    }
+    if let Some(bearer) = bearer {
+        r.metadata_mut().insert("authorization", bearer.clone());
     }
     r
 }
@@ -305,7 +333,7 @@ impl Client {
     pub async fn create_event(&self, request: pb::CreateEventRequest) -> Result<pb::Event, Error> {
         let route = route_to((!request.event_id.is_empty()).then(|| request.event_id.clone()));
         self.call(|mut c| {
-            let r = routed(request.clone(), &route);
+            let r = routed(request.clone(), &route, &self.transport.bearer);
             async move { c.create_event(r).await }
         })
         .await
@@ -316,7 +344,7 @@ impl Client {
         request: pb::ListEventsRequest,
     ) -> Result<pb::ListEventsResponse, Error> {
         self.call(|mut c| {
-            let r = request.clone();
+            let r = routed(request.clone(), &None, &self.transport.bearer);
             async move { c.list_events(r).await }
         })
         .await
@@ -328,7 +356,7 @@ impl Client {
         };
         let route = route_to(Some(event_id.to_string()));
         self.call(|mut c| {
-            let r = routed(r.clone(), &route);
+            let r = routed(r.clone(), &route, &self.transport.bearer);
             async move { c.get_event(r).await }
         })
         .await
@@ -341,7 +369,7 @@ impl Client {
         };
         let route = route_to(Some(event_id.to_string()));
         self.call(|mut c| {
-            let r = routed(r.clone(), &route);
+            let r = routed(r.clone(), &route, &self.transport.bearer);
             async move { c.set_sale(r).await }
         })
         .await
@@ -357,7 +385,7 @@ impl Client {
         };
         let route = route_to((!stale_ok).then(|| event_id.to_string()));
         self.call(|mut c| {
-            let r = routed(r.clone(), &route);
+            let r = routed(r.clone(), &route, &self.transport.bearer);
             async move { c.get_seat_map(r).await }
         })
         .await
@@ -374,7 +402,7 @@ impl Client {
     ) -> Result<pb::SeatMap, Error> {
         let route = route_to((!request.stale_ok).then(|| request.event_id.clone()));
         self.call(|mut c| {
-            let r = routed(request.clone(), &route);
+            let r = routed(request.clone(), &route, &self.transport.bearer);
             async move { c.get_seat_map(r).await }
         })
         .await
@@ -410,7 +438,7 @@ impl Client {
             let route = route_to(Some(request.event_id.clone()));
             return self
                 .call(|mut c| {
-                    let r = routed(request.clone(), &route);
+                    let r = routed(request.clone(), &route, &self.transport.bearer);
                     async move { c.hold(r).await }
                 })
                 .await;
@@ -479,7 +507,7 @@ impl Client {
         };
         let route = route_to(seatd_wire::routing::event_of_hold(hold_id));
         self.call(|mut c| {
-            let r = routed(r.clone(), &route);
+            let r = routed(r.clone(), &route, &self.transport.bearer);
             async move { c.commit(r).await }
         })
         .await
@@ -493,7 +521,7 @@ impl Client {
         };
         let route = route_to(seatd_wire::routing::event_of_hold(hold_id));
         self.call(|mut c| {
-            let r = routed(r.clone(), &route);
+            let r = routed(r.clone(), &route, &self.transport.bearer);
             async move { c.release(r).await }
         })
         .await
@@ -505,7 +533,7 @@ impl Client {
         };
         let route = route_to(seatd_wire::routing::event_of_hold(hold_id));
         self.call(|mut c| {
-            let r = routed(r.clone(), &route);
+            let r = routed(r.clone(), &route, &self.transport.bearer);
             async move { c.get_hold(r).await }
         })
         .await
@@ -517,7 +545,7 @@ impl Client {
         };
         let route = route_to(seatd_wire::routing::event_of_order(order_id));
         self.call(|mut c| {
-            let r = routed(r.clone(), &route);
+            let r = routed(r.clone(), &route, &self.transport.bearer);
             async move { c.get_order(r).await }
         })
         .await
@@ -676,7 +704,7 @@ async fn send_holds(
     let request = pb::HoldManyRequest { holds: requests };
     let answer = transport
         .call_at(at, |mut c| {
-            let r = routed(request.clone(), &route);
+            let r = routed(request.clone(), &route, &transport.bearer);
             async move { c.hold_many(r).await }
         })
         .await;

@@ -43,10 +43,83 @@ enum Command {
     /// Creates a cluster CA and node certificates for the peer port (keeps existing
     /// files, so it can be run again to add nodes).
     Certs(CertsArgs),
+    /// Signing keys and bearer tokens, for operators' scripts, tests and local use.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Last resort, on a STOPPED node, when most replicas of a shard lost their disks:
     /// makes this node's copy the shard's only voter. Entries that only the lost
     /// replicas held are gone for good. See README, "Re-forming a shard".
     Reform(ReformArgs),
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Writes a new Ed25519 key pair: DIR/signing-key.pem (keep it secret) and
+    /// DIR/public-key.pem (give it to nodes and frontends as --auth-keys).
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Prints a token for a user, signed with a signing key (PEM).
+    Issue {
+        /// The signing key (`seatd token keygen`'s signing-key.pem, or `seatd dev`'s
+        /// dev-signing-key.pem).
+        #[arg(long)]
+        key: PathBuf,
+        /// The user id the token names (`sub`).
+        #[arg(long)]
+        sub: String,
+        /// buyer or operator.
+        #[arg(long, default_value = "buyer")]
+        role: crate::auth::Role,
+        /// How long the token is valid: 90s, 30m, 1h, 7d.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+    },
+}
+
+/// A duration written as a number and a unit: 90s, 30m, 1h, 7d.
+fn parse_ttl(text: &str) -> anyhow::Result<Duration> {
+    let (number, unit) = text.split_at(text.len().saturating_sub(1));
+    let n: u64 = number
+        .parse()
+        .with_context(|| format!("--ttl {text:?}: a number and s, m, h or d"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3_600,
+        "d" => n * 86_400,
+        _ => bail!("--ttl {text:?}: a number and s, m, h or d"),
+    };
+    // A year at most: a token is no substitute for a key.
+    anyhow::ensure!(
+        secs > 0 && secs <= 366 * 86_400,
+        "--ttl {text:?}: 1s to 366d"
+    );
+    Ok(Duration::from_secs(secs))
+}
+
+fn run_token(command: TokenCommand) -> anyhow::Result<()> {
+    match command {
+        TokenCommand::Keygen { out } => {
+            let (signing, public) = crate::auth::issue::keygen(&out).map_err(anyhow::Error::msg)?;
+            println!("created {}", signing.display());
+            println!("created {}", public.display());
+        }
+        TokenCommand::Issue {
+            key,
+            sub,
+            role,
+            ttl,
+        } => {
+            let private = std::fs::read_to_string(&key)
+                .with_context(|| format!("cannot read {}", key.display()))?;
+            let token = crate::auth::issue::token(&private, &sub, role, parse_ttl(&ttl)?)
+                .map_err(anyhow::Error::msg)?;
+            println!("{token}");
+        }
+    }
+    Ok(())
 }
 
 #[derive(Args)]
@@ -95,7 +168,36 @@ struct FrontendArgs {
     #[arg(long, default_value_t = 20)]
     holds_per_user_per_s: u32,
     #[command(flatten)]
+    auth: AuthArgs,
+    #[command(flatten)]
     threads: Threads,
+}
+
+/// Bearer tokens: checked on every call when `--auth-keys` is given.
+#[derive(Args)]
+struct AuthArgs {
+    /// The public keys tokens may be signed with: a JWKS file or PEM public keys
+    /// (`seatd token keygen` writes one). Read again when it changes. Without it,
+    /// calls are not authenticated.
+    #[arg(long)]
+    auth_keys: Option<PathBuf>,
+    /// The `iss` tokens must name.
+    #[arg(long, default_value = crate::auth::DEFAULT_ISSUER)]
+    auth_issuer: String,
+    /// The `aud` tokens must name.
+    #[arg(long, default_value = crate::auth::DEFAULT_AUDIENCE)]
+    auth_audience: String,
+}
+
+impl AuthArgs {
+    fn verifier(&self) -> anyhow::Result<Option<Arc<crate::auth::Verifier>>> {
+        let Some(path) = &self.auth_keys else {
+            return Ok(None);
+        };
+        let v = crate::auth::Verifier::from_file(path, &self.auth_issuer, &self.auth_audience)
+            .map_err(anyhow::Error::msg)?;
+        Ok(Some(Arc::new(v)))
+    }
 }
 
 /// How many threads run a server's async work.
@@ -168,6 +270,8 @@ struct NodeArgs {
     /// For fault tests: stamp entries as if this node's clock were off by this much.
     #[arg(long, default_value_t = 0, allow_hyphen_values = true, hide = true)]
     clock_skew_ms: i64,
+    #[command(flatten)]
+    auth: AuthArgs,
     #[command(flatten)]
     threads: Threads,
 }
@@ -244,6 +348,7 @@ fn run_frontend(args: FrontendArgs) -> anyhow::Result<()> {
             holds_per_user_per_s: args.holds_per_user_per_s,
             ..Default::default()
         },
+        auth: args.auth.verifier()?,
     };
     runtime(Some(&args.threads))?.block_on(async move {
         let listener = tokio::net::TcpListener::bind(args.listen)
@@ -306,6 +411,7 @@ fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         gateway: Arc::new(crate::payment::TestGateway::default()),
         tls: crate::tls::PeerTls::load(&args.certs, args.id)?,
         advertise: args.advertise,
+        auth: args.auth.verifier()?,
     };
     runtime(Some(&args.threads))?.block_on(async move {
         let listener = tokio::net::TcpListener::bind(args.listen)
@@ -380,6 +486,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Reform(args) => run_reform(args)?,
+        Command::Token(command) => run_token(command)?,
         Command::Layout(LayoutCommand::Generate(args)) => {
             let layout = match &args.preset {
                 Some(name) => match preset(name) {

@@ -77,6 +77,7 @@ impl DevCluster {
             shards: DEV_SHARDS,
             settings,
             timing: RaftTiming::default(),
+            auth: None,
         })
         .await?;
         let caches = FrontendCaches {

@@ -51,6 +51,12 @@ pub enum Error {
     /// The caller asked for more than its share (holds per user per second).
     #[error("{0}")]
     RateLimited(String),
+    /// No valid bearer token.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The caller's role may not make this call.
+    #[error("{0}")]
+    PermissionDenied(String),
     /// A status from the node a call was forwarded to, passed on unchanged.
     #[error("{}", .0.message())]
     Remote(tonic::Status),
@@ -98,6 +104,10 @@ impl From<Error> for tonic::Status {
             Error::RateLimited(m) => status(Code::ResourceExhausted, m, reason::RATE_LIMITED),
             Error::Remote(s) => s,
             Error::Internal(m) => status(Code::Internal, m, reason::INTERNAL),
+            Error::Unauthenticated(m) => status(Code::Unauthenticated, m, reason::UNAUTHENTICATED),
+            Error::PermissionDenied(m) => {
+                status(Code::PermissionDenied, m, reason::PERMISSION_DENIED)
+            }
             Error::Store(e) => status(Code::Internal, format!("storage: {e}"), reason::INTERNAL),
         }
     }

@@ -47,6 +47,8 @@ pub struct FrontendConfig {
     pub seat_map_cache: Duration,
     pub event_list_cache: Duration,
     pub settings: Settings,
+    /// Checks bearer tokens on every call when set.
+    pub auth: Option<Arc<crate::auth::Verifier>>,
 }
 
 /// Answers a frontend may give again for a while.
@@ -171,17 +173,21 @@ impl<A: SeatsApi> SeatsApi for Cached<A> {
     async fn create_event(
         &self,
         req: pb::CreateEventRequest,
-        hops: u32,
+        call: crate::forward::Call,
     ) -> Result<pb::Event, Error> {
         // Before and after: a list cached meanwhile may miss the event.
         self.cache.events_changed();
-        let created = self.inner.create_event(req, hops).await;
+        let created = self.inner.create_event(req, call).await;
         self.cache.events_changed();
         created
     }
 
-    async fn set_sale(&self, req: pb::SetSaleRequest, hops: u32) -> Result<pb::Event, Error> {
-        let set = self.inner.set_sale(req, hops).await;
+    async fn set_sale(
+        &self,
+        req: pb::SetSaleRequest,
+        call: crate::forward::Call,
+    ) -> Result<pb::Event, Error> {
+        let set = self.inner.set_sale(req, call).await;
         self.cache.events_changed();
         set
     }
@@ -189,17 +195,17 @@ impl<A: SeatsApi> SeatsApi for Cached<A> {
     async fn list_events(
         &self,
         req: pb::ListEventsRequest,
-        hops: u32,
+        call: crate::forward::Call,
     ) -> Result<pb::ListEventsResponse, Error> {
         // The cache key holds the query: an oversized one goes straight to the API,
         // which refuses it, and is never copied into a key.
         if req.q.len() > raft_store::limits::TEXT_BYTES_MAX {
-            return self.inner.list_events(req, hops).await;
+            return self.inner.list_events(req, call).await;
         }
         if let Some(hit) = self.cache.event_list(&req) {
             return Ok(hit);
         }
-        let list = self.inner.list_events(req.clone(), hops).await?;
+        let list = self.inner.list_events(req.clone(), call).await?;
         self.cache.keep_event_list(&req, &list);
         Ok(list)
     }
@@ -207,7 +213,7 @@ impl<A: SeatsApi> SeatsApi for Cached<A> {
     async fn get_seat_map(
         &self,
         req: pb::GetSeatMapRequest,
-        hops: u32,
+        call: crate::forward::Call,
     ) -> Result<pb::SeatMap, Error> {
         let cached = req.stale_ok && whole_map(&req);
         if cached {
@@ -215,7 +221,7 @@ impl<A: SeatsApi> SeatsApi for Cached<A> {
                 return Ok(hit);
             }
         }
-        let map = self.inner.get_seat_map(req, hops).await?;
+        let map = self.inner.get_seat_map(req, call).await?;
         if cached {
             self.cache.keep_seat_map(&map);
         }
@@ -337,7 +343,7 @@ impl FrontendHandle {
         let background = Background::default();
         background.spawn(refresh_leaders(inner.clone(), background.stop.clone()));
         let (health, server) = crate::server::serve(
-            SeatsService::new(Cached::new(Api::new(inner.clone()), cache)),
+            SeatsService::new(Cached::new(Api::new(inner.clone()), cache), config.auth),
             listener,
             background.stop.clone(),
         )
@@ -407,7 +413,7 @@ mod tests {
         async fn list_events(
             &self,
             _: pb::ListEventsRequest,
-            _: u32,
+            _: crate::forward::Call,
         ) -> Result<pb::ListEventsResponse, Error> {
             self.lists.fetch_add(1, Ordering::SeqCst);
             Ok(pb::ListEventsResponse::default())
@@ -415,7 +421,7 @@ mod tests {
         async fn get_seat_map(
             &self,
             r: pb::GetSeatMapRequest,
-            _: u32,
+            _: crate::forward::Call,
         ) -> Result<pb::SeatMap, Error> {
             self.maps.fetch_add(1, Ordering::SeqCst);
             Ok(pb::SeatMap {
@@ -426,36 +432,64 @@ mod tests {
         async fn create_event(
             &self,
             _: pb::CreateEventRequest,
-            _: u32,
+            _: crate::forward::Call,
         ) -> Result<pb::Event, Error> {
             Ok(pb::Event::default())
         }
-        async fn set_sale(&self, _: pb::SetSaleRequest, _: u32) -> Result<pb::Event, Error> {
+        async fn set_sale(
+            &self,
+            _: pb::SetSaleRequest,
+            _: crate::forward::Call,
+        ) -> Result<pb::Event, Error> {
             Ok(pb::Event::default())
         }
-        async fn get_event(&self, _: pb::GetEventRequest, _: u32) -> Result<pb::Event, Error> {
+        async fn get_event(
+            &self,
+            _: pb::GetEventRequest,
+            _: crate::forward::Call,
+        ) -> Result<pb::Event, Error> {
             unexpected()
         }
-        async fn hold(&self, _: pb::HoldRequest, _: u32) -> Result<pb::Hold, Error> {
+        async fn hold(
+            &self,
+            _: pb::HoldRequest,
+            _: crate::forward::Call,
+        ) -> Result<pb::Hold, Error> {
             unexpected()
         }
         async fn hold_many(
             &self,
             _: pb::HoldManyRequest,
-            _: u32,
+            _: crate::forward::Call,
         ) -> Result<pb::HoldManyResponse, Error> {
             unexpected()
         }
-        async fn commit(&self, _: pb::CommitRequest, _: u32) -> Result<pb::Order, Error> {
+        async fn commit(
+            &self,
+            _: pb::CommitRequest,
+            _: crate::forward::Call,
+        ) -> Result<pb::Order, Error> {
             unexpected()
         }
-        async fn release(&self, _: pb::ReleaseRequest, _: u32) -> Result<pb::Hold, Error> {
+        async fn release(
+            &self,
+            _: pb::ReleaseRequest,
+            _: crate::forward::Call,
+        ) -> Result<pb::Hold, Error> {
             unexpected()
         }
-        async fn get_hold(&self, _: pb::GetHoldRequest, _: u32) -> Result<pb::Hold, Error> {
+        async fn get_hold(
+            &self,
+            _: pb::GetHoldRequest,
+            _: crate::forward::Call,
+        ) -> Result<pb::Hold, Error> {
             unexpected()
         }
-        async fn get_order(&self, _: pb::GetOrderRequest, _: u32) -> Result<pb::Order, Error> {
+        async fn get_order(
+            &self,
+            _: pb::GetOrderRequest,
+            _: crate::forward::Call,
+        ) -> Result<pb::Order, Error> {
             unexpected()
         }
         async fn cluster_status(
@@ -489,8 +523,13 @@ mod tests {
     async fn lists_are_cached_until_an_event_changes_through_this_frontend() {
         let api = cached();
         let req = pb::ListEventsRequest::default();
-        api.list_events(req.clone(), 0).await.unwrap();
-        let again = api.list_events(req.clone(), 0).await.unwrap();
+        api.list_events(req.clone(), Default::default())
+            .await
+            .unwrap();
+        let again = api
+            .list_events(req.clone(), Default::default())
+            .await
+            .unwrap();
         assert_eq!(
             api.inner.lists.load(Ordering::SeqCst),
             1,
@@ -502,14 +541,19 @@ mod tests {
             q: "jazz".into(),
             ..Default::default()
         };
-        api.list_events(other, 0).await.unwrap();
+        api.list_events(other, Default::default()).await.unwrap();
         assert_eq!(api.inner.lists.load(Ordering::SeqCst), 2);
         for change in 0..2 {
             match change {
-                0 => drop(api.create_event(Default::default(), 0).await),
-                _ => drop(api.set_sale(Default::default(), 0).await),
+                0 => drop(
+                    api.create_event(Default::default(), Default::default())
+                        .await,
+                ),
+                _ => drop(api.set_sale(Default::default(), Default::default()).await),
             }
-            api.list_events(req.clone(), 0).await.unwrap();
+            api.list_events(req.clone(), Default::default())
+                .await
+                .unwrap();
             assert_eq!(api.inner.lists.load(Ordering::SeqCst), 3 + change);
         }
     }
@@ -521,8 +565,10 @@ mod tests {
             q: "x".repeat(raft_store::limits::TEXT_BYTES_MAX + 1),
             ..Default::default()
         };
-        api.list_events(huge.clone(), 0).await.unwrap();
-        api.list_events(huge, 0).await.unwrap();
+        api.list_events(huge.clone(), Default::default())
+            .await
+            .unwrap();
+        api.list_events(huge, Default::default()).await.unwrap();
         assert_eq!(
             api.inner.lists.load(Ordering::SeqCst),
             2,
@@ -538,8 +584,13 @@ mod tests {
             stale_ok: true,
             ..Default::default()
         };
-        api.get_seat_map(stale.clone(), 0).await.unwrap();
-        let hit = api.get_seat_map(stale.clone(), 0).await.unwrap();
+        api.get_seat_map(stale.clone(), Default::default())
+            .await
+            .unwrap();
+        let hit = api
+            .get_seat_map(stale.clone(), Default::default())
+            .await
+            .unwrap();
         assert_eq!(
             (hit.event_id.as_str(), api.inner.maps.load(Ordering::SeqCst)),
             ("ev", 1)
@@ -559,7 +610,7 @@ mod tests {
             },
         ];
         for (i, req) in uncached.into_iter().enumerate() {
-            api.get_seat_map(req, 0).await.unwrap();
+            api.get_seat_map(req, Default::default()).await.unwrap();
             assert_eq!(api.inner.maps.load(Ordering::SeqCst), 2 + i as u32);
         }
     }

@@ -25,6 +25,15 @@ pub const EVENTS_PER_LIST_MAX: u32 = 1000;
 /// encoding's sizes.
 pub use seatd_wire::limits::{SEAT_MAP_PAGE_SEATS_MAX, SEAT_MAP_WHOLE_SEATS_MAX};
 
+// --- Callers -------------------------------------------------------------------
+
+/// A bearer token longer than this is refused before it is parsed.
+pub const TOKEN_BYTES_MAX: usize = 8 * 1024;
+/// The key file `--auth-keys` names is refused above this size.
+pub const KEY_FILE_BYTES_MAX: usize = 1024 * 1024;
+/// Keys one key file may hold (rotation needs two or three).
+pub const KEYS_MAX: usize = 64;
+
 // --- Cluster shape -------------------------------------------------------------
 
 /// Most nodes in a cluster.

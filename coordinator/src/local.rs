@@ -39,6 +39,8 @@ pub struct LocalConfig {
     /// Every node's settings.
     pub settings: Settings,
     pub timing: RaftTiming,
+    /// Checks bearer tokens on every node and frontend when set.
+    pub auth: Option<Arc<crate::auth::Verifier>>,
 }
 
 /// How a frontend added to a local cluster caches.
@@ -53,6 +55,7 @@ pub struct LocalCluster {
     frontends: Vec<FrontendHandle>,
     /// Where each node serves clients, for frontends to discover the cluster from.
     client_addrs: Vec<String>,
+    auth: Option<Arc<crate::auth::Verifier>>,
 }
 
 impl LocalCluster {
@@ -94,6 +97,7 @@ impl LocalCluster {
                     gateway: gateway.clone(),
                     tls: crate::tls::PeerTls::load(&certs, id)?,
                     advertise: None,
+                    auth: config.auth.clone(),
                 },
                 listener,
                 peer_listener,
@@ -105,6 +109,7 @@ impl LocalCluster {
             nodes,
             frontends: Vec::new(),
             client_addrs,
+            auth: config.auth,
         })
     }
 
@@ -121,6 +126,7 @@ impl LocalCluster {
                 seat_map_cache: caches.seat_map,
                 event_list_cache: caches.event_list,
                 settings,
+                auth: self.auth.clone(),
             },
             listener,
         )

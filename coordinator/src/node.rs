@@ -65,6 +65,8 @@ pub struct NodeConfig {
     /// The client address other nodes tell frontends and `seatctl` about; `None`:
     /// the client listener's own address (with this host's name for 0.0.0.0).
     pub advertise: Option<String>,
+    /// Checks bearer tokens on every call (client and peer port) when set.
+    pub auth: Option<Arc<crate::auth::Verifier>>,
 }
 
 /// The exit code of a node whose Raft group failed, for its supervisor to restart it.
@@ -157,6 +159,7 @@ impl NodeHandle {
             gateway,
             tls,
             advertise,
+            auth,
         } = config;
         if cluster.addr(id).is_none() {
             return Err(StartError::Config(format!(
@@ -294,14 +297,14 @@ impl NodeHandle {
             background.stop.clone(),
         );
         let peer_server = serve_peers(
-            SeatsService::for_node(inner.clone()),
+            SeatsService::for_node(inner.clone(), auth.clone()),
             raft_service,
             &tls,
             peer_listener,
             background.stop.clone(),
         )?;
         let (health, server) = serve(
-            SeatsService::for_node(inner.clone()),
+            SeatsService::for_node(inner.clone(), auth),
             listener,
             background.stop.clone(),
         )

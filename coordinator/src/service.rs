@@ -39,36 +39,42 @@ use tonic::server::NamedService;
 use tonic::{Request, Response, Status};
 
 use crate::api::{Api, SeatsApi};
+use crate::auth::{AuthError, Role, Verifier};
 use crate::error::Error;
-use crate::forward::hops;
-use crate::forward::{AsBytes, Outbound, Raw};
+use crate::forward::{hops, AsBytes, Call, Caller, Outbound, Raw, AUTHORIZATION_METADATA};
 use crate::limits::{REPLY_BYTES_MAX, REQUEST_BYTES_MAX};
 use crate::process::Process;
 use crate::route::Mode;
 
-/// The gRPC service over an API: a node's [`Api`], or a frontend's cached one.
+/// The gRPC service over an API: a node's [`Api`], or a frontend's cached one; with
+/// bearer tokens checked when it has a [`Verifier`].
 pub struct SeatsService<A = Api> {
     api: Arc<A>,
+    auth: Option<Arc<Verifier>>,
 }
 
 impl<A> Clone for SeatsService<A> {
     fn clone(&self) -> Self {
         Self {
             api: self.api.clone(),
+            auth: self.auth.clone(),
         }
     }
 }
 
 impl SeatsService<Api> {
     /// A node's service: its API, uncached.
-    pub fn for_node(node: Arc<Process>) -> Self {
-        Self::new(Api::new(node))
+    pub fn for_node(node: Arc<Process>, auth: Option<Arc<Verifier>>) -> Self {
+        Self::new(Api::new(node), auth)
     }
 }
 
 impl<A: SeatsApi> SeatsService<A> {
-    pub fn new(api: A) -> Self {
-        Self { api: Arc::new(api) }
+    pub fn new(api: A, auth: Option<Arc<Verifier>>) -> Self {
+        Self {
+            api: Arc::new(api),
+            auth,
+        }
     }
 }
 
@@ -169,6 +175,17 @@ macro_rules! seats_methods {
                 }
             }
 
+            /// The role a caller needs for this method (`None`: no token needed).
+            fn role(self) -> Option<Role> {
+                match self {
+                    Self::CreateEvent | Self::SetSale => Some(Role::Operator),
+                    // Topology only (digests are never served on the client port):
+                    // what frontends and clients route by.
+                    Self::ClusterStatus => None,
+                    _ => Some(Role::Buyer),
+                }
+            }
+
             /// Whether a call may be passed on by its routing metadata alone.
             fn routable(self) -> bool {
                 match self {
@@ -183,13 +200,13 @@ macro_rules! seats_methods {
             api: &A,
             method: Method,
             body: Bytes,
-            hops: u32,
+            call: Call,
             routed: bool,
         ) -> Result<Raw, Error> {
             match method {
                 $(Method::$variant => {
                     let req: $req = decode_call(body, routed)?;
-                    Ok(encode(&api.$method(req, hops).await?))
+                    Ok(encode(&api.$method(req, call).await?))
                 })*
                 Method::ClusterStatus => {
                     let req: pb::ClusterStatusRequest = decode(body)?;
@@ -232,23 +249,56 @@ fn pass_on<A: SeatsApi>(
     (!node.leads(shard)).then(|| (shard, value.clone()))
 }
 
+/// What `request` carries besides its message: its hop count, and (when `auth` is
+/// set) the caller its bearer token names, who must have the method's role.
+fn call_of(
+    auth: Option<&Verifier>,
+    method: Method,
+    request: &Request<Bytes>,
+) -> Result<Call, Error> {
+    let hops = hops(request);
+    let (Some(auth), Some(needed)) = (auth, method.role()) else {
+        return Ok(Call { hops, caller: None });
+    };
+    let unauthenticated = |e: AuthError| Error::Unauthenticated(e.to_string());
+    let Some(header) = request.metadata().get(AUTHORIZATION_METADATA) else {
+        return Err(unauthenticated(AuthError::Missing));
+    };
+    let identity = auth
+        .verify_header(Some(header.to_str().unwrap_or_default()))
+        .map_err(unauthenticated)?;
+    if needed == Role::Operator && identity.role != Role::Operator {
+        return Err(Error::PermissionDenied(format!(
+            "{} needs the operator role; {:?} is a {}",
+            method.path(),
+            identity.subject,
+            identity.role
+        )));
+    }
+    Ok(Call {
+        hops,
+        caller: Some(Arc::new(Caller::new(identity, header.clone()))),
+    })
+}
+
 /// Serves one unary call whose message is `request`'s bytes.
 async fn serve<A: SeatsApi>(
     api: &A,
+    auth: Option<&Verifier>,
     method: Method,
     request: Request<Bytes>,
 ) -> Result<Bytes, Status> {
-    let hops = hops(&request);
+    let call = call_of(auth, method, &request)?;
     let routed = request.metadata().get(EVENT_METADATA).is_some();
     let answered = match pass_on(api, method, &request) {
-        None => decided(api, method, request.into_inner(), hops, routed).await,
+        None => decided(api, method, request.into_inner(), call, routed).await,
         Some((shard, event)) => {
             let body = request.into_inner();
-            let call = Outbound::bytes(method.path(), body.clone(), Some(event));
+            let out = Outbound::bytes(method.path(), body.clone(), Some(event));
             // Leadership may come here while the router waits: then it is decided here.
             api.node()
-                .routed(shard, Mode::Leader, hops, &call, |_| {
-                    decided(api, method, body.clone(), hops, true)
+                .routed(shard, Mode::Leader, &call, &out, |_| {
+                    decided(api, method, body.clone(), call.clone(), true)
                 })
                 .await
         }
@@ -259,6 +309,7 @@ async fn serve<A: SeatsApi>(
 /// One call's method over the API, as tonic's unary service on bytes.
 struct Unary<A> {
     api: Arc<A>,
+    auth: Option<Arc<Verifier>>,
     method: Method,
 }
 
@@ -267,9 +318,9 @@ impl<A: SeatsApi> tonic::server::UnaryService<Bytes> for Unary<A> {
     type Future = BoxFuture<Response<Bytes>, Status>;
 
     fn call(&mut self, request: Request<Bytes>) -> Self::Future {
-        let (api, method) = (self.api.clone(), self.method);
+        let (api, auth, method) = (self.api.clone(), self.auth.clone(), self.method);
         Box::pin(async move {
-            serve(api.as_ref(), method, request)
+            serve(api.as_ref(), auth.as_deref(), method, request)
                 .await
                 .map(Response::new)
         })
@@ -290,11 +341,11 @@ impl<A: SeatsApi> Service<http::Request<Body>> for SeatsService<A> {
             let unknown = Status::unimplemented(format!("no method {}", req.uri().path()));
             return Box::pin(async move { Ok(unknown.into_http()) });
         };
-        let api = self.api.clone();
+        let (api, auth) = (self.api.clone(), self.auth.clone());
         Box::pin(async move {
             let mut grpc = tonic::server::Grpc::new(AsBytes)
                 .apply_max_message_size_config(Some(REQUEST_BYTES_MAX), Some(REPLY_BYTES_MAX));
-            Ok(grpc.unary(Unary { api, method }, req).await)
+            Ok(grpc.unary(Unary { api, auth, method }, req).await)
         })
     }
 }

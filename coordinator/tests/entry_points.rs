@@ -64,6 +64,7 @@ async fn setup_with(shards: u32) -> Setup {
         shards,
         settings,
         timing: RaftTiming::default(),
+        auth: None,
     })
     .await
     .expect("nodes start");

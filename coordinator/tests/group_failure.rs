@@ -56,6 +56,7 @@ async fn start_cluster(dir: &std::path::Path) -> Vec<NodeHandle> {
             gateway: Arc::new(TestGateway::default()),
             tls: PeerTls::load(&certs, id).unwrap(),
             advertise: None,
+            auth: None,
         };
         nodes.push(NodeHandle::start(config, client, peer).await.unwrap());
     }

@@ -149,6 +149,7 @@ async fn one_node(dir: &std::path::Path) -> OneNode {
             gateway: Arc::new(Gateway(gateway.clone())),
             tls: coordinator::tls::PeerTls::load(&certs, 1).unwrap(),
             advertise: None,
+            auth: None,
         },
         listener,
         peer_listener,

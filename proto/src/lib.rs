@@ -43,4 +43,8 @@ pub mod reason {
     pub const OVERLOADED: &str = "OVERLOADED";
     pub const UNAVAILABLE: &str = "UNAVAILABLE";
     pub const INTERNAL: &str = "INTERNAL";
+    /// No valid bearer token (UNAUTHENTICATED).
+    pub const UNAUTHENTICATED: &str = "UNAUTHENTICATED";
+    /// The token's role may not make this call (PERMISSION_DENIED).
+    pub const PERMISSION_DENIED: &str = "PERMISSION_DENIED";
 }

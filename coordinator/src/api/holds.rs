@@ -29,7 +29,7 @@ use seatd_proto::v1 as pb;
 use tonic::Status;
 
 use crate::error::Error;
-use crate::forward::Outbound;
+use crate::forward::{Call, Outbound};
 use crate::process::Process;
 use crate::route::Mode;
 use seatd_wire as convert;
@@ -149,20 +149,22 @@ fn check_count(holds: usize) -> Result<(), Error> {
 pub(crate) async fn hold_many(
     node: &Arc<Process>,
     req: pb::HoldManyRequest,
-    hops: u32,
+    call: Call,
 ) -> Result<pb::HoldManyResponse, Error> {
     check_count(req.holds.len())?;
     let mut results: Vec<Option<pb::HoldResult>> = vec![None; req.holds.len()];
     let mut groups: BTreeMap<u32, Vec<(usize, pb::HoldRequest, EventId)>> = BTreeMap::new();
     for (i, mut h) in req.holds.into_iter().enumerate() {
-        match validate_hold(node, &mut h) {
+        let valid =
+            super::acting_user(&call, &mut h.user_id).and_then(|()| validate_hold(node, &mut h));
+        match valid {
             Ok((shard, event)) => groups.entry(shard).or_default().push((i, h, event)),
             Err(e) => results[i] = Some(failure(e.into())),
         }
     }
     let mut tasks = tokio::task::JoinSet::new();
     for (shard, items) in groups {
-        tasks.spawn(hold_group(node.clone(), shard, hops, items));
+        tasks.spawn(hold_group(node.clone(), shard, call.clone(), items));
     }
     while let Some(done) = tasks.join_next().await {
         let done = done.map_err(|e| Error::Internal(format!("hold task: {e}")))?;
@@ -185,7 +187,7 @@ pub(crate) async fn hold_many(
 async fn hold_group(
     node: Arc<Process>,
     shard: u32,
-    hops: u32,
+    call: Call,
     items: Vec<(usize, pb::HoldRequest, EventId)>,
 ) -> Vec<(usize, pb::HoldResult)> {
     let mut indices = Vec::with_capacity(items.len());
@@ -198,10 +200,10 @@ async fn hold_group(
     }
     let forward = pb::HoldManyRequest { holds };
     // Sent on with one of its events as routing metadata: they share the shard.
-    let call = Outbound::message(paths::HOLD_MANY, &forward, events.first());
+    let out = Outbound::message(paths::HOLD_MANY, &forward, events.first());
     let verdicts = Verdicts::default();
     let answered = node
-        .routed(shard, Mode::Leader, hops, &call, |s| {
+        .routed(shard, Mode::Leader, &call, &out, |s| {
             // Every command is queued before any answer is awaited, so they share
             // entries; no task per hold. A hold over its user's rate is not queued.
             let admitted = verdicts.of(&node, forward.holds.iter().map(|h| h.user_id.as_str()));

@@ -1,5 +1,5 @@
-//! The client API, typed: one method per call, taking the request and the hops it
-//! has made and answering with the reply or a call-outcome [`Error`]. The gRPC service
+//! The client API, typed: one method per call, taking the request and what the call
+//! carries besides ([`Call`]: its hop count, and who made it) and answering with the reply or a call-outcome [`Error`]. The gRPC service
 //! (`service`) is a thin adapter over it, and the HTTP API is to be another.
 //!
 //! Each method validates what it can without state (the absolute caps of
@@ -21,16 +21,17 @@ use std::time::Duration;
 
 use raft_store::limits::check_command_bytes;
 use raft_store::raft::NodeId;
-use raft_store::{Command, Limit, Reply};
+use raft_store::{Command, Limit, Refusal, Reply};
 use seatd_proto::v1 as pb;
 use seatd_wire as convert;
 use seatd_wire::routing::paths;
 
 pub mod holds;
 
+use crate::auth::Role;
 use crate::cluster_view::{local_status, merge_views, peer_views};
 use crate::error::Error;
-use crate::forward::{Answer, Outbound};
+use crate::forward::{Answer, Call, Outbound};
 use crate::limits::{EVENTS_PER_LIST_DEFAULT, EVENTS_PER_LIST_MAX};
 use crate::process::Process;
 use crate::route::Mode;
@@ -53,57 +54,57 @@ pub trait SeatsApi: Send + Sync + 'static {
     fn create_event(
         &self,
         req: pb::CreateEventRequest,
-        hops: u32,
+        call: Call,
     ) -> impl Future<Output = Result<pb::Event, Error>> + Send;
     fn list_events(
         &self,
         req: pb::ListEventsRequest,
-        hops: u32,
+        call: Call,
     ) -> impl Future<Output = Result<pb::ListEventsResponse, Error>> + Send;
     fn get_event(
         &self,
         req: pb::GetEventRequest,
-        hops: u32,
+        call: Call,
     ) -> impl Future<Output = Result<pb::Event, Error>> + Send;
     fn set_sale(
         &self,
         req: pb::SetSaleRequest,
-        hops: u32,
+        call: Call,
     ) -> impl Future<Output = Result<pb::Event, Error>> + Send;
     fn get_seat_map(
         &self,
         req: pb::GetSeatMapRequest,
-        hops: u32,
+        call: Call,
     ) -> impl Future<Output = Result<pb::SeatMap, Error>> + Send;
     fn hold(
         &self,
         req: pb::HoldRequest,
-        hops: u32,
+        call: Call,
     ) -> impl Future<Output = Result<pb::Hold, Error>> + Send;
     fn hold_many(
         &self,
         req: pb::HoldManyRequest,
-        hops: u32,
+        call: Call,
     ) -> impl Future<Output = Result<pb::HoldManyResponse, Error>> + Send;
     fn commit(
         &self,
         req: pb::CommitRequest,
-        hops: u32,
+        call: Call,
     ) -> impl Future<Output = Result<pb::Order, Error>> + Send;
     fn release(
         &self,
         req: pb::ReleaseRequest,
-        hops: u32,
+        call: Call,
     ) -> impl Future<Output = Result<pb::Hold, Error>> + Send;
     fn get_hold(
         &self,
         req: pb::GetHoldRequest,
-        hops: u32,
+        call: Call,
     ) -> impl Future<Output = Result<pb::Hold, Error>> + Send;
     fn get_order(
         &self,
         req: pb::GetOrderRequest,
-        hops: u32,
+        call: Call,
     ) -> impl Future<Output = Result<pb::Order, Error>> + Send;
     fn cluster_status(
         &self,
@@ -118,9 +119,13 @@ pub trait SeatsApi: Send + Sync + 'static {
 macro_rules! delegate_seats_api {
     (|$this:ident| $to:expr; $($method:ident($req:ty) -> $reply:ty;)*) => {
         $(
-            async fn $method(&self, req: $req, hops: u32) -> Result<$reply, $crate::error::Error> {
+            async fn $method(
+                &self,
+                req: $req,
+                call: $crate::forward::Call,
+            ) -> Result<$reply, $crate::error::Error> {
                 let $this = self;
-                $to.$method(req, hops).await
+                $to.$method(req, call).await
             }
         )*
     };
@@ -136,6 +141,36 @@ pub struct Api {
 impl Api {
     pub fn new(node: Arc<Process>) -> Self {
         Self { node }
+    }
+}
+
+/// The user a call acts as, in `user`: a buyer acts as themself (filled in when the
+/// request names nobody; naming another user is PERMISSION_DENIED). An operator acts
+/// as the request says (for a box office), or as themself when it names nobody. When
+/// tokens are not checked, the request says.
+pub(crate) fn acting_user(call: &Call, user: &mut String) -> Result<(), Error> {
+    let Some(id) = call.identity() else {
+        return Ok(());
+    };
+    if user.is_empty() {
+        user.clone_from(&id.subject);
+    } else if id.role == Role::Buyer && *user != id.subject {
+        return Err(Error::PermissionDenied(format!(
+            "{:?} may act only as themself, not as {user:?}",
+            id.subject
+        )));
+    }
+    Ok(())
+}
+
+/// Hides what a buyer may not see: another user's hold or order (owned by `owner`) is
+/// NOT_FOUND, worded as a missing one, so ids cannot be probed.
+fn visible_to(call: &Call, owner: &str, what: &str) -> Result<(), Error> {
+    match call.identity() {
+        Some(id) if id.role == Role::Buyer && id.subject != owner => {
+            Err(Error::Refused(Refusal::NotFound(what.to_string())))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -172,13 +207,13 @@ async fn list_shard(
     node: Arc<Process>,
     shard: u32,
     req: pb::ListEventsRequest,
-    hops: u32,
+    call: Call,
 ) -> Result<Vec<pb::Event>, Error> {
     let limit = req.limit as usize;
     let mut forwarded_req = req.clone();
     forwarded_req.shard = Some(shard);
-    let call = Outbound::message(paths::LIST_EVENTS, &forwarded_req, None);
-    node.routed(shard, Mode::Leader, hops, &call, |s| {
+    let out = Outbound::message(paths::LIST_EVENTS, &forwarded_req, None);
+    node.routed(shard, Mode::Leader, &call, &out, |s| {
         let (node, q) = (node.clone(), req.q.clone());
         async move {
             let found = consistent(&node, &s, |m| {
@@ -204,14 +239,14 @@ impl Api {
     async fn write<T: Answer>(
         &self,
         shard: u32,
-        hops: u32,
+        call: Call,
         command: Command,
         answer: impl Fn(&Shard, Reply) -> Result<T, Error>,
-        call: Outbound,
+        out: Outbound,
     ) -> Result<T, Error> {
         let answer = &answer;
         self.node
-            .routed(shard, Mode::Leader, hops, &call, |s| {
+            .routed(shard, Mode::Leader, &call, &out, |s| {
                 let command = command.clone();
                 async move {
                     let reply = s.propose(command).await??;
@@ -226,16 +261,16 @@ impl Api {
     async fn read<T, F>(
         &self,
         shard: u32,
-        hops: u32,
+        call: Call,
         read: Arc<F>,
-        call: Outbound,
+        out: Outbound,
     ) -> Result<T, Error>
     where
         T: Answer + Send + 'static,
         F: Fn(&Shard) -> Result<T, Error> + Send + Sync + 'static,
     {
         let (node, read) = (&self.node, &read);
-        node.routed(shard, Mode::Leader, hops, &call, |s| async move {
+        node.routed(shard, Mode::Leader, &call, &out, |s| async move {
             consistent(node, &s, |_| ()).await?;
             read_off_worker(read.clone(), s).await
         })
@@ -251,7 +286,7 @@ impl SeatsApi for Api {
     async fn create_event(
         &self,
         mut req: pb::CreateEventRequest,
-        hops: u32,
+        call: Call,
     ) -> Result<pb::Event, Error> {
         if req.event_id.is_empty() {
             req.event_id = self.node.fresh_id("ev");
@@ -275,10 +310,10 @@ impl SeatsApi for Api {
             Reply::EventCreated { .. } => summary(s, &event),
             other => Err(Error::unexpected(other)),
         };
-        let call = Outbound::message(paths::CREATE_EVENT, &req, Some(&event));
+        let out = Outbound::message(paths::CREATE_EVENT, &req, Some(&event));
         let event = &event;
         self.node
-            .routed(shard, Mode::Leader, hops, &call, |s| {
+            .routed(shard, Mode::Leader, &call, &out, |s| {
                 let command = command.clone();
                 async move {
                     // A clear answer on the leader when the shard is full; `apply`
@@ -294,7 +329,7 @@ impl SeatsApi for Api {
     async fn list_events(
         &self,
         mut req: pb::ListEventsRequest,
-        hops: u32,
+        call: Call,
     ) -> Result<pb::ListEventsResponse, Error> {
         Limit::TextBytes.check(req.q.len())?;
         req.limit = match req.limit {
@@ -307,7 +342,12 @@ impl SeatsApi for Api {
         };
         let mut tasks = tokio::task::JoinSet::new();
         for shard in shards {
-            tasks.spawn(list_shard(self.node.clone(), shard, req.clone(), hops));
+            tasks.spawn(list_shard(
+                self.node.clone(),
+                shard,
+                req.clone(),
+                call.clone(),
+            ));
         }
         let mut events = Vec::new();
         while let Some(joined) = tasks.join_next().await {
@@ -322,33 +362,33 @@ impl SeatsApi for Api {
         })
     }
 
-    async fn get_event(&self, req: pb::GetEventRequest, hops: u32) -> Result<pb::Event, Error> {
+    async fn get_event(&self, req: pb::GetEventRequest, call: Call) -> Result<pb::Event, Error> {
         let event = convert::event_id(&req.event_id)?;
         let shard = self.node.cluster.shard_of(&event);
-        let call = Outbound::message(paths::GET_EVENT, &req, Some(&event));
+        let out = Outbound::message(paths::GET_EVENT, &req, Some(&event));
         let read = Arc::new(move |s: &Shard| summary(s, &event));
-        self.read(shard, hops, read, call).await
+        self.read(shard, call, read, out).await
     }
 
-    async fn set_sale(&self, req: pb::SetSaleRequest, hops: u32) -> Result<pb::Event, Error> {
+    async fn set_sale(&self, req: pb::SetSaleRequest, call: Call) -> Result<pb::Event, Error> {
         let event = convert::event_id(&req.event_id)?;
         let command = Command::SetSale {
             event_id: event.clone(),
             sale: convert::sale(req.sale)?,
         };
         let shard = self.node.cluster.shard_of(&event);
-        let call = Outbound::message(paths::SET_SALE, &req, Some(&event));
+        let out = Outbound::message(paths::SET_SALE, &req, Some(&event));
         let answer = |s: &Shard, reply| match reply {
             Reply::SaleSet { .. } => summary(s, &event),
             other => Err(Error::unexpected(other)),
         };
-        self.write(shard, hops, command, answer, call).await
+        self.write(shard, call, command, answer, out).await
     }
 
     async fn get_seat_map(
         &self,
         req: pb::GetSeatMapRequest,
-        hops: u32,
+        call: Call,
     ) -> Result<pb::SeatMap, Error> {
         let event = convert::event_id(&req.event_id)?;
         let part = convert::seat_map_part(&req)?;
@@ -356,7 +396,7 @@ impl SeatsApi for Api {
         // A stale read goes on without routing metadata: the next process (a
         // frontend's cache, any replica) may answer it, not only the leader.
         let routing = (!req.stale_ok).then_some(&event);
-        let call = Outbound::message(paths::GET_SEAT_MAP, &req, routing);
+        let out = Outbound::message(paths::GET_SEAT_MAP, &req, routing);
         let read = Arc::new(move |s: &Shard| {
             let map = s.reader.read(|m| m.seat_map_part(&event, &part))?;
             Ok(convert::whole_map_within_reply(convert::seat_map_to_pb(
@@ -364,24 +404,25 @@ impl SeatsApi for Api {
             ))?)
         });
         if !req.stale_ok {
-            return self.read(shard, hops, read, call).await;
+            return self.read(shard, call, read, out).await;
         }
         // Any replica may do; the map names the log index it reflects.
         self.node
-            .routed(shard, Mode::AnyReplica, hops, &call, |s| {
+            .routed(shard, Mode::AnyReplica, &call, &out, |s| {
                 read_off_worker(read.clone(), s)
             })
             .await
     }
 
-    async fn hold(&self, mut req: pb::HoldRequest, hops: u32) -> Result<pb::Hold, Error> {
+    async fn hold(&self, mut req: pb::HoldRequest, call: Call) -> Result<pb::Hold, Error> {
+        acting_user(&call, &mut req.user_id)?;
         let (shard, event) = validate_hold(&self.node, &mut req)?;
         let command = hold_command(&event, &req);
-        let call = Outbound::message(paths::HOLD, &req, Some(&event));
+        let out = Outbound::message(paths::HOLD, &req, Some(&event));
         let node = &self.node;
         let verdicts = holds::Verdicts::default();
         let verdict = &verdicts;
-        node.routed(shard, Mode::Leader, hops, &call, |s| {
+        node.routed(shard, Mode::Leader, &call, &out, |s| {
             let (command, user) = (command.clone(), &req.user_id);
             async move {
                 if !verdict.of(node, std::iter::once(user.as_str()))[0] {
@@ -399,12 +440,12 @@ impl SeatsApi for Api {
     async fn hold_many(
         &self,
         request: pb::HoldManyRequest,
-        hops: u32,
+        call: Call,
     ) -> Result<pb::HoldManyResponse, Error> {
-        holds::hold_many(&self.node, request, hops).await
+        holds::hold_many(&self.node, request, call).await
     }
 
-    async fn commit(&self, mut req: pb::CommitRequest, hops: u32) -> Result<pb::Order, Error> {
+    async fn commit(&self, mut req: pb::CommitRequest, call: Call) -> Result<pb::Order, Error> {
         let hold = convert::hold_id(&req.hold_id)?;
         raft_store::ids::validate_token("payment token", &req.payment_token)
             .map_err(Error::Invalid)?;
@@ -413,15 +454,18 @@ impl SeatsApi for Api {
             req.idempotency_key = self.node.fresh_id("k");
         }
         let shard = self.node.cluster.shard_of(&hold.event);
-        let call = Outbound::message(paths::COMMIT, &req, Some(&hold.event));
+        let out = Outbound::message(paths::COMMIT, &req, Some(&hold.event));
         let node = &self.node;
-        node.routed(shard, Mode::Leader, hops, &call, |s| {
+        let call_ = &call;
+        node.routed(shard, Mode::Leader, &call, &out, |s| {
             let (hold, token, key) = (
                 hold.clone(),
                 req.payment_token.clone(),
                 req.idempotency_key.clone(),
             );
             async move {
+                // A buyer pays only for their own hold; another's is not found.
+                visible_to(call_, &s.reader.hold(&hold)??.user, &format!("hold {hold}"))?;
                 let order = crate::shard::checkout::run(
                     &s,
                     node.gateway.as_ref(),
@@ -435,40 +479,54 @@ impl SeatsApi for Api {
         .await
     }
 
-    async fn release(&self, req: pb::ReleaseRequest, hops: u32) -> Result<pb::Hold, Error> {
+    async fn release(&self, mut req: pb::ReleaseRequest, call: Call) -> Result<pb::Hold, Error> {
         let hold = convert::hold_id(&req.hold_id)?;
+        acting_user(&call, &mut req.user_id)?;
         Limit::TokenBytes.check(req.user_id.len())?;
         let command = Command::Release {
             hold: hold.clone(),
             user: req.user_id.clone(),
         };
         let shard = self.node.cluster.shard_of(&hold.event);
-        let call = Outbound::message(paths::RELEASE, &req, Some(&hold.event));
-        let answer = |s: &Shard, reply| match reply {
-            Reply::Released { .. } => Ok(convert::hold_to_pb(&s.reader.hold(&hold)??)),
-            other => Err(Error::unexpected(other)),
-        };
-        self.write(shard, hops, command, answer, call).await
+        let out = Outbound::message(paths::RELEASE, &req, Some(&hold.event));
+        let (hold, call_) = (&hold, &call);
+        self.node
+            .routed(shard, Mode::Leader, &call, &out, |s| {
+                let command = command.clone();
+                async move {
+                    // Another buyer's hold is not found, not "not yours".
+                    visible_to(call_, &s.reader.hold(hold)??.user, &format!("hold {hold}"))?;
+                    match s.propose(command).await?? {
+                        Reply::Released { .. } => Ok(convert::hold_to_pb(&s.reader.hold(hold)??)),
+                        other => Err(Error::unexpected(other)),
+                    }
+                }
+            })
+            .await
     }
 
-    async fn get_hold(&self, req: pb::GetHoldRequest, hops: u32) -> Result<pb::Hold, Error> {
+    async fn get_hold(&self, req: pb::GetHoldRequest, call: Call) -> Result<pb::Hold, Error> {
         let hold = convert::hold_id(&req.hold_id)?;
         let shard = self.node.cluster.shard_of(&hold.event);
-        let call = Outbound::message(paths::GET_HOLD, &req, Some(&hold.event));
+        let out = Outbound::message(paths::GET_HOLD, &req, Some(&hold.event));
         // `hold` also finds holds whose records live only on disk.
         let read = Arc::new(move |s: &Shard| Ok(convert::hold_to_pb(&s.reader.hold(&hold)??)));
-        self.read(shard, hops, read, call).await
+        let found: pb::Hold = self.read(shard, call.clone(), read, out).await?;
+        visible_to(&call, &found.user_id, &format!("hold {}", found.hold_id))?;
+        Ok(found)
     }
 
-    async fn get_order(&self, req: pb::GetOrderRequest, hops: u32) -> Result<pb::Order, Error> {
+    async fn get_order(&self, req: pb::GetOrderRequest, call: Call) -> Result<pb::Order, Error> {
         let order = convert::order_id(&req.order_id)?;
         let shard = self.node.cluster.shard_of(&order.event);
-        let call = Outbound::message(paths::GET_ORDER, &req, Some(&order.event));
+        let out = Outbound::message(paths::GET_ORDER, &req, Some(&order.event));
         let read = Arc::new(move |s: &Shard| {
             let o = s.reader.read(|m| m.order(&order))?;
             Ok(convert::order_to_pb(&o))
         });
-        self.read(shard, hops, read, call).await
+        let found: pb::Order = self.read(shard, call.clone(), read, out).await?;
+        visible_to(&call, &found.user_id, &format!("order {}", found.order_id))?;
+        Ok(found)
     }
 
     async fn cluster_status(

@@ -15,10 +15,12 @@
 //! - Bytes are passed on unchanged both ways: fields this version does not know
 //!   survive a hop.
 //! - Nothing a client sent as metadata travels on (a forwarded call is a fresh
-//!   request): a client cannot forge the hop count or anything internal by way of a
-//!   forwarder.
+//!   request) but its bearer token, once checked: a client cannot forge the hop count
+//!   or anything internal by way of a forwarder, and the node that decides the call
+//!   checks the token itself.
 //! - Sizes are bounded by the client API's limits in both directions.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use prost::bytes::Bytes;
@@ -29,12 +31,16 @@ use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 use tonic::transport::Channel;
 use tonic::{Request, Status};
 
+use crate::auth::Identity;
 use crate::error::Error;
 use crate::limits::HOPS_MAX;
 use crate::limits::{REPLY_BYTES_MAX, REQUEST_BYTES_MAX};
 use seatd_wire::routing::EVENT_METADATA;
 
 mod codec;
+
+/// The metadata key of a call's bearer token.
+pub const AUTHORIZATION_METADATA: &str = "authorization";
 
 /// The header that counts how often a call was forwarded.
 pub const HOPS_HEADER: &str = "x-seatd-hops";
@@ -68,6 +74,35 @@ pub fn forwarded<T>(message: T, hops: u32, timeout: Duration) -> tonic::Request<
 
 pub(crate) use codec::AsBytes;
 
+/// What a call carries besides its message, as this process believes it: how often it
+/// was forwarded already, and who made it (when this process checks tokens).
+#[derive(Clone, Debug, Default)]
+pub struct Call {
+    pub hops: u32,
+    pub caller: Option<Arc<Caller>>,
+}
+
+/// Who made a call: the identity its bearer token names, and the token itself, which
+/// travels on with the call so that the node deciding it checks it again.
+#[derive(Debug)]
+pub struct Caller {
+    pub identity: Identity,
+    pub(crate) bearer: AsciiMetadataValue,
+}
+
+impl Caller {
+    pub fn new(identity: Identity, bearer: AsciiMetadataValue) -> Self {
+        Self { identity, bearer }
+    }
+}
+
+impl Call {
+    /// The caller's identity, when tokens are checked.
+    pub fn identity(&self) -> Option<&Identity> {
+        self.caller.as_ref().map(|c| &c.identity)
+    }
+}
+
 /// A call on its way to another node: its path, its message's bytes, and the event it
 /// is about (sent on as routing metadata, so the next hop need not decode it either).
 #[derive(Clone, Debug)]
@@ -93,12 +128,17 @@ impl Outbound {
         }
     }
 
-    /// The request to send to the next node: a fresh one, so nothing the caller sent
-    /// as metadata travels on.
-    fn request(&self, hops: u32, timeout: Duration) -> Request<Bytes> {
+    /// The request to send to the next node as its `hops`-th hop: a fresh one, so
+    /// nothing the caller sent as metadata travels on but the bearer token that was
+    /// checked here.
+    fn request(&self, call: &Call, hops: u32, timeout: Duration) -> Request<Bytes> {
         let mut r = forwarded(self.body.clone(), hops, timeout);
         if let Some(event) = &self.event {
             r.metadata_mut().insert(EVENT_METADATA, event.clone());
+        }
+        if let Some(caller) = &call.caller {
+            r.metadata_mut()
+                .insert(AUTHORIZATION_METADATA, caller.bearer.clone());
         }
         debug_assert!(r.metadata().get(HOPS_HEADER).is_some());
         r
@@ -128,13 +168,13 @@ impl Answer for Raw {
     }
 }
 
-/// Sends `call` to the node behind `channel` as its `hops`-th hop, with `left` to
+/// Sends `out` to the node behind `channel` as `call`'s next hop, with `left` to
 /// answer. A status is the next node's (or UNAVAILABLE when it cannot be reached),
 /// for the router to retry or return.
 pub async fn send(
     channel: Channel,
-    call: &Outbound,
-    hops: u32,
+    out: &Outbound,
+    call: &Call,
     left: Duration,
 ) -> Result<Bytes, Status> {
     let mut grpc = tonic::client::Grpc::new(channel)
@@ -144,8 +184,9 @@ pub async fn send(
     grpc.ready()
         .await
         .map_err(|e| Status::unavailable(format!("connection not ready: {e}")))?;
-    let path = http::uri::PathAndQuery::from_static(call.path);
-    let answer = grpc.unary(call.request(hops, left), path, AsBytes).await?;
+    let path = http::uri::PathAndQuery::from_static(out.path);
+    let request = out.request(call, call.hops + 1, left);
+    let answer = grpc.unary(request, path, AsBytes).await?;
     Ok(answer.into_inner())
 }
 

@@ -141,9 +141,18 @@ async fn bytes_pass_unchanged_both_ways_with_only_the_forwarders_metadata() {
     let body = with_unknown_field(some_call());
     let event = Some("demo".parse().expect("ascii"));
     let call = Outbound::bytes(seatd_wire::routing::paths::GET_HOLD, body.clone(), event);
-    let got = send(channel_to(&addr).await, &call, 2, Duration::from_secs(5))
-        .await
-        .expect("answered");
+    let hops1 = Call {
+        hops: 1,
+        caller: None,
+    };
+    let got = send(
+        channel_to(&addr).await,
+        &call,
+        &hops1,
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("answered");
     assert_eq!(got, answer, "the answer as the node sent it");
     let seen = seen(&received);
     assert_eq!(seen.len(), 1);
@@ -167,9 +176,14 @@ async fn a_status_comes_back_whole() {
     let refusal = Status::with_details(Code::Aborted, "seat A-1 is taken", details.clone());
     let (addr, _) = fake_node(Err(refusal)).await;
     let call = Outbound::bytes(seatd_wire::routing::paths::GET_HOLD, some_call(), None);
-    let got = send(channel_to(&addr).await, &call, 1, Duration::from_secs(5))
-        .await
-        .expect_err("refused");
+    let got = send(
+        channel_to(&addr).await,
+        &call,
+        &Call::default(),
+        Duration::from_secs(5),
+    )
+    .await
+    .expect_err("refused");
     assert_eq!(got.code(), Code::Aborted);
     assert_eq!(got.message(), "seat A-1 is taken");
     assert_eq!(got.details(), details.as_ref());
@@ -183,9 +197,14 @@ async fn a_node_that_cannot_be_reached_is_unavailable() {
         .expect("addr")
         .to_string();
     let call = Outbound::bytes(seatd_wire::routing::paths::GET_HOLD, some_call(), None);
-    let got = send(channel_to(&closed).await, &call, 1, Duration::from_secs(5))
-        .await
-        .expect_err("nobody listens");
+    let got = send(
+        channel_to(&closed).await,
+        &call,
+        &Call::default(),
+        Duration::from_secs(5),
+    )
+    .await
+    .expect_err("nobody listens");
     assert_eq!(got.code(), Code::Unavailable);
 }
 

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 
 use crate::error::Error;
-use crate::forward::{self, Answer, Outbound};
+use crate::forward::{self, Answer, Call, Outbound};
 use crate::peers::Links;
 use crate::process::Process;
 use crate::shard::Shard;
@@ -119,15 +119,15 @@ impl Process {
         }
     }
 
-    /// Serves a call on `shard`: by `local` with this node's replica where this node
-    /// may answer it, and elsewhere by forwarding `call` (`forward`), whose answer
+    /// Serves `call` on `shard`: by `local` with this node's replica where this node
+    /// may answer it, and elsewhere by forwarding `out` (`forward`), whose answer
     /// becomes a `T`.
     pub async fn routed<T, L, LF>(
         &self,
         shard: u32,
         mode: Mode,
-        hops: u32,
-        call: &Outbound,
+        call: &Call,
+        out: &Outbound,
         local: L,
     ) -> Result<T, Error>
     where
@@ -147,7 +147,7 @@ impl Process {
             seatd_wire::net::Backoff::new(Duration::from_millis(5), Duration::from_millis(100));
         let mut last = String::from("no leader known");
         loop {
-            match self.pick(shard, mode, hops) {
+            match self.pick(shard, mode, call.hops) {
                 (Route::Here, Some(s)) => {
                     // Bounded even here: a leader cut off from its quorum does not
                     // learn it at once, and its entries wait until it does.
@@ -162,7 +162,7 @@ impl Process {
                 (Route::Forward(to), _) => {
                     let left = deadline.saturating_duration_since(Instant::now());
                     let channel = self.channel_to(to)?;
-                    let sent = forward::send(channel, call, hops + 1, left);
+                    let sent = forward::send(channel, out, call, left);
                     match tokio::time::timeout(left, sent).await {
                         Ok(Ok(answer)) => return T::from_answer(answer),
                         Ok(Err(st)) if is_retryable(&st) => {

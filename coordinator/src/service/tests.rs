@@ -7,6 +7,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use super::*;
+use crate::auth::Verifier;
 use crate::clock::SystemClock;
 use crate::forward::tests::{fake_node, seen, with_unknown_field, Received};
 use crate::placement::Cluster;
@@ -105,7 +106,7 @@ fn call(body: Bytes, event: Option<&str>) -> Request<Bytes> {
 }
 
 async fn hold_many(api: &Api, request: Request<Bytes>) -> Result<Bytes, Status> {
-    serve(api, Method::HoldMany, request).await
+    serve(api, None, Method::HoldMany, request).await
 }
 
 fn only(received: &Mutex<Vec<Received>>) -> Received {
@@ -156,7 +157,7 @@ async fn a_call_without_routing_metadata_is_decoded_and_sent_on_typed() {
         hold_id: format!("{event}.h1"),
     };
     let sent = with_unknown_field(Bytes::from(req.encode_to_vec()));
-    serve(&api, Method::GetHold, call(sent, None))
+    serve(&api, None, Method::GetHold, call(sent, None))
         .await
         .expect("answered");
     let received = only(&received);
@@ -178,9 +179,14 @@ async fn metadata_for_a_call_that_must_be_seen_decoded_is_not_trusted_to_route()
     let sent = with_unknown_field(Bytes::from(
         pb::ListEventsRequest::default().encode_to_vec(),
     ));
-    serve(&api, Method::ListEvents, call(sent.clone(), Some("ev-0")))
-        .await
-        .expect("answered");
+    serve(
+        &api,
+        None,
+        Method::ListEvents,
+        call(sent.clone(), Some("ev-0")),
+    )
+    .await
+    .expect("answered");
     let seen = seen(&received);
     assert_eq!(seen.len(), 8, "one list per shard: decoded and fanned out");
     assert!(seen.iter().all(|r| r.body != sent));
@@ -224,6 +230,7 @@ async fn a_failed_forward_is_retried_at_another_node() {
         };
         let got = serve(
             &api,
+            None,
             Method::GetHold,
             call(Bytes::from(req.encode_to_vec()), Some(&event)),
         )
@@ -281,6 +288,7 @@ async fn metadata_naming_no_valid_event_is_ignored() {
     };
     let got = serve(
         &api,
+        None,
         Method::GetEvent,
         call(Bytes::from(req.encode_to_vec()), Some("bad id!")),
     )
@@ -354,4 +362,66 @@ fn a_call_with_routing_metadata_but_no_retry_key_is_refused_where_decoded() {
         hold_id: "ev-0.h1".into(),
     };
     assert!(decode_call::<pb::GetHoldRequest>(Bytes::from(read.encode_to_vec()), true).is_ok());
+}
+
+#[tokio::test]
+async fn a_checked_token_travels_on_and_a_bad_one_stops_the_call_where_it_enters() {
+    use crate::auth::issue::{new_key_pair, token};
+    use crate::auth::{Role, DEFAULT_AUDIENCE, DEFAULT_ISSUER};
+    let (addr, received) = fake_node(Ok(Bytes::from(pb::Hold::default().encode_to_vec()))).await;
+    let api = frontend_at([&addr; 3], Duration::from_secs(5), 0);
+    let dir = tempfile::tempdir().expect("dir");
+    let (private, public) = new_key_pair().expect("keys");
+    let keys = dir.path().join("k.pem");
+    std::fs::write(&keys, public).expect("write");
+    let v = Verifier::from_file(&keys, DEFAULT_ISSUER, DEFAULT_AUDIENCE).expect("keys");
+    let (event, _) = events_in_two_shards(&api);
+    let body = Bytes::from(
+        pb::GetHoldRequest {
+            hold_id: format!("{event}.h1"),
+        }
+        .encode_to_vec(),
+    );
+    let with_token = |t: &str| {
+        let mut r = call(body.clone(), Some(&event));
+        r.metadata_mut().insert(
+            AUTHORIZATION_METADATA,
+            format!("Bearer {t}").parse().expect("ascii"),
+        );
+        r
+    };
+    let got = serve(
+        &api,
+        Some(&v),
+        Method::GetHold,
+        call(body.clone(), Some(&event)),
+    )
+    .await;
+    assert_eq!(got.err().map(|s| s.code()), Some(Code::Unauthenticated));
+    let got = serve(&api, Some(&v), Method::GetHold, with_token("not.a.token")).await;
+    assert_eq!(got.err().map(|s| s.code()), Some(Code::Unauthenticated));
+    let buyer = token(&private, "ann", Role::Buyer, Duration::from_secs(60)).expect("token");
+    let create = {
+        let mut r = with_token(&buyer);
+        *r.get_mut() = Bytes::from(
+            pb::CreateEventRequest {
+                event_id: event.clone(),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        );
+        r
+    };
+    let got = serve(&api, Some(&v), Method::CreateEvent, create).await;
+    assert_eq!(got.err().map(|s| s.code()), Some(Code::PermissionDenied));
+    assert!(seen(&received).is_empty(), "nothing refused went on");
+    serve(&api, Some(&v), Method::GetHold, with_token(&buyer))
+        .await
+        .expect("passed on");
+    let received = only(&received);
+    assert!(
+        received.keys.iter().any(|k| k.contains("authorization")),
+        "the token travels on for the deciding node to check: {:?}",
+        received.keys
+    );
 }

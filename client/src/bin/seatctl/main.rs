@@ -2,7 +2,7 @@
 //!
 //! The contract scripts rely on (flags, `--json` keys, exit codes) is in README.md:
 //! exit 0 ok, 2 invalid, 3 conflict, 4 expired, 5 not found, 6 rate limited,
-//! 7 unavailable. With `--json`, stdout carries exactly one JSON document, an answer
+//! 7 unavailable, 8 internal, 9 unauthenticated, 10 permission denied. With `--json`, stdout carries exactly one JSON document, an answer
 //! or `{"error": {"code", "message"}}`.
 
 mod bench;
@@ -33,6 +33,9 @@ struct Cli {
     /// Give up on a call (after retries) after this long, e.g. 30s.
     #[arg(long, global = true, default_value = "30s", value_parser = humantime::parse_duration)]
     timeout: Duration,
+    /// A bearer token (JWT) sent with every call, for clusters that check them.
+    #[arg(long, global = true, env = "SEATD_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -266,7 +269,12 @@ async fn run(cli: &Cli, client: &Client) -> Result<(Value, String), Error> {
 }
 
 /// The bench runs on a runtime of its own, with `--threads` workers.
-fn run_bench(endpoints: &[String], args: bench::BenchArgs, options: Options) -> ExitCode {
+fn run_bench(
+    endpoints: &[String],
+    args: bench::BenchArgs,
+    options: Options,
+    token: Option<&str>,
+) -> ExitCode {
     if !(1..=bench::THREADS_MAX).contains(&args.threads) {
         eprintln!(
             "seatctl bench: --threads must be 1 to {}, not {}",
@@ -292,7 +300,7 @@ fn run_bench(endpoints: &[String], args: bench::BenchArgs, options: Options) -> 
         ..options
     };
     let outcome = rt.block_on(async {
-        let client = std::sync::Arc::new(Client::with_options(endpoints, options)?);
+        let client = std::sync::Arc::new(Client::with_token(endpoints, options, token)?);
         bench::run(client, args).await
     });
     match outcome {
@@ -324,7 +332,7 @@ fn main() -> ExitCode {
         ..Options::default()
     };
     if let Command::Bench(args) = &cli.command {
-        return run_bench(&endpoints, args.clone(), options);
+        return run_bench(&endpoints, args.clone(), options, cli.token.as_deref());
     }
     let outcome = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -332,7 +340,7 @@ fn main() -> ExitCode {
         .map_err(|e| Error::Unavailable(format!("cannot start the async runtime: {e}")))
         .and_then(|rt| {
             rt.block_on(async {
-                let client = Client::with_options(&endpoints, options)?;
+                let client = Client::with_token(&endpoints, options, cli.token.as_deref())?;
                 run(&cli, &client).await
             })
         });
