@@ -6,6 +6,7 @@
 #
 #   bash client/bench/cluster-bench.sh --seats 1000000 --clients 64 --secs 10 [--commit-ratio 1]
 #   BENCH_VIA=nodes bash client/bench/cluster-bench.sh ...   # straight to the nodes
+#   BENCH_AUTH=1 bash client/bench/cluster-bench.sh ...       # tokens checked on every call
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/seatd/target}"
@@ -36,15 +37,24 @@ peers="1=127.0.0.1:$q1,2=127.0.0.1:$q2,3=127.0.0.1:$q3"
 # each spends less CPU switching threads (measured: about 10% less CPU per decision).
 # SEATD_WORKER_THREADS overrides it (e.g. to compare).
 threads=(--worker-threads "${SEATD_WORKER_THREADS:-1}")
+# BENCH_AUTH=1: every node and the frontend check bearer tokens; the load generator
+# sends an operator's (operators may act as any user, as a box office does).
+auth=()
+if [ -n "${BENCH_AUTH:-}" ]; then
+    "$bin/seatd" token keygen --out "$dir/keys" >/dev/null
+    auth=(--auth-keys "$dir/keys/public-key.pem")
+    SEATD_TOKEN="$("$bin/seatd" token issue --key "$dir/keys/signing-key.pem" --sub bench --role operator --ttl 1h)"
+    export SEATD_TOKEN
+fi
 for i in 1 2 3; do
     port_var="p$i"; peer_var="q$i"
     "$bin/seatd" node --id "$i" --listen "127.0.0.1:${!port_var}" --peer-listen "127.0.0.1:${!peer_var}" \
         --data-dir "$dir/node$i" --certs "$dir/certs" \
-        --peers "$peers" --holds-per-user-per-s 0 "${threads[@]}" 2>"$dir/node$i.log" &
+        --peers "$peers" --holds-per-user-per-s 0 "${threads[@]}" "${auth[@]}" 2>"$dir/node$i.log" &
     pids+=($!)
 done
 "$bin/seatd" frontend --listen "127.0.0.1:$pf" --nodes "127.0.0.1:$p1,127.0.0.1:$p2,127.0.0.1:$p3" \
-    --holds-per-user-per-s 0 "${threads[@]}" 2>"$dir/frontend.log" &
+    --holds-per-user-per-s 0 "${threads[@]}" "${auth[@]}" 2>"$dir/frontend.log" &
 pids+=($!)
 endpoint="http://127.0.0.1:$pf"
 # BENCH_VIA=nodes sends the load to the nodes themselves (no frontend hop).

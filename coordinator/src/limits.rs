@@ -33,6 +33,11 @@ pub const TOKEN_BYTES_MAX: usize = 8 * 1024;
 pub const KEY_FILE_BYTES_MAX: usize = 1024 * 1024;
 /// Keys one key file may hold (rotation needs two or three).
 pub const KEYS_MAX: usize = 64;
+/// Tokens a process remembers as verified (at most this many times
+/// `TOKEN_BYTES_MAX`: 32 MiB; a few hundred KiB with common token sizes).
+pub const VERIFIED_TOKENS_MAX: usize = 4096;
+/// How long a verified token is remembered at most (and never past its `exp`).
+pub const VERIFIED_TOKEN_MS_MAX: u64 = 60_000;
 
 // --- Cluster shape -------------------------------------------------------------
 

@@ -17,7 +17,12 @@
 //!   refused.
 //! - A key file that cannot be read or parsed on a re-read leaves the keys in force
 //!   (logged): a half-written file never locks every caller out.
+//! - A token verified once is remembered (at most [`VERIFIED_TOKENS_MAX`] of them, each
+//!   until its `exp` or for [`VERIFIED_TOKEN_MS_MAX`], whichever comes first), so a
+//!   client's stream of calls costs one signature check, not one per call and hop;
+//!   new keys forget every remembered token.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
@@ -25,7 +30,9 @@ use std::time::{Duration, Instant, SystemTime};
 use jsonwebtoken::{Algorithm, Validation};
 use serde::{Deserialize, Serialize};
 
-pub use crate::limits::{KEYS_MAX, KEY_FILE_BYTES_MAX, TOKEN_BYTES_MAX};
+pub use crate::limits::{
+    KEYS_MAX, KEY_FILE_BYTES_MAX, TOKEN_BYTES_MAX, VERIFIED_TOKENS_MAX, VERIFIED_TOKEN_MS_MAX,
+};
 
 pub mod issue;
 mod keys;
@@ -110,6 +117,8 @@ pub struct Verifier {
     audience: String,
     keys: RwLock<(KeySet, Option<SystemTime>)>,
     checked_at: Mutex<Instant>,
+    /// Tokens verified already: the identity, and until when it may be reused.
+    verified: Mutex<HashMap<String, (Identity, Instant)>>,
 }
 
 impl Verifier {
@@ -123,6 +132,7 @@ impl Verifier {
             audience: audience.to_string(),
             keys: RwLock::new((keys, modified)),
             checked_at: Mutex::new(Instant::now()),
+            verified: Mutex::new(HashMap::new()),
         })
     }
 
@@ -134,6 +144,39 @@ impl Verifier {
             )));
         }
         self.reload_if_changed();
+        let now = Instant::now();
+        if let Some((identity, until)) = self.lock_verified().get(token) {
+            if now < *until {
+                return Ok(identity.clone());
+            }
+        }
+        let (identity, exp) = self.verify_signed(token)?;
+        self.remember(token, &identity, exp, now);
+        Ok(identity)
+    }
+
+    fn lock_verified(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Identity, Instant)>> {
+        // A cache: a panic elsewhere leaves nothing half-done that matters.
+        self.verified.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Keeps a verified token until its `exp` (seconds since the epoch) or for
+    /// [`VERIFIED_TOKEN_MS_MAX`], whichever is sooner; a full cache is emptied first.
+    fn remember(&self, token: &str, identity: &Identity, exp: u64, now: Instant) {
+        let epoch_s = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let left = Duration::from_secs(exp.saturating_sub(epoch_s))
+            .min(Duration::from_millis(VERIFIED_TOKEN_MS_MAX));
+        let mut verified = self.lock_verified();
+        if verified.len() >= VERIFIED_TOKENS_MAX {
+            verified.clear();
+        }
+        verified.insert(token.to_string(), (identity.clone(), now + left));
+    }
+
+    /// Checks a token's signature and claims against the keys.
+    fn verify_signed(&self, token: &str) -> Result<(Identity, u64), AuthError> {
         let header =
             jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
         if !matches!(
@@ -162,7 +205,10 @@ impl Verifier {
         let mut last = String::new();
         for key in candidates {
             match jsonwebtoken::decode::<Claims>(token, key, &validation) {
-                Ok(data) => return identity(data.claims),
+                Ok(data) => {
+                    let exp = data.claims.exp;
+                    return identity(data.claims).map(|i| (i, exp));
+                }
                 Err(e) => last = e.to_string(),
             }
         }
@@ -202,6 +248,8 @@ impl Verifier {
             Ok(fresh) => {
                 tracing::info!(path = %self.path.display(), keys = fresh.0.len(), "auth keys reloaded");
                 *self.keys.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+                // A removed key must stop working at once.
+                self.lock_verified().clear();
             }
             Err(e) => {
                 tracing::warn!(path = %self.path.display(), error = %e, "auth keys not reloaded; the old keys stay in force");
