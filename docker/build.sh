@@ -14,7 +14,8 @@ bin_dir="$CARGO_TARGET_DIR/debug"
 
 ctx="$(mktemp -d)"
 trap 'rm -rf "$ctx"' EXIT
-mkdir -p "$ctx/rootfs/bin" "$ctx/rootfs/etc" "$ctx/rootfs/tmp" "$ctx/data" "$ctx/certs"
+mkdir -p "$ctx/rootfs/bin" "$ctx/rootfs/etc" "$ctx/rootfs/tmp" "$ctx/data" "$ctx/certs" \
+    "$ctx/signing" "$ctx/auth"
 for b in seatd seatctl; do
     cp "$bin_dir/$b" "$ctx/rootfs/bin/$b"
     strip --strip-debug "$ctx/rootfs/bin/$b"

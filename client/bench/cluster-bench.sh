@@ -6,7 +6,7 @@
 #
 #   bash client/bench/cluster-bench.sh --seats 1000000 --clients 64 --secs 10 [--commit-ratio 1]
 #   BENCH_VIA=nodes bash client/bench/cluster-bench.sh ...   # straight to the nodes
-#   BENCH_AUTH=1 bash client/bench/cluster-bench.sh ...       # tokens checked on every call
+#   BENCH_AUTH=0 bash client/bench/cluster-bench.sh ...       # no tokens (checked by default)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/seatd/target}"
@@ -37,10 +37,11 @@ peers="1=127.0.0.1:$q1,2=127.0.0.1:$q2,3=127.0.0.1:$q3"
 # each spends less CPU switching threads (measured: about 10% less CPU per decision).
 # SEATD_WORKER_THREADS overrides it (e.g. to compare).
 threads=(--worker-threads "${SEATD_WORKER_THREADS:-1}")
-# BENCH_AUTH=1: every node and the frontend check bearer tokens; the load generator
-# sends an operator's (operators may act as any user, as a box office does).
+# Every node and the frontend check bearer tokens, as in production (BENCH_AUTH=0
+# turns that off); the load generator sends an operator's (operators may act as any
+# user, as a box office does).
 auth=()
-if [ -n "${BENCH_AUTH:-}" ]; then
+if [ "${BENCH_AUTH:-1}" != 0 ]; then
     "$bin/seatd" token keygen --out "$dir/keys" >/dev/null
     auth=(--auth-keys "$dir/keys/public-key.pem")
     SEATD_TOKEN="$("$bin/seatd" token issue --key "$dir/keys/signing-key.pem" --sub bench --role operator --ttl 1h)"

@@ -26,9 +26,12 @@
 //! # let dir = tempfile::tempdir().unwrap();
 //! # let dev = coordinator::dev::DevCluster::start(coordinator::dev::DevConfig::for_tests(dir.path())).await.unwrap();
 //! # let endpoint = dev.endpoint();
-//! use seatd_client::{Client, Error};
+//! # let token = dev.tokens().unwrap().operator.clone();
+//! use seatd_client::{Client, Error, Options};
 //!
-//! let client = Client::new([endpoint.as_str()])?;
+//! // An operator's token (a box office) may act for any user; a buyer's token acts
+//! // only as its subject. `seatd dev` prints both.
+//! let client = Client::with_token([endpoint.as_str()], Options::default(), Some(&token))?;
 //! let map = client.seat_map("demo", false).await?;
 //! println!("{} seats", map.seats.len());
 //!
@@ -110,6 +113,26 @@ impl Default for Options {
     }
 }
 
+/// What a client shows and whom it trusts.
+#[derive(Clone, Debug, Default)]
+pub struct Access {
+    /// A bearer token (JWT), sent with every call as `authorization: Bearer <token>`.
+    pub token: Option<String>,
+    /// PEM certificates of the CA that signed the servers' certificates, trusted for
+    /// `https://` endpoints on top of the system's roots (a cluster's private CA).
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+impl Access {
+    fn tls(&self) -> tonic::transport::ClientTlsConfig {
+        let tls = tonic::transport::ClientTlsConfig::new().with_native_roots();
+        match &self.ca_pem {
+            Some(pem) => tls.ca_certificate(tonic::transport::Certificate::from_pem(pem)),
+            None => tls,
+        }
+    }
+}
+
 /// A connection to a seatd cluster through one or more endpoints.
 pub struct Client {
     transport: Arc<Transport>,
@@ -182,15 +205,37 @@ impl Client {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        let bearer = token
+        let access = Access {
+            token: token.map(str::to_string),
+            ca_pem: None,
+        };
+        Self::connect(endpoints, options, &access)
+    }
+
+    /// A client with a token and, for `https://` endpoints, the CA to trust (see
+    /// [`Access`]).
+    pub fn connect<I, S>(endpoints: I, options: Options, access: &Access) -> Result<Self, Error>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let bearer = access
+            .token
+            .as_ref()
             .map(|t| format!("Bearer {}", t.trim()).parse())
             .transpose()
             .map_err(|_| Error::Invalid("the token is not printable ASCII".into()))?;
         let mut list = Vec::new();
         for e in endpoints {
             let url = normalise(e.as_ref());
-            let channel = Endpoint::from_shared(url.clone())
-                .map_err(|err| Error::Invalid(format!("endpoint {url:?}: {err}")))?
+            let mut endpoint = Endpoint::from_shared(url.clone())
+                .map_err(|err| Error::Invalid(format!("endpoint {url:?}: {err}")))?;
+            if url.starts_with("https://") {
+                endpoint = endpoint
+                    .tls_config(access.tls())
+                    .map_err(|err| Error::Invalid(format!("endpoint {url:?}: {err}")))?;
+            }
+            let channel = endpoint
                 .connect_timeout(Duration::from_secs(1))
                 .tcp_nodelay(true)
                 .connect_lazy();
@@ -535,6 +580,28 @@ impl Client {
         self.call(|mut c| {
             let r = routed(r.clone(), &route, &self.transport.bearer);
             async move { c.get_hold(r).await }
+        })
+        .await
+    }
+
+    /// One page of an event's holds, numbered above `after` (0: from the first), at
+    /// most `limit` (0: the server's default); operators only. The answer's
+    /// `next_after` starts the next page.
+    pub async fn list_holds(
+        &self,
+        event_id: &str,
+        after: u64,
+        limit: u32,
+    ) -> Result<pb::ListHoldsResponse, Error> {
+        let r = pb::ListHoldsRequest {
+            event_id: event_id.into(),
+            after,
+            limit,
+        };
+        let route = route_to(Some(event_id.to_string()));
+        self.call(|mut c| {
+            let r = routed(r.clone(), &route, &self.transport.bearer);
+            async move { c.list_holds(r).await }
         })
         .await
     }

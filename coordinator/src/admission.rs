@@ -1,33 +1,49 @@
-//! Admission control: how many holds one user may ask for per second.
+//! Admission control: token buckets that answer excess calls with RESOURCE_EXHAUSTED
+//! (reason RATE_LIMITED; HTTP 429) before they cost anything.
 //!
-//! A flash sale's bots hammer the hold call; a token bucket per user (refilled at
-//! `holds_per_user_per_s`, holding at most that many tokens) answers the excess with
-//! RESOURCE_EXHAUSTED (reason RATE_LIMITED; HTTP 429) before it reaches a shard's
-//! queue. It is asked where holds are decided, on the leader of the event's shard
-//! (`api::holds::Verdicts`), so one user has one budget per event whichever frontends or
-//! nodes the holds come through, and no header a client sends skips it. It is not
-//! replicated: it protects capacity, not correctness, so it uses the leader's
-//! monotonic clock, and a new leader starts with full buckets.
+//! - [`HoldLimiter`]: how many holds one user may ask for per second. A flash sale's
+//!   bots hammer the hold call; a bucket per user (refilled at `holds_per_user_per_s`,
+//!   holding at most that many tokens) stops the excess before it reaches a shard's
+//!   queue. It is asked where holds are decided, on the leader of the event's shard
+//!   (`api::holds::Verdicts`), so one user has one budget per event whichever
+//!   frontends or nodes the holds come through, and no header a client sends skips it.
+//!   With tokens checked, the user is the token's subject, so a new name buys nothing.
+//! - [`AddressLimiter`]: how many calls without a valid token one client address may
+//!   make per second, where tokens are checked (`service`): missing or bad tokens, and
+//!   the calls that need none (cluster status). A script that cannot sign tokens cannot
+//!   make the process answer it more than that.
 //!
-//! Caveat: the budget is per leader, so a user holding seats of events on shards led
-//! by different nodes has one budget on each of them.
+//! Neither is replicated: they protect capacity, not correctness, so they use the
+//! process's monotonic clock, and a restart (or a new leader) starts with full buckets.
+//!
+//! Caveat: a user's hold budget is per leader, so a user holding seats of events on
+//! shards led by different nodes has one budget on each of them.
 //!
 //! Bounded: at most [`USERS_TRACKED_MAX`] buckets; when full, idle buckets (full
 //! again) are dropped first, and if none is idle every bucket is.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
+use std::hash::Hash;
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::Instant;
 
 pub use crate::limits::USERS_TRACKED_MAX;
 
-pub struct HoldLimiter {
+/// Token buckets by key: `per_s` a second, in bursts of up to `per_s`.
+pub struct Buckets<K> {
     per_s: f64,
-    buckets: Mutex<HashMap<String, (f64, Instant)>>,
+    buckets: Mutex<HashMap<K, (f64, Instant)>>,
 }
 
-impl HoldLimiter {
-    /// `per_s` holds per user per second, in bursts of up to `per_s`; 0 admits all.
+/// Holds per user per second.
+pub type HoldLimiter = Buckets<String>;
+/// Calls without a valid token per client address per second.
+pub type AddressLimiter = Buckets<IpAddr>;
+
+impl<K: Hash + Eq> Buckets<K> {
+    /// `per_s` a second per key, in bursts of up to `per_s`; 0 admits all.
     pub fn new(per_s: u32) -> Self {
         Self {
             per_s: f64::from(per_s),
@@ -35,19 +51,27 @@ impl HoldLimiter {
         }
     }
 
-    /// Whether `user` may ask for one more hold now.
-    pub fn admit(&self, user: &str) -> bool {
-        self.admit_at(user, Instant::now())
+    /// Whether `key` may have one more now.
+    pub fn admit<Q>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        self.admit_at(key, Instant::now())
     }
 
-    fn admit_at(&self, user: &str, now: Instant) -> bool {
+    fn admit_at<Q>(&self, key: &Q, now: Instant) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
         if self.per_s == 0.0 {
             return true;
         }
         let Ok(mut buckets) = self.buckets.lock() else {
             return true;
         };
-        if buckets.len() >= USERS_TRACKED_MAX && !buckets.contains_key(user) {
+        if buckets.len() >= USERS_TRACKED_MAX && !buckets.contains_key(key) {
             let per_s = self.per_s;
             buckets.retain(|_, (tokens, at)| {
                 *tokens + now.duration_since(*at).as_secs_f64() * per_s < per_s
@@ -56,11 +80,11 @@ impl HoldLimiter {
                 buckets.clear();
             }
         }
-        // A user seen before costs a lookup, not an allocation.
-        if !buckets.contains_key(user) {
-            buckets.insert(user.to_string(), (self.per_s, now));
+        // A key seen before costs a lookup, not an allocation.
+        if !buckets.contains_key(key) {
+            buckets.insert(key.to_owned(), (self.per_s, now));
         }
-        let Some((tokens, at)) = buckets.get_mut(user) else {
+        let Some((tokens, at)) = buckets.get_mut(key) else {
             return true;
         };
         *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * self.per_s).min(self.per_s);
@@ -93,5 +117,16 @@ mod tests {
         // Off: everything passes.
         let off = HoldLimiter::new(0);
         assert!((0..1000).all(|_| off.admit_at("bot", t0)));
+    }
+
+    #[test]
+    fn an_address_gets_a_burst_then_the_rate() {
+        let l = AddressLimiter::new(3);
+        let t0 = Instant::now();
+        let a: IpAddr = [10, 0, 0, 1].into();
+        assert_eq!((0..10).filter(|_| l.admit_at(&a, t0)).count(), 3);
+        assert!(l.admit_at(&IpAddr::from([10, 0, 0, 2]), t0));
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!((0..10).filter(|_| l.admit_at(&a, t1)).count(), 3);
     }
 }

@@ -59,6 +59,14 @@ enum TokenCommand {
     Keygen {
         #[arg(long)]
         out: PathBuf,
+        /// Write public-key.pem here instead (a directory nodes may read that holds
+        /// no secret).
+        #[arg(long)]
+        public_out: Option<PathBuf>,
+        /// When the key pair is already there, keep it and succeed (for a one-shot
+        /// init container); without it an existing pair is an error, never replaced.
+        #[arg(long)]
+        keep: bool,
     },
     /// Prints a token for a user, signed with a signing key (PEM).
     Issue {
@@ -101,10 +109,17 @@ fn parse_ttl(text: &str) -> anyhow::Result<Duration> {
 
 fn run_token(command: TokenCommand) -> anyhow::Result<()> {
     match command {
-        TokenCommand::Keygen { out } => {
-            let (signing, public) = crate::auth::issue::keygen(&out).map_err(anyhow::Error::msg)?;
-            println!("created {}", signing.display());
-            println!("created {}", public.display());
+        TokenCommand::Keygen {
+            out,
+            public_out,
+            keep,
+        } => {
+            let public_dir = public_out.as_deref().unwrap_or(&out);
+            let made = crate::auth::issue::keygen_into(&out, public_dir, keep)
+                .map_err(anyhow::Error::msg)?;
+            let verb = if made.kept { "kept" } else { "created" };
+            println!("{verb} {}", made.signing.display());
+            println!("{verb} {}", made.public.display());
         }
         TokenCommand::Issue {
             key,
@@ -170,7 +185,33 @@ struct FrontendArgs {
     #[command(flatten)]
     auth: AuthArgs,
     #[command(flatten)]
+    tls: ClientPortTls,
+    /// The CA that signed the nodes' client-port certificates: with it, this frontend
+    /// reaches the nodes over TLS (for nodes started with --tls-cert).
+    #[arg(long)]
+    nodes_ca: Option<PathBuf>,
+    #[command(flatten)]
     threads: Threads,
+}
+
+/// TLS on the client port: on when both files are given.
+#[derive(Args)]
+struct ClientPortTls {
+    /// The client port's certificate chain (PEM); clients then connect with https://.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+}
+
+impl ClientPortTls {
+    fn server(&self) -> anyhow::Result<Option<tonic::transport::ServerTlsConfig>> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Ok(Some(crate::tls::client_port_server(cert, key)?)),
+            _ => Ok(None),
+        }
+    }
 }
 
 /// Bearer tokens: checked on every call when `--auth-keys` is given.
@@ -187,6 +228,10 @@ struct AuthArgs {
     /// The `aud` tokens must name.
     #[arg(long, default_value = crate::auth::DEFAULT_AUDIENCE)]
     auth_audience: String,
+    /// Calls without a valid token (missing or bad tokens, and cluster status, which
+    /// needs none) one client address may make per second (0: no limit).
+    #[arg(long, default_value_t = 50)]
+    anonymous_calls_per_address_per_s: u32,
 }
 
 impl AuthArgs {
@@ -220,6 +265,10 @@ struct DevArgs {
     /// Holds one user may ask for per second (0: no limit).
     #[arg(long, default_value_t = 20)]
     holds_per_user_per_s: u32,
+    /// Accept calls without tokens (authentication is on by default, with a dev
+    /// signing key kept in the data dir).
+    #[arg(long)]
+    no_auth: bool,
 }
 
 #[derive(Args)]
@@ -272,6 +321,8 @@ struct NodeArgs {
     clock_skew_ms: i64,
     #[command(flatten)]
     auth: AuthArgs,
+    #[command(flatten)]
+    tls: ClientPortTls,
     #[command(flatten)]
     threads: Threads,
 }
@@ -346,9 +397,16 @@ fn run_frontend(args: FrontendArgs) -> anyhow::Result<()> {
         settings: crate::process::Settings {
             route_wait: Duration::from_millis(args.route_wait_ms),
             holds_per_user_per_s: args.holds_per_user_per_s,
+            anonymous_calls_per_address_per_s: args.auth.anonymous_calls_per_address_per_s,
             ..Default::default()
         },
         auth: args.auth.verifier()?,
+        tls: args.tls.server()?,
+        nodes_tls: args
+            .nodes_ca
+            .as_deref()
+            .map(crate::tls::client_port_dialer)
+            .transpose()?,
     };
     runtime(Some(&args.threads))?.block_on(async move {
         let listener = tokio::net::TcpListener::bind(args.listen)
@@ -369,6 +427,7 @@ fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         let dev = DevCluster::start(DevConfig {
             data_dir: args.data_dir.clone(),
             listen: args.listen,
+            auth: !args.no_auth,
             create_demo: true,
             holds_per_user_per_s: args.holds_per_user_per_s,
         })
@@ -376,8 +435,21 @@ fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         let endpoint = dev.endpoint();
         println!("seatd dev: 3 replicas and a frontend, data in {}", args.data_dir.display());
         println!("endpoint: {endpoint}");
+        match dev.tokens() {
+            Some(t) => {
+                use crate::dev::{DEV_BUYER, DEV_SIGNING_KEY_FILE};
+                println!("tokens:   seatctl reads them from {}", t.file.display());
+                println!("  buyer {DEV_BUYER:?}: {}", t.buyer);
+                println!("  operator:   {}", t.operator);
+                println!(
+                    "  another user: cargo run -p seatd -- token issue --key {} --sub alice --role buyer",
+                    args.data_dir.join(DEV_SIGNING_KEY_FILE).display()
+                );
+            }
+            None => println!("tokens:   not checked (--no-auth)"),
+        }
         println!("try:      cargo run -p seatd-client --bin seatctl -- seatmap {DEMO_EVENT}");
-        println!("          cargo run -p seatd-client --bin seatctl -- hold {DEMO_EVENT} --user me --seats A-1,A-2");
+        println!("          cargo run -p seatd-client --bin seatctl -- hold {DEMO_EVENT} --seats A-1,A-2");
         println!("Ctrl-C stops it; the next start keeps the data.");
         shutdown_signal().await?;
         dev.shutdown().await?;
@@ -405,6 +477,7 @@ fn run_node(args: NodeArgs) -> anyhow::Result<()> {
             route_wait: Duration::from_millis(args.route_wait_ms),
             payment_timeout: Duration::from_millis(args.payment_timeout_ms),
             holds_per_user_per_s: args.holds_per_user_per_s,
+            anonymous_calls_per_address_per_s: args.auth.anonymous_calls_per_address_per_s,
             ..Settings::default()
         },
         clock: Arc::new(crate::clock::SystemClock::with_skew(args.clock_skew_ms)),
@@ -412,6 +485,7 @@ fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         tls: crate::tls::PeerTls::load(&args.certs, args.id)?,
         advertise: args.advertise,
         auth: args.auth.verifier()?,
+        client_tls: args.tls.server()?,
     };
     runtime(Some(&args.threads))?.block_on(async move {
         let listener = tokio::net::TcpListener::bind(args.listen)

@@ -49,6 +49,11 @@ pub struct FrontendConfig {
     pub settings: Settings,
     /// Checks bearer tokens on every call when set.
     pub auth: Option<Arc<crate::auth::Verifier>>,
+    /// Serves the client port over TLS when set (`--tls-cert`, `--tls-key`).
+    pub tls: Option<tonic::transport::ServerTlsConfig>,
+    /// Reaches the nodes' client ports over TLS, trusting this CA, when set
+    /// (`--nodes-ca`).
+    pub nodes_tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 /// Answers a frontend may give again for a while.
@@ -168,6 +173,7 @@ impl<A: SeatsApi> SeatsApi for Cached<A> {
         release(pb::ReleaseRequest) -> pb::Hold;
         get_hold(pb::GetHoldRequest) -> pb::Hold;
         get_order(pb::GetOrderRequest) -> pb::Order;
+        list_holds(pb::ListHoldsRequest) -> pb::ListHoldsResponse;
     }
 
     async fn create_event(
@@ -237,14 +243,26 @@ impl<A: SeatsApi> SeatsApi for Cached<A> {
 }
 
 /// Asks `nodes` (in turn, until one answers) for the cluster-wide status.
-async fn ask_status(nodes: &[String], timeout: Duration) -> Result<pb::ClusterStatus, StartError> {
+async fn ask_status(
+    nodes: &[String],
+    tls: Option<&tonic::transport::ClientTlsConfig>,
+    timeout: Duration,
+) -> Result<pb::ClusterStatus, StartError> {
     let mut last = String::from("no node given");
     for addr in nodes {
         let url = seatd_wire::net::endpoint_url(addr)
             .ok_or_else(|| StartError::Config("an empty node address".into()))?;
-        let endpoint = tonic::transport::Endpoint::from_shared(url)
-            .map_err(|e| StartError::Config(format!("node address {addr:?}: {e}")))?
-            .connect_timeout(timeout);
+        let url = match tls {
+            Some(_) => url.replacen("http://", "https://", 1),
+            None => url,
+        };
+        let bad =
+            |e: tonic::transport::Error| StartError::Config(format!("node address {addr:?}: {e}"));
+        let mut endpoint = tonic::transport::Endpoint::from_shared(url).map_err(bad)?;
+        if let Some(tls) = tls {
+            endpoint = endpoint.tls_config(tls.clone()).map_err(bad)?;
+        }
+        let endpoint = endpoint.connect_timeout(timeout);
         let answer = async {
             let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
             pb::seats_client::SeatsClient::new(channel)
@@ -267,7 +285,10 @@ async fn ask_status(nodes: &[String], timeout: Duration) -> Result<pb::ClusterSt
 
 /// The cluster's shape, as a node describes it, with the addresses given as
 /// `ID=ADDR` taking precedence.
-async fn discover(given: &[String]) -> Result<Cluster, StartError> {
+async fn discover(
+    given: &[String],
+    tls: Option<&tonic::transport::ClientTlsConfig>,
+) -> Result<Cluster, StartError> {
     let mut pinned = BTreeMap::new();
     let mut nodes = Vec::new();
     for g in given {
@@ -285,7 +306,7 @@ async fn discover(given: &[String]) -> Result<Cluster, StartError> {
     }
     let started = Instant::now();
     loop {
-        match ask_status(&nodes, Duration::from_secs(1)).await {
+        match ask_status(&nodes, tls, Duration::from_secs(1)).await {
             Ok(status) => {
                 let mut members: BTreeMap<u64, String> = status
                     .nodes
@@ -332,19 +353,22 @@ pub struct FrontendHandle {
 impl FrontendHandle {
     pub async fn start(config: FrontendConfig, listener: TcpListener) -> Result<Self, StartError> {
         let addr = listener.local_addr()?;
-        let cluster = discover(&config.nodes).await?;
+        let cluster = discover(&config.nodes, config.nodes_tls.as_ref()).await?;
         info!(%addr, nodes = cluster.nodes().len(), shards = cluster.shards(), "frontend starting");
-        let inner = Arc::new(Process::frontend(
+        let inner = Arc::new(Process::frontend_over(
             cluster,
             config.settings,
             &SystemClock::default(),
+            config.nodes_tls,
         ));
         let cache = FrontCache::new(config.seat_map_cache, config.event_list_cache);
         let background = Background::default();
         background.spawn(refresh_leaders(inner.clone(), background.stop.clone()));
         let (health, server) = crate::server::serve(
-            SeatsService::new(Cached::new(Api::new(inner.clone()), cache), config.auth),
+            SeatsService::new(Cached::new(Api::new(inner.clone()), cache), config.auth)
+                .limit_anonymous_by_address(),
             listener,
+            config.tls,
             background.stop.clone(),
         )
         .await?;
@@ -490,6 +514,13 @@ mod tests {
             _: pb::GetOrderRequest,
             _: crate::forward::Call,
         ) -> Result<pb::Order, Error> {
+            unexpected()
+        }
+        async fn list_holds(
+            &self,
+            _: pb::ListHoldsRequest,
+            _: crate::forward::Call,
+        ) -> Result<pb::ListHoldsResponse, Error> {
             unexpected()
         }
         async fn cluster_status(

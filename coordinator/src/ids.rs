@@ -56,6 +56,17 @@ impl IdGen {
 /// platforms we run on), std's per-process hash keys, themselves seeded from the OS
 /// when it can, are the fallback: ids must still be made, and the start time and the
 /// process id then keep them apart.
+/// A fresh key for an event's hold and order id tags (`raft_store::ids`), drawn by the
+/// leader that proposes the event. Without the operating system's random source there
+/// is no safe key, so the event is not created.
+pub(crate) fn event_id_key() -> Result<raft_store::IdKey, crate::error::Error> {
+    let mut key = [0u8; raft_store::ids::ID_KEY_BYTES];
+    getrandom::fill(&mut key).map_err(|e| {
+        crate::error::Error::Internal(format!("no random source for an event's id key: {e}"))
+    })?;
+    Ok(raft_store::IdKey(key))
+}
+
 fn process_nonce() -> u64 {
     getrandom::u64().unwrap_or_else(|_| {
         use std::hash::{BuildHasher, Hasher};

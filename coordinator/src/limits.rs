@@ -21,6 +21,9 @@ pub const HOPS_MAX: u32 = 2;
 pub const EVENTS_PER_LIST_DEFAULT: u32 = 100;
 /// Events a list returns at most.
 pub const EVENTS_PER_LIST_MAX: u32 = 1000;
+/// Holds in a `ListHolds` page when the caller names no limit, and at most.
+pub const HOLDS_PER_LIST_DEFAULT: u32 = 100;
+pub const HOLDS_PER_LIST_MAX: u32 = 1000;
 /// Seat-map pages and whole maps: bounded by the wire crate, which knows the
 /// encoding's sizes.
 pub use seatd_wire::limits::{SEAT_MAP_PAGE_SEATS_MAX, SEAT_MAP_WHOLE_SEATS_MAX};
@@ -106,6 +109,7 @@ const _: () = assert!(COMMAND_BYTES_MAX <= REQUEST_BYTES_MAX);
 const _: () = assert!(REPLICAS_PER_SHARD <= NODES_MAX);
 const _: () = assert!(HOPS_MAX >= 1);
 const _: () = assert!(EVENTS_PER_LIST_DEFAULT <= EVENTS_PER_LIST_MAX);
+const _: () = assert!(HOLDS_PER_LIST_DEFAULT <= HOLDS_PER_LIST_MAX);
 const _: () = assert!(SEAT_MAP_WHOLE_SEATS_MAX <= SEATS_PER_EVENT_MAX);
 const _: () = assert!(TERM_MAX < u64::MAX / 2 && INDEX_MAX < u64::MAX / 2);
 // A snapshot is many messages; the transport's message limit is not a snapshot's.

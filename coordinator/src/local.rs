@@ -41,6 +41,16 @@ pub struct LocalConfig {
     pub timing: RaftTiming,
     /// Checks bearer tokens on every node and frontend when set.
     pub auth: Option<Arc<crate::auth::Verifier>>,
+    /// Serves every client port (nodes' and frontends') over TLS when set.
+    pub tls: Option<LocalTls>,
+}
+
+/// TLS for a local cluster's client ports: one certificate for every process (it
+/// names 127.0.0.1), and the CA frontends trust when they dial the nodes.
+#[derive(Clone)]
+pub struct LocalTls {
+    pub server: tonic::transport::ServerTlsConfig,
+    pub nodes_ca: tonic::transport::ClientTlsConfig,
 }
 
 /// How a frontend added to a local cluster caches.
@@ -50,12 +60,21 @@ pub struct FrontendCaches {
     pub event_list: Duration,
 }
 
+impl FrontendCaches {
+    /// Nothing cached: every read reaches a node (for tests that look at state).
+    pub const NONE: Self = Self {
+        seat_map: Duration::ZERO,
+        event_list: Duration::ZERO,
+    };
+}
+
 pub struct LocalCluster {
     nodes: BTreeMap<NodeId, NodeHandle>,
     frontends: Vec<FrontendHandle>,
     /// Where each node serves clients, for frontends to discover the cluster from.
     client_addrs: Vec<String>,
     auth: Option<Arc<crate::auth::Verifier>>,
+    tls: Option<LocalTls>,
 }
 
 impl LocalCluster {
@@ -98,6 +117,7 @@ impl LocalCluster {
                     tls: crate::tls::PeerTls::load(&certs, id)?,
                     advertise: None,
                     auth: config.auth.clone(),
+                    client_tls: config.tls.as_ref().map(|t| t.server.clone()),
                 },
                 listener,
                 peer_listener,
@@ -110,7 +130,21 @@ impl LocalCluster {
             frontends: Vec::new(),
             client_addrs,
             auth: config.auth,
+            tls: config.tls,
         })
+    }
+
+    /// Waits for every shard's leader, then starts a frontend without caches on a free
+    /// loopback port; returns its address. What tests of a whole cluster start with.
+    pub async fn ready_with_frontend(
+        &mut self,
+        settings: Settings,
+        ready: Duration,
+    ) -> Result<SocketAddr, StartError> {
+        self.wait_leaders(ready).await?;
+        let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+        self.add_frontend(listener, settings, FrontendCaches::NONE)
+            .await
     }
 
     /// Starts a frontend on `listener` in front of the nodes; returns its address.
@@ -127,6 +161,8 @@ impl LocalCluster {
                 event_list_cache: caches.event_list,
                 settings,
                 auth: self.auth.clone(),
+                tls: self.tls.as_ref().map(|t| t.server.clone()),
+                nodes_tls: self.tls.as_ref().map(|t| t.nodes_ca.clone()),
             },
             listener,
         )

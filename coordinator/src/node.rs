@@ -67,6 +67,8 @@ pub struct NodeConfig {
     pub advertise: Option<String>,
     /// Checks bearer tokens on every call (client and peer port) when set.
     pub auth: Option<Arc<crate::auth::Verifier>>,
+    /// Serves the client port over TLS when set (`--tls-cert`, `--tls-key`).
+    pub client_tls: Option<tonic::transport::ServerTlsConfig>,
 }
 
 /// The exit code of a node whose Raft group failed, for its supervisor to restart it.
@@ -160,6 +162,7 @@ impl NodeHandle {
             tls,
             advertise,
             auth,
+            client_tls,
         } = config;
         if cluster.addr(id).is_none() {
             return Err(StartError::Config(format!(
@@ -304,8 +307,9 @@ impl NodeHandle {
             background.stop.clone(),
         )?;
         let (health, server) = serve(
-            SeatsService::for_node(inner.clone(), auth),
+            SeatsService::for_node(inner.clone(), auth).limit_anonymous_by_address(),
             listener,
+            client_tls,
             background.stop.clone(),
         )
         .await?;

@@ -93,20 +93,36 @@ impl PeerChannels {
     }
 }
 
-/// Plaintext channels to client ports, by address (a frontend's links to the nodes).
+/// Channels to client ports, by address (a frontend's links to the nodes): plaintext,
+/// or TLS when the nodes serve their client ports over it (`--nodes-ca`).
 #[derive(Clone, Default)]
 pub struct ClientChannels {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 impl ClientChannels {
+    pub fn new(tls: Option<tonic::transport::ClientTlsConfig>) -> Self {
+        Self {
+            channels: Arc::default(),
+            tls,
+        }
+    }
+
     pub fn channel(&self, addr: &str) -> Result<Channel, Error> {
         let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = map.get(addr) {
             return Ok(c.clone());
         }
-        let channel = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| Error::Internal(format!("node address {addr:?}: {e}")))?
+        let bad =
+            |e: tonic::transport::Error| Error::Internal(format!("node address {addr:?}: {e}"));
+        let endpoint = match &self.tls {
+            Some(tls) => Endpoint::from_shared(format!("https://{addr}"))
+                .and_then(|e| e.tls_config(tls.clone()))
+                .map_err(bad)?,
+            None => Endpoint::from_shared(format!("http://{addr}")).map_err(bad)?,
+        };
+        let channel = endpoint
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .connect_lazy();

@@ -40,6 +40,9 @@ pub struct Settings {
     /// Holds one user may ask for per second, counted on the shard's leader where
     /// holds are decided (0: no limit). Unused on a frontend.
     pub holds_per_user_per_s: u32,
+    /// Calls without a valid token one client address may make per second where
+    /// tokens are checked (0: no limit; unused without `--auth-keys`).
+    pub anonymous_calls_per_address_per_s: u32,
     /// Whether the process exits (with the node's group-failure exit code, 3) when one of its
     /// Raft groups stops by itself. Off only for in-process tests that look at the
     /// failed state.
@@ -53,6 +56,7 @@ impl Default for Settings {
             payment_timeout: Duration::from_secs(3),
             drain_timeout: Duration::from_secs(10),
             holds_per_user_per_s: 20,
+            anonymous_calls_per_address_per_s: 50,
             exit_on_group_failure: true,
         }
     }
@@ -130,6 +134,17 @@ impl Process {
     /// The state of a process that hosts no shard and forwards every call: a
     /// frontend. Its id 0 is no node's.
     pub fn frontend(cluster: Cluster, settings: Settings, clock: &dyn Clock) -> Self {
+        Self::frontend_over(cluster, settings, clock, None)
+    }
+
+    /// [`Process::frontend`] that reaches the nodes' client ports over TLS when
+    /// `nodes_tls` is given.
+    pub fn frontend_over(
+        cluster: Cluster,
+        settings: Settings,
+        clock: &dyn Clock,
+        nodes_tls: Option<tonic::transport::ClientTlsConfig>,
+    ) -> Self {
         // A frontend's cluster shape holds the nodes' client addresses.
         let client_addrs = std::sync::RwLock::new(cluster.nodes().clone());
         Self {
@@ -138,7 +153,7 @@ impl Process {
             shards: HashMap::new(),
             settings,
             gateway: Arc::new(crate::payment::TestGateway::default()),
-            links: Links::Clients(ClientChannels::default()),
+            links: Links::Clients(ClientChannels::new(nodes_tls)),
             client_addrs,
             store: None,
             turn: AtomicUsize::new(0),

@@ -17,10 +17,11 @@ use crate::service::SeatsService;
 pub(crate) type ServerTask = JoinHandle<Result<(), tonic::transport::Error>>;
 
 /// Serves the client API, gRPC health and server reflection on `listener` until
-/// `stopped` is cancelled; nodes and frontends alike.
+/// `stopped` is cancelled; nodes and frontends alike. With `tls`, only over TLS.
 pub(crate) async fn serve<A: SeatsApi>(
     seats: SeatsService<A>,
     listener: TcpListener,
+    tls: Option<tonic::transport::ServerTlsConfig>,
     stopped: CancellationToken,
 ) -> Result<(tonic_health::server::HealthReporter, ServerTask), StartError> {
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -37,8 +38,14 @@ pub(crate) async fn serve<A: SeatsApi>(
     let reflection_v1alpha = reflection_builder()
         .build_v1alpha()
         .map_err(|e| StartError::Config(format!("reflection (v1alpha): {e}")))?;
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder
+            .tls_config(tls)
+            .map_err(|e| StartError::Config(format!("TLS on the client port: {e}")))?;
+    }
     let server = tokio::spawn(
-        tonic::transport::Server::builder()
+        builder
             .add_service(seats)
             .add_service(health_service)
             .add_service(reflection)

@@ -38,6 +38,7 @@ use tonic::metadata::AsciiMetadataValue;
 use tonic::server::NamedService;
 use tonic::{Request, Response, Status};
 
+use crate::admission::AddressLimiter;
 use crate::api::{Api, SeatsApi};
 use crate::auth::{AuthError, Role, Verifier};
 use crate::error::Error;
@@ -51,6 +52,8 @@ use crate::route::Mode;
 pub struct SeatsService<A = Api> {
     api: Arc<A>,
     auth: Option<Arc<Verifier>>,
+    /// Calls without a valid token, per client address (client ports only).
+    anonymous: Option<Arc<AddressLimiter>>,
 }
 
 impl<A> Clone for SeatsService<A> {
@@ -58,6 +61,7 @@ impl<A> Clone for SeatsService<A> {
         Self {
             api: self.api.clone(),
             auth: self.auth.clone(),
+            anonymous: self.anonymous.clone(),
         }
     }
 }
@@ -74,7 +78,19 @@ impl<A: SeatsApi> SeatsService<A> {
         Self {
             api: Arc::new(api),
             auth,
+            anonymous: None,
         }
+    }
+
+    /// Limits the calls without a valid token each client address may make, where
+    /// tokens are checked, to the process's `anonymous_calls_per_address_per_s`: for
+    /// client ports (a node's peer port serves only nodes, whose certificates it checked).
+    pub fn limit_anonymous_by_address(mut self) -> Self {
+        let per_s = self.api.node().settings.anonymous_calls_per_address_per_s;
+        if self.auth.is_some() && per_s > 0 {
+            self.anonymous = Some(Arc::new(AddressLimiter::new(per_s)));
+        }
+        self
     }
 }
 
@@ -133,6 +149,7 @@ impl RetryKeys for pb::SetSaleRequest {}
 impl RetryKeys for pb::GetSeatMapRequest {}
 impl RetryKeys for pb::ReleaseRequest {}
 impl RetryKeys for pb::GetHoldRequest {}
+impl RetryKeys for pb::ListHoldsRequest {}
 impl RetryKeys for pb::GetOrderRequest {}
 
 /// Decodes a call that arrived with routing metadata (`routed`) or without.
@@ -178,7 +195,7 @@ macro_rules! seats_methods {
             /// The role a caller needs for this method (`None`: no token needed).
             fn role(self) -> Option<Role> {
                 match self {
-                    Self::CreateEvent | Self::SetSale => Some(Role::Operator),
+                    Self::CreateEvent | Self::SetSale | Self::ListHolds => Some(Role::Operator),
                     // Topology only (digests are never served on the client port):
                     // what frontends and clients route by.
                     Self::ClusterStatus => None,
@@ -229,6 +246,7 @@ seats_methods! {
     Release RELEASE true => release(pb::ReleaseRequest);
     GetHold GET_HOLD true => get_hold(pb::GetHoldRequest);
     GetOrder GET_ORDER true => get_order(pb::GetOrderRequest);
+    ListHolds LIST_HOLDS true => list_holds(pb::ListHoldsRequest);
 }
 
 /// The shard a call's routing metadata names, with the metadata to send on, when the
@@ -253,20 +271,39 @@ fn pass_on<A: SeatsApi>(
 /// set) the caller its bearer token names, who must have the method's role.
 fn call_of(
     auth: Option<&Verifier>,
+    anonymous: Option<&AddressLimiter>,
     method: Method,
     request: &Request<Bytes>,
 ) -> Result<Call, Error> {
     let hops = hops(request);
-    let (Some(auth), Some(needed)) = (auth, method.role()) else {
+    let Some(auth) = auth else {
         return Ok(Call { hops, caller: None });
     };
-    let unauthenticated = |e: AuthError| Error::Unauthenticated(e.to_string());
-    let Some(header) = request.metadata().get(AUTHORIZATION_METADATA) else {
-        return Err(unauthenticated(AuthError::Missing));
+    let Some(needed) = method.role() else {
+        // A call that needs no token counts against its address unless it has one.
+        let signed = request
+            .metadata()
+            .get(AUTHORIZATION_METADATA)
+            .is_some_and(|h| {
+                auth.verify_header(Some(h.to_str().unwrap_or_default()))
+                    .is_ok()
+            });
+        if !signed {
+            charge_address(anonymous, request)?;
+        }
+        return Ok(Call { hops, caller: None });
     };
-    let identity = auth
-        .verify_header(Some(header.to_str().unwrap_or_default()))
-        .map_err(unauthenticated)?;
+    let unauthenticated = |e: AuthError| -> Result<Call, Error> {
+        charge_address(anonymous, request)?;
+        Err(Error::Unauthenticated(e.to_string()))
+    };
+    let Some(header) = request.metadata().get(AUTHORIZATION_METADATA) else {
+        return unauthenticated(AuthError::Missing);
+    };
+    let identity = match auth.verify_header(Some(header.to_str().unwrap_or_default())) {
+        Ok(identity) => identity,
+        Err(e) => return unauthenticated(e),
+    };
     if needed == Role::Operator && identity.role != Role::Operator {
         return Err(Error::PermissionDenied(format!(
             "{} needs the operator role; {:?} is a {}",
@@ -281,14 +318,33 @@ fn call_of(
     })
 }
 
+/// Takes one call without a valid token from the budget of the address it came from:
+/// RATE_LIMITED once the address has spent it.
+fn charge_address(
+    anonymous: Option<&AddressLimiter>,
+    request: &Request<Bytes>,
+) -> Result<(), Error> {
+    let (Some(limiter), Some(addr)) = (anonymous, request.remote_addr()) else {
+        return Ok(());
+    };
+    if limiter.admit(&addr.ip()) {
+        return Ok(());
+    }
+    Err(Error::RateLimited(format!(
+        "too many calls without a valid token from {}; send a bearer token",
+        addr.ip()
+    )))
+}
+
 /// Serves one unary call whose message is `request`'s bytes.
 async fn serve<A: SeatsApi>(
     api: &A,
     auth: Option<&Verifier>,
+    anonymous: Option<&AddressLimiter>,
     method: Method,
     request: Request<Bytes>,
 ) -> Result<Bytes, Status> {
-    let call = call_of(auth, method, &request)?;
+    let call = call_of(auth, anonymous, method, &request)?;
     let routed = request.metadata().get(EVENT_METADATA).is_some();
     let answered = match pass_on(api, method, &request) {
         None => decided(api, method, request.into_inner(), call, routed).await,
@@ -310,6 +366,7 @@ async fn serve<A: SeatsApi>(
 struct Unary<A> {
     api: Arc<A>,
     auth: Option<Arc<Verifier>>,
+    anonymous: Option<Arc<AddressLimiter>>,
     method: Method,
 }
 
@@ -319,10 +376,17 @@ impl<A: SeatsApi> tonic::server::UnaryService<Bytes> for Unary<A> {
 
     fn call(&mut self, request: Request<Bytes>) -> Self::Future {
         let (api, auth, method) = (self.api.clone(), self.auth.clone(), self.method);
+        let anonymous = self.anonymous.clone();
         Box::pin(async move {
-            serve(api.as_ref(), auth.as_deref(), method, request)
-                .await
-                .map(Response::new)
+            serve(
+                api.as_ref(),
+                auth.as_deref(),
+                anonymous.as_deref(),
+                method,
+                request,
+            )
+            .await
+            .map(Response::new)
         })
     }
 }
@@ -342,10 +406,17 @@ impl<A: SeatsApi> Service<http::Request<Body>> for SeatsService<A> {
             return Box::pin(async move { Ok(unknown.into_http()) });
         };
         let (api, auth) = (self.api.clone(), self.auth.clone());
+        let anonymous = self.anonymous.clone();
         Box::pin(async move {
             let mut grpc = tonic::server::Grpc::new(AsBytes)
                 .apply_max_message_size_config(Some(REQUEST_BYTES_MAX), Some(REPLY_BYTES_MAX));
-            Ok(grpc.unary(Unary { api, auth, method }, req).await)
+            let unary = Unary {
+                api,
+                auth,
+                anonymous,
+                method,
+            };
+            Ok(grpc.unary(unary, req).await)
         })
     }
 }

@@ -288,6 +288,44 @@ impl PeerTls {
     }
 }
 
+/// TLS on a client port (`--tls-cert`, `--tls-key` on nodes and frontends): the
+/// certificate chain and key in the two PEM files, checked here so a wrong file stops
+/// the start with its name. Callers present no certificate: they prove who they are
+/// with bearer tokens.
+pub fn client_port_server(cert: &Path, key: &Path) -> Result<ServerTlsConfig, StartError> {
+    let cert_pem = read_pem(cert)?;
+    let key_pem = read_pem(key)?;
+    let certs = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap_or_default();
+    if certs.is_empty() {
+        return Err(StartError::Config(format!(
+            "{}: no PEM certificate in it",
+            cert.display()
+        )));
+    }
+    if rustls_pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).is_err() {
+        return Err(StartError::Config(format!(
+            "{}: no PEM private key in it",
+            key.display()
+        )));
+    }
+    Ok(ServerTlsConfig::new().identity(Identity::from_pem(cert_pem, key_pem)))
+}
+
+/// TLS for a frontend dialing the nodes' client ports (`--nodes-ca`): the nodes'
+/// certificates must be signed by the CA in `ca` (PEM) and name the host dialled.
+pub fn client_port_dialer(ca: &Path) -> Result<ClientTlsConfig, StartError> {
+    let pem = read_pem(ca)?;
+    if CertificateDer::from_pem_slice(pem.as_bytes()).is_err() {
+        return Err(StartError::Config(format!(
+            "{}: no PEM certificate in it",
+            ca.display()
+        )));
+    }
+    Ok(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

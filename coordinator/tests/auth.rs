@@ -3,14 +3,16 @@
 //! valid token are UNAUTHENTICATED, a buyer cannot run events (PERMISSION_DENIED),
 //! and a buyer cannot see or touch another buyer's hold or order (NOT_FOUND) however
 //! the call comes (through the frontend passed on as bytes, or straight to a node),
-//! and nothing changes when a call is refused.
+//! and nothing changes when a call is refused. Hold and order ids cannot be walked,
+//! every change records who made it, and calls without a valid token are limited per
+//! client address.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use coordinator::auth::issue::{new_key_pair, token};
 use coordinator::auth::{Claims, Role, Verifier, DEFAULT_AUDIENCE, DEFAULT_ISSUER};
-use coordinator::local::{FrontendCaches, LocalCluster, LocalConfig};
+use coordinator::local::{LocalCluster, LocalConfig};
 use coordinator::process::Settings;
 use raft_store::raft::RaftTiming;
 use seatd_client::{pb, Client, Error, Options};
@@ -25,6 +27,10 @@ struct Setup {
 }
 
 async fn setup() -> Setup {
+    setup_with(Settings::default()).await
+}
+
+async fn setup_with(settings: Settings) -> Setup {
     let dir = tempfile::tempdir().expect("a temp dir");
     let (private, public) = new_key_pair().expect("a key pair");
     let keys = dir.path().join("auth-keys.pem");
@@ -33,7 +39,7 @@ async fn setup() -> Setup {
     let settings = Settings {
         route_wait: Duration::from_secs(5),
         exit_on_group_failure: false,
-        ..Settings::default()
+        ..settings
     };
     let mut cluster = LocalCluster::start(LocalConfig {
         data_dir: dir.path().join("data"),
@@ -42,19 +48,14 @@ async fn setup() -> Setup {
         settings,
         timing: RaftTiming::default(),
         auth: Some(Arc::new(verifier)),
+        tls: None,
     })
     .await
     .expect("nodes start");
-    cluster.wait_leaders(READY).await.expect("leaders");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let caches = FrontendCaches {
-        seat_map: Duration::ZERO,
-        event_list: Duration::ZERO,
-    };
     let frontend = cluster
-        .add_frontend(listener, settings, caches)
+        .ready_with_frontend(settings, READY)
         .await
-        .expect("a frontend");
+        .expect("leaders and a frontend");
     let mut endpoints = vec![format!("http://{frontend}")];
     endpoints.extend(
         cluster
@@ -218,5 +219,109 @@ async fn buyers_cannot_run_events_or_touch_each_others_holds() {
             .await
             .expect("an operator reads any");
     }
+    s.cluster.shutdown().await.expect("clean shutdown");
+}
+
+fn actor(subject: &str, role: &str) -> Option<pb::Actor> {
+    Some(pb::Actor {
+        subject: subject.into(),
+        role: role.into(),
+    })
+}
+
+/// An id with a wrong tag names nothing (for its owner and an operator alike), an id
+/// without one does not parse, and every change carries who made it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_cannot_be_walked_and_every_change_records_who_made_it() {
+    let s = setup().await;
+    let op = s.client(0, Some(&s.token("op", Role::Operator)));
+    let created = op.create_event(event("audit")).await.expect("created");
+    assert_eq!(created.created_by, actor("op", "operator"));
+    let ann = s.client(0, Some(&s.token("ann", Role::Buyer)));
+    let held = ann
+        .hold("audit", "", &["A-1"], None, Some("a1"))
+        .await
+        .expect("held");
+    let (walkable, tag) = held.hold_id.split_once('-').expect("a tagged id");
+    assert_eq!(walkable, "audit.h1");
+    assert_eq!(tag.len(), 16);
+    // The next number with this tag, and this number with another tag: not found.
+    let flipped = format!("{walkable}-{}", if &tag[..1] == "0" { "1" } else { "0" });
+    let forged = [format!("audit.h2-{tag}"), format!("{flipped}{}", &tag[1..])];
+    for id in &forged {
+        for who in [&ann, &op] {
+            let got = who.hold_status(id).await;
+            assert!(matches!(got, Err(Error::NotFound(_))), "{id}: {got:?}");
+        }
+        let got = op.release(id, "ann").await;
+        assert!(matches!(got, Err(Error::NotFound(_))), "{id}: {got:?}");
+        let got = ann.commit(id, "tok_visa", None).await;
+        assert!(matches!(got, Err(Error::NotFound(_))), "{id}: {got:?}");
+    }
+    let got = ann.hold_status(walkable).await;
+    assert!(matches!(got, Err(Error::Invalid(_))), "{got:?}");
+    // An operator gives ann's seats back (a box office): recorded on the hold.
+    let released = op.release(&held.hold_id, "ann").await.expect("released");
+    assert_eq!(released.by, actor("op", "operator"));
+    assert_eq!(
+        ann.hold_status(&held.hold_id).await.expect("hers").by,
+        actor("op", "operator")
+    );
+    // Ann pays for a hold: recorded on the order.
+    let second = ann
+        .hold("audit", "", &["A-2"], None, Some("a2"))
+        .await
+        .expect("held");
+    let order = ann
+        .commit(&second.hold_id, "tok_visa", None)
+        .await
+        .expect("paid");
+    assert_eq!(order.by, actor("ann", "buyer"));
+    assert!(
+        order.order_id.starts_with("audit.o1-"),
+        "{}",
+        order.order_id
+    );
+    // An operator stops the sale: recorded on the event.
+    let stopped = op
+        .set_sale("audit", pb::SaleState::Stopped)
+        .await
+        .expect("stopped");
+    assert_eq!(stopped.sale_changed_by, actor("op", "operator"));
+    s.cluster.shutdown().await.expect("clean shutdown");
+}
+
+/// Calls that carry no valid token spend their address's budget (here 5 a second);
+/// calls with a valid token from the same address do not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_without_a_valid_token_are_limited_per_address() {
+    let s = setup_with(Settings {
+        anonymous_calls_per_address_per_s: 5,
+        ..Settings::default()
+    })
+    .await;
+    let mut raw = pb::seats_client::SeatsClient::connect(s.endpoints[0].clone())
+        .await
+        .expect("connected");
+    let mut limited = 0;
+    for _ in 0..30 {
+        if let Err(status) = raw
+            .get_event(pb::GetEventRequest {
+                event_id: "x".into(),
+            })
+            .await
+        {
+            match status.code() {
+                tonic::Code::Unauthenticated => {}
+                tonic::Code::ResourceExhausted => limited += 1,
+                other => panic!("{other:?}: {}", status.message()),
+            }
+        }
+    }
+    assert!(limited >= 20, "only {limited} of 30 limited");
+    let op = s.client(0, Some(&s.token("op", Role::Operator)));
+    op.create_event(event("fine"))
+        .await
+        .expect("a valid token is not limited");
     s.cluster.shutdown().await.expect("clean shutdown");
 }

@@ -93,6 +93,8 @@ async fn concurrent_commands_share_entries_and_conflicts_resolve_in_log_order() 
             starts_at_ms: T0,
             layout: generate("Hall", 1, 10, 50),
             limits: Limits::default(),
+            by: None,
+            id_key: raft_store::IdKey([7; 16]),
         }))
         .await
         .unwrap();
@@ -158,6 +160,8 @@ async fn stamps_never_go_backwards_when_the_clock_does() {
             starts_at_ms: T0,
             layout: generate("Hall", 1, 2, 10),
             limits: Limits::default(),
+            by: None,
+            id_key: raft_store::IdKey([7; 16]),
         }))
         .await
         .unwrap()
@@ -194,6 +198,8 @@ async fn a_wall_clock_an_hour_ahead_expires_no_hold() {
             starts_at_ms: T0,
             layout: generate("Hall", 1, 2, 10),
             limits: Limits::default(),
+            by: None,
+            id_key: raft_store::IdKey([7; 16]),
         }))
         .await
         .unwrap()

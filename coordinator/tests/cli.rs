@@ -30,10 +30,16 @@ fn seatctl_path() -> PathBuf {
 }
 
 /// Runs `seatctl --json ARGS` against `endpoints`: (exit code, the JSON document).
+/// An entry of `endpoints` that starts with `--` is a flag for every call instead
+/// (`--token=...`, `--dev-dir=...`).
 fn seatctl(endpoints: &[String], args: &[&str]) -> (i32, Value) {
     let mut cmd = Command::new(seatctl_path());
     for e in endpoints {
-        cmd.args(["--endpoint", e]);
+        if e.starts_with("--") {
+            cmd.arg(e);
+        } else {
+            cmd.args(["--endpoint", e]);
+        }
     }
     let out = cmd
         .arg("--json")
@@ -329,7 +335,12 @@ fn exercise_contract(e: &[String]) {
         "expired",
     );
     // not found (5)
-    fails(e, &["hold-status", "contract.h999"], 5, "not_found");
+    fails(
+        e,
+        &["hold-status", "contract.h999-0000000000000000"],
+        5,
+        "not_found",
+    );
     fails(e, &["seatmap", "no-such-event"], 5, "not_found");
     // rate limited (6): one user asking for far more holds per second than allowed.
     let mut limited = false;
@@ -360,20 +371,55 @@ async fn seatctl_contract_against_seatd_dev() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let (mut dev, endpoint) = start_dev(dir.path(), port);
-    let e = vec![endpoint];
-    // The demo event is there on first start.
+    let dev_dir = format!("--dev-dir={}", dir.path().display());
+    // The newcomer's path: seatctl finds the buyer token seatd dev left in its data
+    // dir, and the demo event is there on first start.
+    let e = vec![endpoint.clone(), dev_dir.clone()];
     let demo = ok(&e, &["seatmap", "demo"]);
     assert_eq!(demo["seats"].as_array().unwrap().len(), 100);
-    let h = ok(&e, &["hold", "demo", "--user", "me", "--seats", "A-1,A-2"]);
-    ok(
-        &e,
-        &[
-            "commit",
-            h["hold_id"].as_str().unwrap(),
-            "--payment-token",
-            "tok_visa",
-        ],
+    let quiet = |args: &[&str]| {
+        let out = Command::new(seatctl_path())
+            .args(["--endpoint", &endpoint, &dev_dir])
+            .args(args)
+            .arg("-q")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let hold_id = quiet(&["hold", "demo", "--seats", "A-1,A-2"]);
+    assert!(hold_id.starts_with("demo.h1-"), "{hold_id:?}");
+    let order_id = quiet(&["commit", &hold_id, "--payment-token", "tok_visa"]);
+    assert!(order_id.starts_with("demo.o1-"), "{order_id:?}");
+    assert_eq!(ok(&e, &["hold-status", &hold_id])["user"], "me");
+    // Without a token (no dev dir to find one in): unauthenticated (9); the buyer
+    // acting as someone else: permission denied (10).
+    let nowhere = format!("--dev-dir={}", dir.path().join("none").display());
+    fails(
+        &[endpoint.clone(), nowhere],
+        &["hold", "demo", "--seats", "A-9"],
+        9,
+        "unauthenticated",
     );
+    fails(
+        &e,
+        &["hold", "demo", "--user", "ann", "--seats", "A-9"],
+        10,
+        "permission_denied",
+    );
+    // `login --dev` prints the line that puts the token in a shell.
+    let out = Command::new(seatctl_path())
+        .args([dev_dir.as_str(), "login", "--dev", "--operator"])
+        .output()
+        .unwrap();
+    let line = String::from_utf8(out.stdout).unwrap();
+    let operator = line
+        .trim()
+        .strip_prefix("export SEATD_TOKEN=")
+        .unwrap_or_else(|| panic!("{line:?}"))
+        .to_string();
+    // Everything else as an operator, who may act for any user (a box office).
+    let e = vec![endpoint.clone(), format!("--token={operator}")];
     exercise_contract(&e);
     // unavailable (7): nothing listens there.
     let dead = [format!("http://127.0.0.1:{}", free_port())];
@@ -403,6 +449,7 @@ async fn seatctl_contract_against_seatd_dev() {
         .args([
             "--endpoint",
             &e[0],
+            &dev_dir,
             "bench",
             "--seats",
             "2000",
@@ -458,7 +505,7 @@ async fn seatctl_contract_against_seatd_dev() {
     // Ctrl-C (SIGTERM) stops it cleanly; the next start keeps the data.
     assert_eq!(terminate(&mut dev), Some(0));
     let (mut dev, endpoint) = start_dev(dir.path(), port);
-    let e = vec![endpoint];
+    let e = vec![endpoint, dev_dir];
     let map = ok(&e, &["seatmap", "demo"]);
     let sold: Vec<&str> = map["seats"]
         .as_array()
@@ -468,10 +515,7 @@ async fn seatctl_contract_against_seatd_dev() {
         .map(|s| s["id"].as_str().unwrap())
         .collect();
     assert_eq!(sold, ["A-1", "A-2"]);
-    assert_eq!(
-        ok(&e, &["hold-status", "contract.h1"])["state"],
-        "committed"
-    );
+    assert_eq!(ok(&e, &["hold-status", &hold_id])["state"], "committed");
     assert_eq!(terminate(&mut dev), Some(0));
 }
 
@@ -573,7 +617,7 @@ async fn a_cluster_behind_two_frontends_survives_losing_one_and_a_node() {
         .all(|&s| s == seatd_client::pb::SeatState::Sold as i32));
     assert_eq!(map.sections[0].sold, 100);
     // No hold beyond the 100: the next hold number does not exist.
-    let extra = client.hold_status("crowd.h101").await;
+    let extra = client.hold_status("crowd.h101-0000000000000000").await;
     assert!(
         matches!(extra, Err(seatd_client::Error::NotFound(_))),
         "{extra:?}"

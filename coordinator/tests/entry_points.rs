@@ -65,6 +65,7 @@ async fn setup_with(shards: u32) -> Setup {
         settings,
         timing: RaftTiming::default(),
         auth: None,
+        tls: None,
     })
     .await
     .expect("nodes start");

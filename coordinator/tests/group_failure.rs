@@ -57,6 +57,7 @@ async fn start_cluster(dir: &std::path::Path) -> Vec<NodeHandle> {
             tls: PeerTls::load(&certs, id).unwrap(),
             advertise: None,
             auth: None,
+            client_tls: None,
         };
         nodes.push(NodeHandle::start(config, client, peer).await.unwrap());
     }

@@ -107,14 +107,18 @@ async fn requests_over_a_limit_are_refused_before_they_are_proposed() {
     assert_eq!(limit_of(&err), "TOKEN_BYTES_MAX");
     let err = client
         .release(pb::ReleaseRequest {
-            hold_id: "small.h1".into(),
+            hold_id: "small.h1-0123456789abcdef".into(),
             user_id: "u".repeat(1 << 20),
         })
         .await
         .unwrap_err();
     assert_eq!(limit_of(&err), "TOKEN_BYTES_MAX");
     let err = client
-        .commit(pay("small.h1", "tok_visa", "k".repeat(129)))
+        .commit(pay(
+            "small.h1-0123456789abcdef",
+            "tok_visa",
+            "k".repeat(129),
+        ))
         .await
         .unwrap_err();
     assert_eq!(limit_of(&err), "TOKEN_BYTES_MAX");

@@ -150,6 +150,7 @@ async fn one_node(dir: &std::path::Path) -> OneNode {
             tls: coordinator::tls::PeerTls::load(&certs, 1).unwrap(),
             advertise: None,
             auth: None,
+            client_tls: None,
         },
         listener,
         peer_listener,

@@ -177,6 +177,8 @@ async fn three_replicas_over_grpc_survive_losing_the_leader() {
         starts_at_ms: T0,
         layout: generate("Club", 1, 2, 10),
         limits: Limits::default(),
+        by: None,
+        id_key: raft_store::IdKey([7; 16]),
     });
     nodes[&leader]
         .raft

@@ -56,6 +56,10 @@ pub struct Cluster {
     /// (from, to) → the proxy carrying that link.
     pub links: BTreeMap<(u64, u64), Proxy>,
     pub frontends: Vec<(SocketAddr, Mutex<Option<Child>>)>,
+    /// The public key every node and frontend checks tokens with.
+    pub auth_keys: std::path::PathBuf,
+    /// An operator's token (the run acts for buyers of every name).
+    pub operator: String,
     pub shards: u32,
 }
 
@@ -77,6 +81,18 @@ impl Cluster {
         let ids: Vec<u64> = (1..=n).collect();
         coordinator::tls::write_certs(&root.path().join("certs"), &ids)
             .map_err(|e| std::io::Error::other(e.to_string()))?;
+        // Tokens are checked, as in production: every node and frontend reads the
+        // public key, the run acts as an operator.
+        let (signing, public) = coordinator::auth::issue::keygen(&root.path().join("auth"))
+            .map_err(std::io::Error::other)?;
+        let private = std::fs::read_to_string(&signing)?;
+        let operator = coordinator::auth::issue::token(
+            &private,
+            "fault-suite",
+            coordinator::auth::Role::Operator,
+            std::time::Duration::from_secs(24 * 3_600),
+        )
+        .map_err(std::io::Error::other)?;
         for id in 1..=n {
             let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
             let addr = probe.local_addr()?;
@@ -109,6 +125,8 @@ impl Cluster {
             links,
             frontends: Vec::new(),
             shards,
+            auth_keys: public,
+            operator,
         };
         drop(reserved);
         for id in 1..=n {
@@ -127,6 +145,8 @@ impl Cluster {
                 .args(["frontend", "--listen", &addr.to_string()])
                 .args(["--nodes", &list.join(",")])
                 .args(["--holds-per-user-per-s", "0"])
+                .arg("--auth-keys")
+                .arg(&c.auth_keys)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(log)
@@ -186,6 +206,8 @@ impl Cluster {
             ])
             .args(["--holds-per-user-per-s", "0", "--route-wait-ms", "3000"])
             .args(["--snapshot-logs", "500", "--keep-logs", "50"])
+            .arg("--auth-keys")
+            .arg(&self.auth_keys)
             .args(&extra)
             .env("RUST_LOG", "info,openraft=warn")
             .stdin(Stdio::null())
@@ -333,6 +355,10 @@ impl Target for Cluster {
 
     fn node_endpoint(&self, id: u64) -> String {
         format!("http://{}", self.nodes[&id].addr)
+    }
+
+    fn operator_token(&self) -> Option<String> {
+        Some(self.operator.clone())
     }
 
     fn peer_status_client(&self, id: u64) -> Option<RaftClient<tonic::transport::Channel>> {

@@ -72,6 +72,9 @@ pub struct ComposeCluster {
     /// The cluster's certificates, copied out of the `certs` volume, so the harness
     /// can read digests over the nodes' peer ports.
     certs: tempfile::TempDir,
+    /// An operator's token, signed with the key the `keys` service made (the run acts
+    /// for buyers of every name).
+    operator: String,
 }
 
 fn free_port() -> u16 {
@@ -93,6 +96,7 @@ impl ComposeCluster {
             containers: BTreeMap::new(),
             network: format!("{project}_seatd"),
             certs: tempfile::tempdir().map_err(|e| e.to_string())?,
+            operator: String::new(),
         };
         c.compose(&["up", "-d"])?;
         let out = c.compose(&["ps", "-a", "-q", "certs"])?;
@@ -103,6 +107,21 @@ impl ComposeCluster {
             &format!("{certs_cid}:/certs"),
             &into.display().to_string(),
         ])?;
+        let out = c.compose(&["ps", "-a", "-q", "keys"])?;
+        let keys_cid = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let key = c.certs.path().join("signing-key.pem");
+        c.docker(&[
+            "cp",
+            &format!("{keys_cid}:/signing/signing-key.pem"),
+            &key.display().to_string(),
+        ])?;
+        let private = std::fs::read_to_string(&key).map_err(|e| e.to_string())?;
+        c.operator = coordinator::auth::issue::token(
+            &private,
+            "fault-suite",
+            coordinator::auth::Role::Operator,
+            std::time::Duration::from_secs(24 * 3_600),
+        )?;
         for id in 1..=3u64 {
             let out = c.compose(&["ps", "-q", &format!("node{id}")])?;
             let cid = String::from_utf8_lossy(&out.stdout).trim().to_string();
@@ -190,6 +209,10 @@ impl Drop for ComposeCluster {
 impl Target for ComposeCluster {
     fn node_ids(&self) -> Vec<u64> {
         self.containers.keys().copied().collect()
+    }
+
+    fn operator_token(&self) -> Option<String> {
+        Some(self.operator.clone())
     }
 
     fn endpoints(&self) -> Vec<String> {

@@ -17,7 +17,7 @@ use seatd_client::{pb, Client, Options};
 use crate::checker::{check, FinalHold, FinalState, Report};
 use crate::cluster::Cluster;
 use crate::history::{write_jsonl, Recorder};
-use crate::target::{leaders, node_client, wait_converged, wait_ready, Target};
+use crate::target::{bearing, leaders, node_client, wait_converged, wait_ready, Target};
 use crate::workload::{map_value, Buyer, ROWS, SEATS_PER_ROW};
 
 /// The faults a scenario can inject.
@@ -195,6 +195,8 @@ const SHARDS: u32 = 4;
 /// (3 s), so every hold has ended and replicas stop changing before the final read.
 pub const QUIESCE_MS: u64 = 5_000;
 const EVENTS: usize = 2;
+/// Pages of 1,000 holds the final read lists per event, at most (ten million holds).
+const FINAL_HOLD_PAGES_MAX: usize = 10_000;
 
 fn layout() -> pb::Layout {
     pb::Layout {
@@ -245,8 +247,13 @@ pub async fn run_on(cluster: &impl Target, s: &Scenario) -> Result<Outcome, Stri
         batch_holds: true,
         route_to_leaders: true,
     };
-    let client =
-        Arc::new(Client::with_options(cluster.endpoints(), options).map_err(|e| e.to_string())?);
+    // As an operator where tokens are checked: buyers of every name, and the final
+    // listing of holds.
+    let token = cluster.operator_token();
+    let client = Arc::new(
+        Client::with_token(cluster.endpoints(), options, token.as_deref())
+            .map_err(|e| e.to_string())?,
+    );
     let mut shards = BTreeSet::new();
     for i in 0..EVENTS {
         shards.insert(create_event(&client, i).await?);
@@ -410,12 +417,13 @@ async fn final_state(
         let mut replicas = BTreeMap::new();
         for id in cluster.node_ids() {
             let mut node = node_client(cluster, id);
+            let request = pb::GetSeatMapRequest {
+                event_id: event.clone(),
+                stale_ok: true,
+                ..Default::default()
+            };
             let map = node
-                .get_seat_map(pb::GetSeatMapRequest {
-                    event_id: event.clone(),
-                    stale_ok: true,
-                    ..Default::default()
-                })
+                .get_seat_map(bearing(request, cluster.operator_token().as_deref()))
                 .await
                 .map_err(|e| format!("final read of {event} on node {id}: {e}"))?
                 .into_inner();
@@ -424,31 +432,33 @@ async fn final_state(
             }
         }
         end.maps.insert(event.clone(), replicas);
-        let mut misses = 0;
-        for n in 1u64.. {
-            if misses >= 3 || n > 1_000_000 {
-                break;
+        // Every hold the event granted, answered or not (ids cannot be guessed, so
+        // they are listed, as an operator), page by page; bounded.
+        let mut after = 0;
+        for _page in 0..FINAL_HOLD_PAGES_MAX {
+            let page = client
+                .list_holds(event, after, 1_000)
+                .await
+                .map_err(|e| format!("final list of {event}'s holds after {after}: {e}"))?;
+            for h in page.holds {
+                let state = seatd_client::hold_state_name(h.state);
+                end.holds.insert(
+                    h.hold_id.clone(),
+                    FinalHold {
+                        event: event.clone(),
+                        rid: h.client_reservation_id,
+                        state: state.into(),
+                        seats: h
+                            .seats
+                            .into_iter()
+                            .map(|s| (s.seat_id, s.version))
+                            .collect(),
+                    },
+                );
             }
-            match client.hold_status(&format!("{event}.h{n}")).await {
-                Ok(h) => {
-                    misses = 0;
-                    let state = seatd_client::hold_state_name(h.state);
-                    end.holds.insert(
-                        h.hold_id.clone(),
-                        FinalHold {
-                            event: event.clone(),
-                            rid: h.client_reservation_id,
-                            state: state.into(),
-                            seats: h
-                                .seats
-                                .into_iter()
-                                .map(|s| (s.seat_id, s.version))
-                                .collect(),
-                        },
-                    );
-                }
-                Err(seatd_client::Error::NotFound(_)) => misses += 1,
-                Err(e) => return Err(format!("final read of {event}.h{n}: {e}")),
+            match page.next_after {
+                Some(next) => after = next,
+                None => break,
             }
         }
     }

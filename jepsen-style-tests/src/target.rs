@@ -21,6 +21,10 @@ pub trait Target {
     fn endpoints(&self) -> Vec<String>;
     /// A node's own address, for reading its replica.
     fn node_endpoint(&self, id: u64) -> String;
+    /// An operator's token, where the cluster checks tokens (`None`: it does not).
+    fn operator_token(&self) -> Option<String> {
+        None
+    }
     /// A client of node `id`'s peer port (mutual TLS), which alone gives digests.
     fn peer_status_client(&self, id: u64) -> Option<RaftClient<Channel>>;
     fn shards(&self) -> u32;
@@ -37,6 +41,15 @@ pub trait Target {
     fn heal(&self) -> impl Future<Output = ()>;
     /// The end of each node's log, for a failure report.
     fn log_tails(&self, lines: usize) -> String;
+}
+
+/// `message` as a request carrying `token` (when there is one) as its bearer token.
+pub fn bearing<T>(message: T, token: Option<&str>) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Some(value) = token.and_then(|t| format!("Bearer {t}").parse().ok()) {
+        request.metadata_mut().insert("authorization", value);
+    }
+    request
 }
 
 pub fn node_client(t: &impl Target, id: u64) -> SeatsClient<Channel> {

@@ -42,9 +42,9 @@ async fn container_faults_leave_the_checker_clean() {
         outcome.assert_clean(&s);
         if i == 0 {
             // SIGTERM: every container (3 nodes, 2 frontends, and the one-shot
-            // certs service, long done) stops cleanly.
+            // certs and keys services, long done) stops cleanly.
             let codes = cluster.stop_all().expect("compose stop");
-            assert_eq!(codes.len(), 6, "containers after stop: {codes:?}");
+            assert_eq!(codes.len(), 7, "containers after stop: {codes:?}");
             assert!(codes.iter().all(|(_, c)| *c == 0), "exit codes {codes:?}");
         }
     }

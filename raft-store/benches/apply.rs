@@ -27,6 +27,8 @@ fn stadium() -> (SeatMachine, Vec<String>) {
         starts_at_ms: T0,
         layout,
         limits: Limits::default(),
+        by: None,
+        id_key: raft_store::IdKey([7; 16]),
     });
     m.apply(
         1,
@@ -145,6 +147,8 @@ fn largest_event(named: bool) -> Command {
         starts_at_ms: T0,
         layout,
         limits: Limits::default(),
+        by: None,
+        id_key: raft_store::IdKey([7; 16]),
     });
     assert!(raft_store::limits::check_command_bytes(&command).is_ok());
     command

@@ -96,6 +96,8 @@ async fn apply_case(secs: Duration, per_entry: u64) {
         starts_at_ms: T0,
         layout: raft_store::layout::generate("Bench", 40, 50, 50),
         limits: Limits::default(),
+        by: None,
+        id_key: raft_store::IdKey([7; 16]),
     });
     sm.apply(vec![entry(1, vec![create])]).await.unwrap();
     let deadline = Instant::now() + secs;
@@ -152,6 +154,8 @@ async fn create_case(rounds: u32, named: bool) {
         starts_at_ms: T0,
         layout,
         limits: Limits::default(),
+        by: None,
+        id_key: raft_store::IdKey([7; 16]),
     });
     let bytes = raft_store::limits::command_bytes(&create);
     let (mut applies, mut cpu, mut landed) = (Vec::new(), Vec::new(), Vec::new());

@@ -14,13 +14,14 @@
 //! Format versions: a state image is never stored (snapshots and the store are
 //! records, see `machine::persist`); it is only compared (digests) and decoded by
 //! tests, so a new version does not read old ones. Version 2 added the shard-wide
-//! idempotency key bindings, version 3 the retention queue (`machine::retention`). [`decode_framed_versions`] reads a range
+//! idempotency key bindings, version 3 the retention queue (`machine::retention`), version
+//! 4 the id keys and actors of issue 20 (log batches: version 2). [`decode_framed_versions`] reads a range
 //! of versions for kinds that are stored, such as the store's snapshots.
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::command::{Batch, CreateEvent, SaleState};
+use crate::command::{Actor, Batch, CreateEvent, SaleState};
 use crate::ids::HoldId;
 use crate::machine::event::{
     CheckoutRecord, EventState, Hold, HoldTable, Order, RequestRecord, Seat,
@@ -35,10 +36,10 @@ pub const PAYLOAD_BYTES_MAX: u64 = 1 << 32;
 
 const STATE_MAGIC: [u8; 4] = *b"SSM1";
 /// 2: the shard-wide idempotency key bindings follow the events. 3: then the
-/// retention queue.
-const STATE_VERSION: u16 = 3;
+/// retention queue. 4: events carry their id key and the audit trail's actors.
+const STATE_VERSION: u16 = 4;
 const BATCH_MAGIC: [u8; 4] = *b"SBT1";
-const BATCH_VERSION: u16 = 1;
+const BATCH_VERSION: u16 = 2;
 
 fn frame(magic: [u8; 4], version: u16, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_BYTES + payload.len());
@@ -159,6 +160,7 @@ struct MachineImageRef<'a> {
 struct EventImageRef<'a> {
     def: &'a CreateEvent,
     sale: SaleState,
+    sale_by: &'a Option<Actor>,
     created_at_ms: u64,
     seats: &'a [Seat],
     holds: Vec<(u64, &'a Hold)>,
@@ -183,6 +185,7 @@ struct MachineImage {
 pub(crate) struct EventImage {
     pub def: CreateEvent,
     pub sale: SaleState,
+    pub sale_by: Option<Actor>,
     pub created_at_ms: u64,
     pub seats: Vec<Seat>,
     pub holds: Vec<(u64, Hold)>,
@@ -203,6 +206,7 @@ fn event_image(e: &EventState) -> EventImageRef<'_> {
     EventImageRef {
         def: &e.def,
         sale: e.sale,
+        sale_by: &e.sale_by,
         created_at_ms: e.created_at_ms,
         seats: &e.seats,
         holds: e.holds.sorted(),
@@ -225,6 +229,7 @@ pub(crate) fn restore_event(img: EventImage) -> Result<EventState, String> {
     }
     let mut e = EventState::new(img.def, plan, img.created_at_ms);
     e.sale = img.sale;
+    e.sale_by = img.sale_by;
     e.seats = img.seats;
     let n_holds = img.holds.len();
     e.holds = HoldTable::from_pairs(img.holds)?;

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{EventId, HoldId, OrderId};
+use crate::ids::{validate_token, EventId, HoldId, IdKey, OrderId};
 use crate::layout::VenueLayout;
 use crate::limits::{Exceeded, Limit, Limits};
 
@@ -28,6 +28,41 @@ pub enum SaleState {
     Cancelled,
 }
 
+/// Who asked for a command, as their verified token said: recorded in the log entry
+/// and kept with what it changed (the audit trail). `None` where tokens are not
+/// checked, and for what the cluster does by itself (expiry).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Actor {
+    /// The token's subject (a user id: validated like one).
+    pub subject: String,
+    pub role: ActorRole,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ActorRole {
+    Buyer,
+    Operator,
+}
+
+impl ActorRole {
+    pub fn name(self) -> &'static str {
+        match self {
+            ActorRole::Buyer => "buyer",
+            ActorRole::Operator => "operator",
+        }
+    }
+}
+
+impl Actor {
+    /// Checks an actor carried by a command (bounded, printable).
+    pub fn check(by: Option<&Actor>) -> Result<(), Refusal> {
+        match by {
+            Some(a) => validate_token("actor", &a.subject).map_err(Refusal::Invalid),
+            None => Ok(()),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CreateEvent {
     pub event_id: EventId,
@@ -35,9 +70,32 @@ pub struct CreateEvent {
     pub starts_at_ms: u64,
     pub layout: VenueLayout,
     pub limits: Limits,
+    /// The key of the event's hold and order id tags: random, drawn by the leader that
+    /// proposes the command (`ids` module doc).
+    pub id_key: IdKey,
+    /// Who created the event.
+    pub by: Option<Actor>,
 }
 
 impl CreateEvent {
+    /// Whether `other` defines the same event: everything but the id key and the
+    /// actor, which a retry draws or states anew.
+    pub fn same_event(&self, other: &CreateEvent) -> bool {
+        (
+            &self.event_id,
+            &self.name,
+            self.starts_at_ms,
+            &self.layout,
+            &self.limits,
+        ) == (
+            &other.event_id,
+            &other.name,
+            other.starts_at_ms,
+            &other.layout,
+            &other.limits,
+        )
+    }
+
     /// Checks the definition against the absolute caps (name and id lengths, sections
     /// and seats per event) without building the seat plan: linear in the layout's
     /// rows and named seats, no allocation. The coordinator runs it where the request
@@ -67,13 +125,18 @@ pub enum Command {
     /// Creates an event. Repeating the identical command is a no-op that succeeds.
     CreateEvent(CreateEvent),
     /// Stops, resumes or cancels the sale of an event.
-    SetSale { event_id: EventId, sale: SaleState },
+    SetSale {
+        event_id: EventId,
+        sale: SaleState,
+        by: Option<Actor>,
+    },
     /// Holds seats for a user, all or nothing.
     Hold(HoldRequest),
     /// Starts paying for a hold: it stops expiring until its payment deadline.
     BeginCheckout {
         hold: HoldId,
         idempotency_key: String,
+        by: Option<Actor>,
     },
     /// Payment succeeded: the seats become sold and an order is created.
     CompleteCheckout {
@@ -88,7 +151,11 @@ pub enum Command {
         reason: String,
     },
     /// The buyer gives the seats back.
-    Release { hold: HoldId, user: String },
+    Release {
+        hold: HoldId,
+        user: String,
+        by: Option<Actor>,
+    },
     /// Expires every hold and aborts every checkout whose deadline is at or before the
     /// entry's timestamp, in every event.
     Expire,
@@ -146,6 +213,8 @@ pub struct HoldView {
     pub created_at_ms: u64,
     pub expires_at_ms: u64,
     pub state: HoldState,
+    /// Who last released it or started paying for it (the audit trail).
+    pub by: Option<Actor>,
 }
 
 /// An order as readers see it.
@@ -157,6 +226,8 @@ pub struct OrderView {
     pub seats: Vec<Arc<str>>,
     pub payment_ref: String,
     pub created_at_ms: u64,
+    /// Who committed it: started the checkout that paid for it.
+    pub by: Option<Actor>,
 }
 
 /// A successful outcome.
@@ -305,4 +376,7 @@ pub struct EventSummary {
     pub capacity: u32,
     pub available: u32,
     pub limits: Limits,
+    pub created_by: Option<Actor>,
+    /// Who last stopped, resumed or cancelled the sale.
+    pub sale_changed_by: Option<Actor>,
 }

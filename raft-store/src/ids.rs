@@ -1,10 +1,17 @@
 //! Identifiers that cross the API boundary.
 //!
 //! An event id is chosen when the event is created and never changes; it decides the
-//! shard. Hold and order ids embed their event id (`{event}.h{seq}`, `{event}.o{seq}`),
-//! so any node or frontend can route a commit or a release to the right shard from the
-//! id alone, without a lookup table. Sequence numbers are assigned by the state machine
-//! in log order, so every replica names the same hold the same way.
+//! shard. Hold and order ids embed their event id (`{event}.h{seq}-{tag}`,
+//! `{event}.o{seq}-{tag}`), so any node or frontend can route a commit or a release to
+//! the right shard from the id alone, without a lookup table. Sequence numbers are
+//! assigned by the state machine in log order, so every replica names the same hold the
+//! same way.
+//!
+//! The tag (16 hex digits) makes ids impossible to walk: it is a keyed hash of the
+//! sequence number under the event's [`IdKey`], 128 random bits the leader drew when it
+//! proposed the event and put into the log, so every replica computes the same tag and
+//! nobody without the key can. The machine answers an id whose tag is wrong exactly as
+//! it answers an id that names nothing: not found.
 //!
 //! Invariant: every id that leaves this module has passed `validate_token`, so ids are
 //! short, printable ASCII and never contain the `.` separator ambiguously (event ids may
@@ -87,54 +94,106 @@ impl fmt::Display for EventId {
     }
 }
 
-/// The id of a hold: its event and its sequence number inside that event.
+/// An event's key for the tags of its hold and order ids: drawn at random by the
+/// leader that proposed the event, carried in the log entry, never shown to clients.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdKey(pub [u8; ID_KEY_BYTES]);
+
+/// Bytes in an [`IdKey`]: 128 bits, beyond any search.
+pub const ID_KEY_BYTES: usize = 16;
+/// Hex digits of a tag in an id: the first 64 bits of the keyed hash.
+pub const ID_TAG_DIGITS: usize = 16;
+const _: () = assert!(ID_TAG_DIGITS * 4 == 64, "a tag is one u64 in hex");
+
+impl fmt::Debug for IdKey {
+    // A key does not belong in logs or panic messages.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("IdKey(..)")
+    }
+}
+
+impl IdKey {
+    /// The tag of the id of kind `kind` (`b'h'` or `b'o'`) and sequence `seq`:
+    /// SHA-256 over the key, the kind and the sequence number, its first 8 bytes.
+    pub fn tag(&self, kind: u8, seq: u64) -> u64 {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(self.0);
+        h.update([kind]);
+        h.update(seq.to_be_bytes());
+        let digest = h.finalize();
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&digest[..8]);
+        u64::from_be_bytes(first)
+    }
+}
+
+/// The id of a hold: its event, its sequence number inside that event, and the tag
+/// that proves the id was handed out (see the module doc).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct HoldId {
     pub event: EventId,
     pub seq: u64,
+    pub tag: u64,
 }
 
-/// The id of an order: its event and its sequence number inside that event.
+/// The id of an order: its event, its sequence number inside that event, and its tag.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct OrderId {
     pub event: EventId,
     pub seq: u64,
+    pub tag: u64,
 }
 
-fn parse_scoped(s: &str, tag: char, what: &str) -> Result<(EventId, u64), Error> {
-    let bad = || Error::InvalidId(format!("{what} id {s:?} is not of the form EVENT.{tag}N"));
-    let (event, rest) = s.rsplit_once('.').ok_or_else(bad)?;
-    let digits = rest.strip_prefix(tag).ok_or_else(bad)?;
+/// The kind bytes of hold and order ids (the letter before the sequence number).
+pub const HOLD_KIND: u8 = b'h';
+pub const ORDER_KIND: u8 = b'o';
+
+fn parse_scoped(s: &str, kind: u8, what: &str) -> Result<(EventId, u64, u64), Error> {
+    let tag_char = kind as char;
+    let bad = || {
+        Error::InvalidId(format!(
+            "{what} id {s:?} is not of the form EVENT.{tag_char}N-TAG"
+        ))
+    };
+    let (event, rest) = s.split_once('.').ok_or_else(bad)?;
+    let rest = rest.strip_prefix(tag_char).ok_or_else(bad)?;
+    let (digits, hex) = rest.split_once('-').ok_or_else(bad)?;
     if digits.is_empty() || digits.len() > 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return Err(bad());
     }
+    let lower_hex = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
+    if hex.len() != ID_TAG_DIGITS || !hex.bytes().all(lower_hex) {
+        return Err(bad());
+    }
     let seq = digits.parse::<u64>().map_err(|_| bad())?;
-    Ok((EventId::new(event)?, seq))
+    let tag = u64::from_str_radix(hex, 16).map_err(|_| bad())?;
+    Ok((EventId::new(event)?, seq, tag))
 }
 
 impl HoldId {
     pub fn parse(s: &str) -> Result<Self, Error> {
-        let (event, seq) = parse_scoped(s, 'h', "hold")?;
-        Ok(Self { event, seq })
+        let (event, seq, tag) = parse_scoped(s, HOLD_KIND, "hold")?;
+        Ok(Self { event, seq, tag })
     }
 }
 
 impl OrderId {
     pub fn parse(s: &str) -> Result<Self, Error> {
-        let (event, seq) = parse_scoped(s, 'o', "order")?;
-        Ok(Self { event, seq })
+        let (event, seq, tag) = parse_scoped(s, ORDER_KIND, "order")?;
+        Ok(Self { event, seq, tag })
     }
 }
 
 impl fmt::Display for HoldId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.h{}", self.event, self.seq)
+        write!(f, "{}.h{}-{:016x}", self.event, self.seq, self.tag)
     }
 }
 
 impl fmt::Display for OrderId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.o{}", self.event, self.seq)
+        write!(f, "{}.o{}-{:016x}", self.event, self.seq, self.tag)
     }
 }
 
@@ -161,19 +220,49 @@ mod tests {
         let h = HoldId {
             event: EventId::new("rock-night_1").unwrap(),
             seq: 42,
+            tag: 0x0123_4567_89ab_cdef,
         };
-        assert_eq!(h.to_string(), "rock-night_1.h42");
-        assert_eq!(HoldId::parse("rock-night_1.h42").unwrap(), h);
-        let o = OrderId::parse("ev.o7").unwrap();
-        assert_eq!(o.to_string(), "ev.o7");
+        assert_eq!(h.to_string(), "rock-night_1.h42-0123456789abcdef");
+        assert_eq!(
+            HoldId::parse("rock-night_1.h42-0123456789abcdef").unwrap(),
+            h
+        );
+        let o = OrderId::parse("ev.o7-00000000000000ff").unwrap();
+        assert_eq!((o.seq, o.tag), (7, 255));
+        assert_eq!(o.to_string(), "ev.o7-00000000000000ff");
+        let tag = "-0123456789abcdef";
         for bad in [
-            "", "ev", "ev.", "ev.h", "ev.x1", "ev.h1x", ".h1", "e v.h1", "ev.o1",
+            "".to_string(),
+            "ev".into(),
+            "ev.".into(),
+            "ev.h1".into(),
+            format!("ev.h{tag}"),
+            format!("ev.x1{tag}"),
+            format!("ev.h1x{tag}"),
+            format!(".h1{tag}"),
+            format!("e v.h1{tag}"),
+            format!("ev.o1{tag}"),
+            "ev.h1-0123456789ABCDEF".into(),
+            "ev.h1-0123456789abcde".into(),
+            "ev.h1-0123456789abcdef0".into(),
+            "ev.h1-+123456789abcdef".into(),
+            format!("ev.h.1{tag}"),
+            format!("ev.h99999999999999999999999{tag}"),
         ] {
-            assert!(HoldId::parse(bad).is_err(), "{bad:?} accepted");
+            assert!(HoldId::parse(&bad).is_err(), "{bad:?} accepted");
         }
-        assert!(HoldId::parse("ev.h99999999999999999999999").is_err());
         assert!(EventId::new("a.b").is_err());
         assert!(EventId::new("x".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn tags_depend_on_key_kind_and_sequence() {
+        let (a, b) = (IdKey([1; ID_KEY_BYTES]), IdKey([2; ID_KEY_BYTES]));
+        assert_eq!(a.tag(HOLD_KIND, 1), a.tag(HOLD_KIND, 1));
+        assert_ne!(a.tag(HOLD_KIND, 1), a.tag(HOLD_KIND, 2));
+        assert_ne!(a.tag(HOLD_KIND, 1), a.tag(ORDER_KIND, 1));
+        assert_ne!(a.tag(HOLD_KIND, 1), b.tag(HOLD_KIND, 1));
+        assert_eq!(format!("{a:?}"), "IdKey(..)");
     }
 
     #[test]

@@ -39,12 +39,12 @@ pub mod raft;
 pub mod storage;
 
 pub use command::{
-    Batch, Command, CreateEvent, EventSummary, HoldRequest, HoldState, HoldView, OrderView,
-    Outcome, Refusal, Reply, RowView, SaleState, SeatMap, SeatMapPart, SeatStateName, SeatView,
-    SectionCounts,
+    Actor, ActorRole, Batch, Command, CreateEvent, EventSummary, HoldRequest, HoldState, HoldView,
+    OrderView, Outcome, Refusal, Reply, RowView, SaleState, SeatMap, SeatMapPart, SeatStateName,
+    SeatView, SectionCounts,
 };
 pub use error::Error;
-pub use ids::{EventId, HoldId, OrderId};
+pub use ids::{EventId, HoldId, IdKey, OrderId};
 pub use layout::VenueLayout;
 pub use limits::{Exceeded, Limit, Limits};
 pub use machine::{Record, SeatMachine};

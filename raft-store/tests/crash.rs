@@ -53,15 +53,18 @@ fn entry_for(index: u64, seed: u64) -> Entry<TypeConfig> {
                 let hold = HoldId {
                     event: common::ev("crash"),
                     seq: (r >> 8) % index + 1,
+                    tag: common::TEST_ID_KEY.tag(b'h', (r >> 8) % index + 1),
                 };
                 match r % 5 {
                     0 => Command::Release {
                         hold,
                         user: format!("u{}", (r >> 16) % 50),
+                        by: None,
                     },
                     1 => Command::BeginCheckout {
                         hold,
                         idempotency_key: format!("k{}", r >> 20),
+                        by: None,
                     },
                     2 => Command::CompleteCheckout {
                         hold,

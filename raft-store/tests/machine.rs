@@ -60,7 +60,11 @@ fn hold_takes_every_seat_and_bumps_versions() {
     let Ok(Reply::Held(v)) = h.hold("u1", "r1", &["A-1", "A-2"]) else {
         panic!()
     };
-    assert_eq!(v.hold_id.to_string(), "e.h1");
+    let id = v.hold_id.to_string();
+    assert!(
+        id.starts_with("e.h1-") && id.len() == "e.h1-".len() + 16,
+        "{id}"
+    );
     assert_eq!(v.expires_at_ms, T0 + Limits::default().hold_ttl_ms_default);
     assert_eq!(v.seats, vec![("A-1".into(), 1), ("A-2".into(), 1)]);
     assert_eq!(v.state, HoldState::Active);
@@ -137,6 +141,7 @@ fn per_user_limit_counts_held_and_bought_seats() {
     h.ok(Command::BeginCheckout {
         hold: sold.clone(),
         idempotency_key: "k".into(),
+        by: None,
     });
     h.ok(Command::CompleteCheckout {
         hold: sold,
@@ -156,6 +161,7 @@ fn compare_and_set_on_versions() {
     h.ok(Command::Release {
         hold: id,
         user: "u1".into(),
+        by: None,
     });
     assert_eq!(h.seat("A-1"), (Available, 2));
     let mut stale = hold_req("e", "u2", "r1", &["A-1", "A-2"]);
@@ -229,6 +235,7 @@ fn a_retried_hold_gets_the_first_decision_whatever_happened_since() {
     h.ok(Command::Release {
         hold: v.hold_id.clone(),
         user: "u1".into(),
+        by: None,
     });
     assert_eq!(
         h.run_unchanged(Command::Hold(hold_req("e", "u1", "r1", &["A-1"]))),
@@ -246,6 +253,7 @@ fn a_retried_hold_gets_the_first_decision_whatever_happened_since() {
     h.ok(Command::Release {
         hold: taken,
         user: "u2".into(),
+        by: None,
     });
     assert_eq!(h.hold("u3", "r1", &["A-2"]), Err(conflict(&["A-2"])));
     // ...but a new reservation id is a new request.
@@ -256,6 +264,7 @@ fn begin(h: &mut Harness, id: &raft_store::HoldId, key: &str) -> raft_store::Out
     h.run(Command::BeginCheckout {
         hold: id.clone(),
         idempotency_key: key.into(),
+        by: None,
     })
 }
 
@@ -297,7 +306,7 @@ fn checkout_sells_the_seats_once() {
     let Ok(Reply::Completed(order)) = complete(&mut h, &id, "k1") else {
         panic!()
     };
-    assert_eq!(order.order_id.to_string(), "e.o1");
+    assert!(order.order_id.to_string().starts_with("e.o1-"));
     assert_eq!(order.seats, vec!["A-1".into(), "A-2".into()]);
     assert_eq!(order.payment_ref, "ch_1");
     assert_eq!(h.seat("A-1"), (Sold, 2));
@@ -310,6 +319,7 @@ fn checkout_sells_the_seats_once() {
     let again = Command::BeginCheckout {
         hold: id.clone(),
         idempotency_key: "k1".into(),
+        by: None,
     };
     assert_eq!(h.run_unchanged(again), Ok(Reply::Completed(order.clone())));
     let again = Command::CompleteCheckout {
@@ -340,7 +350,8 @@ fn an_expired_hold_answers_expired_for_good() {
     assert_eq!(
         h.run(Command::Release {
             hold: id,
-            user: "u1".into()
+            user: "u1".into(),
+            by: None,
         }),
         Err(Refusal::Expired)
     );
@@ -481,6 +492,7 @@ fn checkout_refusals() {
     let ghost = raft_store::HoldId {
         event: ev("e"),
         seq: 99,
+        tag: 0,
     };
     assert!(matches!(
         begin(&mut h, &ghost, "k4"),
@@ -511,6 +523,7 @@ fn checkout_refusals() {
     h.ok(Command::Release {
         hold: b.clone(),
         user: "u1".into(),
+        by: None,
     });
     assert!(
         matches!(begin(&mut h, &b, "k5"), Err(Refusal::WrongState(m)) if m.contains("released"))
@@ -536,6 +549,7 @@ fn an_idempotency_key_names_one_hold_across_the_shards_events() {
     let reused = Command::BeginCheckout {
         hold: bob.clone(),
         idempotency_key: "k".into(),
+        by: None,
     };
     assert_eq!(h.run_unchanged(reused.clone()), Err(Refusal::KeyReused));
     // Refused for good, and never with the other hold's answer.
@@ -562,6 +576,7 @@ fn an_idempotency_key_names_one_hold_across_the_shards_events() {
     let ghost = raft_store::HoldId {
         event: ev("f"),
         seq: 99,
+        tag: 0,
     };
     assert!(matches!(
         begin(&mut h, &ghost, "k4"),
@@ -592,6 +607,7 @@ fn a_key_binding_on_disk_only_still_refuses_another_hold() {
         commands: vec![Command::BeginCheckout {
             hold: v.hold_id,
             idempotency_key: "k".into(),
+            by: None,
         }],
     };
     // Without reading it back the binding is unknown, and the checkout would start.
@@ -624,13 +640,15 @@ fn release_rules() {
         h.run(Command::Release {
             hold: id.clone(),
             user: "u2".into(),
+            by: None,
         }),
         "does not belong",
     );
     assert_eq!(
         h.ok(Command::Release {
             hold: id.clone(),
-            user: "u1".into()
+            user: "u1".into(),
+            by: None,
         }),
         Reply::Released {
             hold_id: id.clone()
@@ -641,6 +659,7 @@ fn release_rules() {
     let again = Command::Release {
         hold: id.clone(),
         user: "u1".into(),
+        by: None,
     };
     assert_eq!(h.run_unchanged(again), Ok(Reply::Released { hold_id: id }));
     let paying = h.held("u1", "r2", &["A-3"]);
@@ -648,22 +667,25 @@ fn release_rules() {
     assert!(matches!(
         h.run(Command::Release {
             hold: paying.clone(),
-            user: "u1".into()
+            user: "u1".into(),
+            by: None,
         }),
         Err(Refusal::WrongState(_))
     ));
     complete(&mut h, &paying, "k").unwrap();
     assert!(
-        matches!(h.run(Command::Release { hold: paying, user: "u1".into() }), Err(Refusal::WrongState(m)) if m.contains("committed"))
+        matches!(h.run(Command::Release { hold: paying, user: "u1".into(), by: None, }), Err(Refusal::WrongState(m)) if m.contains("committed"))
     );
     let ghost = raft_store::HoldId {
         event: ev("e"),
         seq: 42,
+        tag: 0,
     };
     assert!(matches!(
         h.run(Command::Release {
             hold: ghost,
-            user: "u1".into()
+            user: "u1".into(),
+            by: None,
         }),
         Err(Refusal::NotFound(_))
     ));
@@ -681,6 +703,7 @@ fn stopping_and_cancelling_a_sale() {
     h.ok(Command::SetSale {
         event_id: ev("e"),
         sale: SaleState::Stopped,
+        by: None,
     });
     assert!(
         matches!(h.hold("u4", "r1", &["B-1"]), Err(Refusal::WrongState(m)) if m.contains("stopped"))
@@ -689,11 +712,13 @@ fn stopping_and_cancelling_a_sale() {
     h.ok(Command::SetSale {
         event_id: ev("e"),
         sale: SaleState::OnSale,
+        by: None,
     });
     h.held("u4", "r2", &["B-1"]);
     h.ok(Command::SetSale {
         event_id: ev("e"),
         sale: SaleState::Cancelled,
+        by: None,
     });
     assert_eq!(h.m.hold(&live).unwrap().state, HoldState::Released);
     assert_eq!(h.m.hold(&paying).unwrap().state, HoldState::Released);
@@ -708,18 +733,21 @@ fn stopping_and_cancelling_a_sale() {
     assert!(matches!(
         h.run(Command::SetSale {
             event_id: ev("e"),
-            sale: SaleState::OnSale
+            sale: SaleState::OnSale,
+            by: None,
         }),
         Err(Refusal::WrongState(_))
     ));
     h.ok(Command::SetSale {
         event_id: ev("e"),
         sale: SaleState::Cancelled,
+        by: None,
     });
     assert!(matches!(
         h.run(Command::SetSale {
             event_id: ev("x"),
-            sale: SaleState::Stopped
+            sale: SaleState::Stopped,
+            by: None,
         }),
         Err(Refusal::NotFound(_))
     ));
@@ -730,15 +758,15 @@ fn reads_of_unknown_ids_are_not_found() {
     let h = Harness::new();
     assert!(matches!(h.m.seat_map(&ev("x")), Err(Refusal::NotFound(_))));
     assert!(matches!(
-        h.m.hold(&raft_store::HoldId::parse("e.h1").unwrap()),
+        h.m.hold(&raft_store::HoldId::parse("e.h1-0000000000000000").unwrap()),
         Err(Refusal::NotFound(_))
     ));
     assert!(matches!(
-        h.m.hold(&raft_store::HoldId::parse("x.h1").unwrap()),
+        h.m.hold(&raft_store::HoldId::parse("x.h1-0000000000000000").unwrap()),
         Err(Refusal::NotFound(_))
     ));
     assert!(matches!(
-        h.m.order(&raft_store::OrderId::parse("e.o1").unwrap()),
+        h.m.order(&raft_store::OrderId::parse("e.o1-0000000000000000").unwrap()),
         Err(Refusal::NotFound(_))
     ));
 }
@@ -888,6 +916,8 @@ fn a_full_shard_refuses_new_events_in_apply_and_every_replica_agrees() {
             starts_at_ms: T0,
             layout: raft_store::layout::generate("Hall", 1, 1, 1),
             limits: Limits::default(),
+            by: None,
+            id_key: raft_store::IdKey([7; 16]),
         })
     };
     let mut m = SeatMachine::new();
@@ -1093,6 +1123,7 @@ fn a_retry_gets_the_first_answer_within_the_retention_and_a_new_decision_after()
     h.ok(Command::Release {
         hold: taken,
         user: "owner".into(),
+        by: None,
     });
     // A grant whose hold ended.
     let granted = Command::Hold(hold_req("e", "buyer", "r", &["B-1"]));
@@ -1103,6 +1134,7 @@ fn a_retry_gets_the_first_answer_within_the_retention_and_a_new_decision_after()
     h.ok(Command::Release {
         hold: view.hold_id.clone(),
         user: "buyer".into(),
+        by: None,
     });
     // A declined payment: its idempotency key's refusal.
     let paid = h.held("payer", "r", &["C-1"]);
@@ -1112,6 +1144,7 @@ fn a_retry_gets_the_first_answer_within_the_retention_and_a_new_decision_after()
     let retry_key = Command::BeginCheckout {
         hold: paid.clone(),
         idempotency_key: "k1".into(),
+        by: None,
     };
     let was_declined = Err(Refusal::Declined("card declined".into()));
     assert_eq!(h.run_unchanged(retry_key.clone()), was_declined);
@@ -1220,6 +1253,98 @@ fn a_refused_checkouts_key_is_forgotten_with_its_binding() {
         Command::BeginCheckout {
             hold: hold.clone(),
             idempotency_key: "k1".into(),
+            by: None,
         }
     }
+}
+
+/// An id with the right event and sequence number but a tag the event did not hand
+/// out (a walked or forged id) names nothing: reads, releases and checkouts of it are
+/// not found, and the real hold is untouched.
+#[test]
+fn a_hold_id_with_a_wrong_tag_is_not_found() {
+    let mut h = Harness::new();
+    let Ok(Reply::Held(v)) = h.hold("u1", "r1", &["A-1"]) else {
+        panic!()
+    };
+    let mut forged = v.hold_id.clone();
+    forged.tag ^= 1;
+    assert!(matches!(h.m.hold(&forged), Err(Refusal::NotFound(_))));
+    let release = Command::Release {
+        hold: forged.clone(),
+        user: "u1".into(),
+        by: None,
+    };
+    assert!(matches!(
+        h.run_unchanged(release),
+        Err(Refusal::NotFound(_))
+    ));
+    let begin = Command::BeginCheckout {
+        hold: forged.clone(),
+        idempotency_key: "k-forged".into(),
+        by: None,
+    };
+    assert!(matches!(h.run_unchanged(begin), Err(Refusal::NotFound(_))));
+    assert_eq!(h.m.hold(&v.hold_id).unwrap().state, HoldState::Active);
+    // Two events with different keys hand out different tags for the same number.
+    let other = raft_store::IdKey([8; 16]);
+    assert_ne!(other.tag(b'h', 1), v.hold_id.tag);
+}
+
+/// The audit trail: who released a hold, who paid for it and who changed a sale is
+/// kept with it and shown.
+#[test]
+fn actors_are_recorded_on_holds_orders_and_sales() {
+    let mut h = Harness::new();
+    let op = raft_store::Actor {
+        subject: "ops-1".into(),
+        role: raft_store::ActorRole::Operator,
+    };
+    let buyer = raft_store::Actor {
+        subject: "u1".into(),
+        role: raft_store::ActorRole::Buyer,
+    };
+    let Ok(Reply::Held(a)) = h.hold("u1", "r1", &["A-1"]) else {
+        panic!()
+    };
+    let release = Command::Release {
+        hold: a.hold_id.clone(),
+        user: "u1".into(),
+        by: Some(op.clone()),
+    };
+    assert!(h.run(release).is_ok());
+    assert_eq!(h.m.hold(&a.hold_id).unwrap().by, Some(op.clone()));
+    let Ok(Reply::Held(b)) = h.hold("u1", "r2", &["A-2"]) else {
+        panic!()
+    };
+    let begin = Command::BeginCheckout {
+        hold: b.hold_id.clone(),
+        idempotency_key: "k-audit".into(),
+        by: Some(buyer.clone()),
+    };
+    assert!(h.run(begin).is_ok());
+    let Ok(Reply::Completed(order)) = complete(&mut h, &b.hold_id, "k-audit") else {
+        panic!()
+    };
+    assert_eq!(order.by, Some(buyer));
+    let stop = Command::SetSale {
+        event_id: ev("e"),
+        sale: SaleState::Stopped,
+        by: Some(op.clone()),
+    };
+    assert!(h.run(stop).is_ok());
+    assert_eq!(
+        h.m.event_summary(&ev("e")).unwrap().sale_changed_by,
+        Some(op)
+    );
+    // An actor's subject is checked like a user id.
+    let bad = Command::SetSale {
+        event_id: ev("e"),
+        sale: SaleState::OnSale,
+        by: Some(raft_store::Actor {
+            subject: "two words".into(),
+            role: raft_store::ActorRole::Operator,
+        }),
+    };
+    assert!(matches!(h.run(bad), Err(Refusal::Invalid(_))));
 }

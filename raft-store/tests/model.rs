@@ -13,7 +13,7 @@ use proptest::prelude::*;
 use raft_store::layout::{RowLayout, SectionLayout};
 use raft_store::limits::DECISION_RETENTION_MS;
 use raft_store::{
-    Batch, Command, CreateEvent, HoldId, HoldState, Limits, Outcome, Refusal, Reply, SeatMachine,
+    Batch, Command, CreateEvent, HoldState, Limits, Outcome, Refusal, Reply, SeatMachine,
     SeatStateName, VenueLayout,
 };
 
@@ -47,6 +47,8 @@ fn create_cmd() -> Command {
             }],
         },
         limits: LIMITS,
+        by: None,
+        id_key: raft_store::IdKey([7; 16]),
     })
 }
 
@@ -467,10 +469,7 @@ fn command(op: &Op, model: &Model) -> Option<(Command, usize)> {
             pick % model.holds.len() + 1
         }
     };
-    let hold = |seq: usize| HoldId {
-        event: ev("e"),
-        seq: seq as u64,
-    };
+    let hold = |seq: usize| common::hold_id("e", seq as u64);
     Some(match op {
         Op::Hold {
             user,
@@ -492,6 +491,7 @@ fn command(op: &Op, model: &Model) -> Option<(Command, usize)> {
             Command::BeginCheckout {
                 hold: hold(seq_of(*pick)),
                 idempotency_key: format!("k{key}"),
+                by: None,
             },
             seq_of(*pick),
         ),
@@ -518,6 +518,7 @@ fn command(op: &Op, model: &Model) -> Option<(Command, usize)> {
                 Command::Release {
                     hold: hold(seq),
                     user: format!("u{}", user.unwrap_or(owner)),
+                    by: None,
                 },
                 seq,
             )
@@ -571,12 +572,7 @@ fn compare(m: &SeatMachine, model: &Model) -> Result<(), TestCaseError> {
         );
     }
     for (n, h) in model.holds.iter().enumerate() {
-        let view = m
-            .hold(&HoldId {
-                event: ev("e"),
-                seq: n as u64 + 1,
-            })
-            .unwrap();
+        let view = m.hold(&common::hold_id("e", n as u64 + 1)).unwrap();
         prop_assert_eq!(view.state.name(), mstate_name(&h.state), "hold {}", n + 1);
         prop_assert_eq!(&*view.user, format!("u{}", h.user));
         prop_assert_eq!(&*view.client_reservation_id, format!("r{}", h.crid));
@@ -855,8 +851,9 @@ fn batches_round_trip_and_damage_is_refused() {
             Command::Hold(hold_req("e", "u", "r", &["A-1"])),
             Command::Expire,
             Command::Release {
-                hold: HoldId::parse("e.h1").unwrap(),
+                hold: common::hold_id("e", 1),
                 user: "u".into(),
+                by: None,
             },
         ],
     };

@@ -161,6 +161,8 @@ fn a_stadium_snapshot_installs_on_an_empty_store_identically() {
             starts_at_ms: T0,
             layout,
             limits: Limits::default(),
+            by: None,
+            id_key: raft_store::IdKey([7; 16]),
         });
         let mut entries = vec![entry(1, vec![create])];
         // Holds on a fifth of the seats, and some of them sold.
@@ -183,11 +185,13 @@ fn a_stadium_snapshot_installs_on_an_empty_store_identically() {
                 let hold = raft_store::HoldId {
                     event: common::ev("big"),
                     seq,
+                    tag: common::TEST_ID_KEY.tag(b'h', seq),
                 };
                 [
                     Command::BeginCheckout {
                         hold: hold.clone(),
                         idempotency_key: format!("k{seq}"),
+                        by: None,
                     },
                     Command::CompleteCheckout {
                         hold,
@@ -278,7 +282,16 @@ fn unusable_data_directories_are_refused_with_the_path() {
         err.contains("seatd-store 99") && err.contains("node"),
         "{err}"
     );
-    std::fs::write(path.join("FORMAT"), "seatd-store 1\n").unwrap();
+    // An older format: refused, saying why and what to do.
+    for older in ["seatd-store 1", "seatd-store 2"] {
+        std::fs::write(path.join("FORMAT"), format!("{older}\n")).unwrap();
+        let err = Store::open(&path).err().unwrap().to_string();
+        assert!(
+            err.contains(older) && err.contains("older seatd") && err.contains("empty one"),
+            "{err}"
+        );
+    }
+    std::fs::write(path.join("FORMAT"), "seatd-store 3\n").unwrap();
 
     // RocksDB's own files damaged.
     let current = path.join("db").join("CURRENT");
@@ -336,12 +349,14 @@ fn history_stays_on_disk_and_still_answers_retries() {
             let hold = raft_store::HoldId {
                 event: common::ev("ev"),
                 seq: i + 2,
+                tag: common::TEST_ID_KEY.tag(b'h', i + 2),
             };
             let cmds = vec![
                 hold_a1(&format!("u{}", i + 1), "r"),
                 Command::Release {
                     hold,
                     user: format!("u{}", i + 1),
+                    by: None,
                 },
             ];
             if i == 0 {
@@ -349,12 +364,14 @@ fn history_stays_on_disk_and_still_answers_retries() {
                 let h1 = raft_store::HoldId {
                     event: common::ev("ev"),
                     seq: 1,
+                    tag: common::TEST_ID_KEY.tag(b'h', 1),
                 };
                 sm.apply(vec![entry(
                     index,
                     vec![Command::Release {
                         hold: h1,
                         user: "u0".into(),
+                        by: None,
                     }],
                 )])
                 .await
@@ -383,6 +400,7 @@ fn history_stays_on_disk_and_still_answers_retries() {
         let h1 = raft_store::HoldId {
             event: common::ev("ev"),
             seq: 1,
+            tag: common::TEST_ID_KEY.tag(b'h', 1),
         };
         let out = sm
             .apply(vec![entry(
@@ -390,6 +408,7 @@ fn history_stays_on_disk_and_still_answers_retries() {
                 vec![Command::BeginCheckout {
                     hold: h1.clone(),
                     idempotency_key: "k".into(),
+                    by: None,
                 }],
             )])
             .await
@@ -404,7 +423,8 @@ fn history_stays_on_disk_and_still_answers_retries() {
             .reader()
             .hold(&raft_store::HoldId {
                 event: common::ev("ev"),
-                seq: 99_999
+                seq: 99_999,
+                tag: common::TEST_ID_KEY.tag(b'h', 99_999),
             })
             .unwrap()
             .is_err());
@@ -440,6 +460,7 @@ fn a_record_dropped_from_memory_is_found_right_after_the_apply_that_dropped_it()
                     vec![Command::Release {
                         hold: id.clone(),
                         user: user.clone(),
+                        by: None,
                     }],
                 )])
                 .await
@@ -488,6 +509,7 @@ fn decided_requests_are_answered_from_disk_after_eviction_a_restart_and_a_snapsh
                 vec![Command::Release {
                     hold: winners_hold,
                     user: "winner".into(),
+                    by: None,
                 }],
             )])
             .await
@@ -565,6 +587,7 @@ fn history_before_snapshot() -> Vec<Entry<TypeConfig>> {
     let owner = raft_store::HoldId {
         event: common::ev("ev"),
         seq: 1,
+        tag: common::TEST_ID_KEY.tag(b'h', 1),
     };
     let mut out = vec![
         entry_at(1, T0, vec![create("ev", 1, 4, 10, Limits::default())]),
@@ -591,6 +614,7 @@ fn history_before_snapshot() -> Vec<Entry<TypeConfig>> {
             Command::BeginCheckout {
                 hold: owner.clone(),
                 idempotency_key: "k1".into(),
+                by: None,
             },
             Command::AbortCheckout {
                 hold: owner.clone(),
@@ -605,6 +629,7 @@ fn history_before_snapshot() -> Vec<Entry<TypeConfig>> {
         vec![Command::Release {
             hold: owner,
             user: "owner".into(),
+            by: None,
         }],
     ));
     out
@@ -622,8 +647,10 @@ fn history_after_snapshot(first_index: u64) -> Vec<Entry<TypeConfig>> {
                 hold: raft_store::HoldId {
                     event: common::ev("ev"),
                     seq: 1,
+                    tag: common::TEST_ID_KEY.tag(b'h', 1),
                 },
                 idempotency_key: "k1".into(),
+                by: None,
             },
         ]
     };
@@ -785,113 +812,45 @@ fn purged_records_leave_the_disk_and_a_retry_after_a_restart_is_new() {
     });
 }
 
-/// Unsigned LEB128, as postcard writes lengths.
-fn read_varint(bytes: &[u8], at: &mut usize) -> usize {
-    let (mut value, mut shift) = (0usize, 0);
-    loop {
-        let b = bytes[*at];
-        *at += 1;
-        value |= ((b & 0x7f) as usize) << shift;
-        if b & 0x80 == 0 {
-            return value;
-        }
-        shift += 7;
-    }
-}
-
-fn write_varint(out: &mut Vec<u8>, mut value: usize) {
-    while value >= 0x80 {
-        out.push((value as u8) | 0x80);
-        value >>= 7;
-    }
-    out.push(value as u8);
-}
-
-/// A snapshot as a node built before retention would have: format version 1, and no
-/// retention records (kinds 9 and 10) among its records.
-fn as_version_1_snapshot(v2: &[u8]) -> Vec<u8> {
-    assert_eq!(&v2[..4], b"SSR1");
-    assert_eq!(u16::from_le_bytes([v2[4], v2[5]]), 2);
-    let payload = &v2[18..];
-    let mut at = 0;
-    let n = read_varint(payload, &mut at);
-    let mut kept = Vec::new();
-    for _ in 0..n {
-        let start = at;
-        let k_len = read_varint(payload, &mut at);
-        let kind = payload[at];
-        at += k_len;
-        let v_len = read_varint(payload, &mut at);
-        at += v_len;
-        if kind != 9 && kind != 10 {
-            kept.push(&payload[start..at]);
-        }
-    }
-    assert_eq!(at, payload.len());
-    let mut body = Vec::new();
-    write_varint(&mut body, kept.len());
-    for record in kept {
-        body.extend_from_slice(record);
-    }
-    let mut out = b"SSR1".to_vec();
-    out.extend_from_slice(&1u16.to_le_bytes());
-    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
-    out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
-    out.extend_from_slice(&body);
+/// `snapshot` relabelled as format `version` (same payload, checksum still valid).
+fn relabelled(snapshot: &[u8], version: u16) -> Vec<u8> {
+    let mut out = snapshot.to_vec();
+    out[4..6].copy_from_slice(&version.to_le_bytes());
     out
 }
 
+/// A snapshot of an older format (1 and 2 hold records in the encoding before hold ids
+/// had tags and commands actors), or of a future one, is refused by its version rather
+/// than misread; a directory of an older format is refused when opened (see
+/// `unusable_data_directories_are_refused_with_the_path`).
 #[test]
-fn a_snapshot_and_a_directory_from_before_retention_are_still_read() {
+fn a_snapshot_of_another_format_is_refused_not_misread() {
     let dir = tempfile::tempdir().unwrap();
     rt().block_on(async {
         let store = Store::open(dir.path().join("new")).unwrap();
         let (_, mut sm) = store.group(1).unwrap();
         sm.apply(history_before_snapshot()).await.unwrap();
         let snap = sm.build_snapshot().await.unwrap();
-        let old = as_version_1_snapshot(snap.snapshot.get_ref());
-        // A node of this build installs a snapshot an older node stored or sent.
-        let other = Store::open(dir.path().join("old")).unwrap();
-        let (_, mut copy) = other.group(1).unwrap();
-        copy.install_snapshot(&snap.meta, Box::new(std::io::Cursor::new(old)))
-            .await
-            .unwrap();
-        // Its records were never queued, so they are kept as they always were.
-        assert_eq!(copy.reader().read(|m| m.records_awaiting_purge()), 0);
-        let next = before_len() + 1;
-        let out = copy.apply(history_after_snapshot(next)).await.unwrap();
-        assert!(
-            matches!(
-                &out.last().unwrap()[0],
-                Err(raft_store::Refusal::Conflict { .. })
-            ),
-            "a record written before retention still answers: {out:?}"
-        );
-        // A damaged or future version is still refused.
-        let mut future = snap.snapshot.get_ref().clone();
-        future[4] = 9;
-        let (_, mut third) = other.group(2).unwrap();
-        let err = third
-            .install_snapshot(&snap.meta, Box::new(std::io::Cursor::new(future)))
-            .await
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("format version 9"), "{err}");
+        let other = Store::open(dir.path().join("other")).unwrap();
+        for (group, version) in [(1, 1u16), (2, 2), (3, 9)] {
+            let (_, mut copy) = other.group(group).unwrap();
+            let data = relabelled(snap.snapshot.get_ref(), version);
+            let err = copy
+                .install_snapshot(&snap.meta, Box::new(std::io::Cursor::new(data)))
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(&format!("format version {version}")), "{err}");
+        }
+        // The snapshot as built installs.
+        let (_, mut copy) = other.group(4).unwrap();
+        copy.install_snapshot(
+            &snap.meta,
+            Box::new(std::io::Cursor::new(snap.snapshot.get_ref().clone())),
+        )
+        .await
+        .unwrap();
     });
-    // A directory marked format 1 (before retention) opens and is marked format 2, so
-    // an older build refuses it by its marker rather than by its records.
-    let path = dir.path().join("old");
-    std::fs::write(path.join("FORMAT"), "seatd-store 1\n").unwrap();
-    let store = Store::open(&path).unwrap();
-    assert_eq!(
-        std::fs::read_to_string(path.join("FORMAT")).unwrap(),
-        "seatd-store 2\n"
-    );
-    drop(store);
-}
-
-fn before_len() -> u64 {
-    history_before_snapshot().len() as u64
 }
 
 /// An apply waiting for the state lock (held here by a slow reader on another thread)

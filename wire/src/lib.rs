@@ -19,11 +19,12 @@
 
 use raft_store::layout::{RowLayout, SectionLayout};
 use raft_store::{
-    EventId, EventSummary, Exceeded, HoldId, HoldState, HoldView, Limits, OrderId, OrderView,
-    SaleState, VenueLayout,
+    Actor, EventId, EventSummary, Exceeded, HoldId, HoldState, HoldView, Limits, OrderId,
+    OrderView, SaleState, VenueLayout,
 };
 use seatd_proto::v1 as pb;
 
+pub mod dev;
 pub mod limits;
 pub mod net;
 pub mod routing;
@@ -142,6 +143,16 @@ pub fn event_to_pb(e: EventSummary, shard: u32) -> pb::Event {
         available: e.available,
         shard,
         limits: Some(limits_to_pb(&e.limits)),
+        created_by: e.created_by.as_ref().map(actor_to_pb),
+        sale_changed_by: e.sale_changed_by.as_ref().map(actor_to_pb),
+    }
+}
+
+/// The audit trail's actor as the API shows it.
+pub fn actor_to_pb(a: &Actor) -> pb::Actor {
+    pb::Actor {
+        subject: a.subject.clone(),
+        role: a.role.name().to_string(),
     }
 }
 
@@ -172,6 +183,7 @@ pub fn hold_to_pb(h: &HoldView) -> pb::Hold {
         created_at_ms: h.created_at_ms,
         expires_at_ms: h.expires_at_ms,
         state: hold_state_to_pb(&h.state) as i32,
+        by: h.by.as_ref().map(actor_to_pb),
     }
 }
 
@@ -183,6 +195,7 @@ pub fn order_to_pb(o: &OrderView) -> pb::Order {
         seat_ids: o.seats.iter().map(|s| s.to_string()).collect(),
         payment_ref: o.payment_ref.clone(),
         created_at_ms: o.created_at_ms,
+        by: o.by.as_ref().map(actor_to_pb),
     }
 }
 

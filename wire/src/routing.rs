@@ -27,6 +27,7 @@ pub mod paths {
     pub const RELEASE: &str = "/seatd.v1.Seats/Release";
     pub const GET_HOLD: &str = "/seatd.v1.Seats/GetHold";
     pub const GET_ORDER: &str = "/seatd.v1.Seats/GetOrder";
+    pub const LIST_HOLDS: &str = "/seatd.v1.Seats/ListHolds";
     pub const CLUSTER_STATUS: &str = "/seatd.v1.Seats/ClusterStatus";
 }
 

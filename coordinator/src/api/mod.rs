@@ -32,7 +32,9 @@ use crate::auth::Role;
 use crate::cluster_view::{local_status, merge_views, peer_views};
 use crate::error::Error;
 use crate::forward::{Answer, Call, Outbound};
-use crate::limits::{EVENTS_PER_LIST_DEFAULT, EVENTS_PER_LIST_MAX};
+use crate::limits::{
+    EVENTS_PER_LIST_DEFAULT, EVENTS_PER_LIST_MAX, HOLDS_PER_LIST_DEFAULT, HOLDS_PER_LIST_MAX,
+};
 use crate::process::Process;
 use crate::route::Mode;
 use crate::shard::Shard;
@@ -106,6 +108,11 @@ pub trait SeatsApi: Send + Sync + 'static {
         req: pb::GetOrderRequest,
         call: Call,
     ) -> impl Future<Output = Result<pb::Order, Error>> + Send;
+    fn list_holds(
+        &self,
+        req: pb::ListHoldsRequest,
+        call: Call,
+    ) -> impl Future<Output = Result<pb::ListHoldsResponse, Error>> + Send;
     fn cluster_status(
         &self,
         req: pb::ClusterStatusRequest,
@@ -161,6 +168,17 @@ pub(crate) fn acting_user(call: &Call, user: &mut String) -> Result<(), Error> {
         )));
     }
     Ok(())
+}
+
+/// Who the call's verified token names, for the audit trail of the command it makes.
+fn actor(call: &Call) -> Option<raft_store::Actor> {
+    call.identity().map(|id| raft_store::Actor {
+        subject: id.subject.clone(),
+        role: match id.role {
+            Role::Buyer => raft_store::ActorRole::Buyer,
+            Role::Operator => raft_store::ActorRole::Operator,
+        },
+    })
 }
 
 /// Whether the call comes from a buyer (whose view is limited): only then is a hold's
@@ -304,6 +322,10 @@ impl SeatsApi for Api {
             starts_at_ms: req.starts_at_ms,
             layout: convert::layout(req.layout.clone())?,
             limits: convert::limits(req.limits),
+            // Drawn here and discarded unless this process is the leader that proposes
+            // it (a forwarder sends the request's bytes on, not this command).
+            id_key: crate::ids::event_id_key()?,
+            by: actor(&call),
         };
         // The caps, where the call enters: the layout's counts and lengths (cheap, no
         // plan built), then the command's encoded size. `apply` checks them again.
@@ -381,6 +403,7 @@ impl SeatsApi for Api {
         let command = Command::SetSale {
             event_id: event.clone(),
             sale: convert::sale(req.sale)?,
+            by: actor(&call),
         };
         let shard = self.node.cluster.shard_of(&event);
         let out = Outbound::message(paths::SET_SALE, &req, Some(&event));
@@ -478,7 +501,12 @@ impl SeatsApi for Api {
                     &s,
                     node.gateway.as_ref(),
                     node.settings.payment_timeout,
-                    crate::shard::checkout::Checkout { hold, token, key },
+                    crate::shard::checkout::Checkout {
+                        hold,
+                        token,
+                        key,
+                        by: actor(call_),
+                    },
                 )
                 .await?;
                 Ok(convert::order_to_pb(&order))
@@ -494,6 +522,7 @@ impl SeatsApi for Api {
         let command = Command::Release {
             hold: hold.clone(),
             user: req.user_id.clone(),
+            by: actor(&call),
         };
         let shard = self.node.cluster.shard_of(&hold.event);
         let out = Outbound::message(paths::RELEASE, &req, Some(&hold.event));
@@ -537,6 +566,38 @@ impl SeatsApi for Api {
         let found: pb::Order = self.read(shard, call.clone(), read, out).await?;
         visible_to(&call, &found.user_id, &format!("order {}", found.order_id))?;
         Ok(found)
+    }
+
+    async fn list_holds(
+        &self,
+        req: pb::ListHoldsRequest,
+        call: Call,
+    ) -> Result<pb::ListHoldsResponse, Error> {
+        let event = convert::event_id(&req.event_id)?;
+        let limit = match req.limit {
+            0 => HOLDS_PER_LIST_DEFAULT,
+            n => n.min(HOLDS_PER_LIST_MAX),
+        };
+        let shard = self.node.cluster.shard_of(&event);
+        let out = Outbound::message(paths::LIST_HOLDS, &req, Some(&event));
+        let after = req.after;
+        let read = Arc::new(move |s: &Shard| {
+            let (ids, more) = s
+                .reader
+                .read(|m| m.hold_ids(&event, after, u64::from(limit)))?;
+            let next_after = ids.last().map(|id| id.seq).filter(|_| more);
+            let mut holds = Vec::with_capacity(ids.len());
+            for id in &ids {
+                match s.reader.hold(id)? {
+                    Ok(view) => holds.push(convert::hold_to_pb(&view)),
+                    // Purged by retention: nothing left to show.
+                    Err(raft_store::Refusal::NotFound(_)) => {}
+                    Err(other) => return Err(Error::Refused(other)),
+                }
+            }
+            Ok(pb::ListHoldsResponse { holds, next_after })
+        });
+        self.read(shard, call, read, out).await
     }
 
     async fn cluster_status(

@@ -24,15 +24,66 @@ pub fn new_key_pair() -> Result<(String, String), String> {
 }
 
 /// Writes a new key pair into `dir` (created if missing); returns the two paths.
-/// The signing key is readable by its owner only.
+/// The signing key is readable by its owner only. An existing pair is an error.
 pub fn keygen(dir: &Path) -> Result<(PathBuf, PathBuf), String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let (private, public) = new_key_pair()?;
+    let made = keygen_into(dir, dir, false)?;
+    Ok((made.signing, made.public))
+}
+
+/// Where [`keygen_into`] left the key pair, and whether it was there already.
+pub struct KeyFiles {
+    pub signing: PathBuf,
+    pub public: PathBuf,
+    pub kept: bool,
+}
+
+/// Writes a new key pair: the signing key into `dir`, the public key into `public_dir`
+/// (both created if missing). A pair already there is kept when `keep` says so, and
+/// otherwise refused: replacing a signing key silently would end every token.
+pub fn keygen_into(dir: &Path, public_dir: &Path, keep: bool) -> Result<KeyFiles, String> {
     let signing = dir.join(SIGNING_KEY_FILE);
-    let verifying = dir.join(PUBLIC_KEY_FILE);
+    let public = public_dir.join(PUBLIC_KEY_FILE);
+    match (signing.exists(), public.exists()) {
+        (true, true) if keep => {
+            let private = std::fs::read_to_string(&signing)
+                .map_err(|e| format!("{}: {e}", signing.display()))?;
+            let derived = public_of(&private)?;
+            let stored = std::fs::read_to_string(&public)
+                .map_err(|e| format!("{}: {e}", public.display()))?;
+            if derived.trim() != stored.trim() {
+                return Err(format!(
+                    "{} is not the public key of {}",
+                    public.display(),
+                    signing.display()
+                ));
+            }
+            return Ok(KeyFiles {
+                signing,
+                public,
+                kept: true,
+            });
+        }
+        (false, false) => {}
+        _ => {
+            return Err(format!(
+                "{} or {} exists already; remove both to make a new pair, or give --keep \
+                 to keep a whole pair",
+                signing.display(),
+                public.display()
+            ))
+        }
+    }
+    for d in [dir, public_dir] {
+        std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
+    }
+    let (private, public_pem) = new_key_pair()?;
     write_private(&signing, &private)?;
-    std::fs::write(&verifying, public).map_err(|e| format!("{}: {e}", verifying.display()))?;
-    Ok((signing, verifying))
+    std::fs::write(&public, public_pem).map_err(|e| format!("{}: {e}", public.display()))?;
+    Ok(KeyFiles {
+        signing,
+        public,
+        kept: false,
+    })
 }
 
 /// Writes `text` to `path`, readable by its owner only.

@@ -67,6 +67,35 @@ fn a_token_from_token_issue_names_its_subject_and_role() {
     ));
 }
 
+/// An existing key pair is never replaced: refused without `keep`, kept with it (and
+/// checked to be a pair); a public key can live apart from its signing key.
+#[test]
+fn keygen_keeps_or_refuses_an_existing_pair() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (secret, public) = (dir.path().join("secret"), dir.path().join("public"));
+    let made = issue::keygen_into(&secret, &public, true).expect("made");
+    assert!(!made.kept);
+    let first = std::fs::read_to_string(&made.signing).expect("read");
+    assert!(!public.join(issue::SIGNING_KEY_FILE).exists());
+    let again = issue::keygen_into(&secret, &public, true).expect("kept");
+    assert!(again.kept);
+    assert_eq!(
+        std::fs::read_to_string(&again.signing).expect("read"),
+        first
+    );
+    let err = issue::keygen_into(&secret, &public, false)
+        .err()
+        .expect("refused");
+    assert!(err.contains("exists already"), "{err}");
+    // A public key that is not the signing key's: refused even with keep.
+    let (_, other) = new_key_pair().expect("key");
+    std::fs::write(&made.public, other).expect("write");
+    let err = issue::keygen_into(&secret, &public, true)
+        .err()
+        .expect("refused");
+    assert!(err.contains("not the public key"), "{err}");
+}
+
 #[test]
 fn expired_early_foreign_and_misaddressed_tokens_are_refused() {
     let dir = tempfile::tempdir().expect("dir");

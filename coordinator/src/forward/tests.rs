@@ -128,7 +128,7 @@ async fn channel_to(addr: &str) -> Channel {
 fn some_call() -> Bytes {
     Bytes::from(
         pb::GetHoldRequest {
-            hold_id: "demo.h1".into(),
+            hold_id: "demo.h1-0123456789abcdef".into(),
         }
         .encode_to_vec(),
     )

@@ -106,7 +106,7 @@ fn call(body: Bytes, event: Option<&str>) -> Request<Bytes> {
 }
 
 async fn hold_many(api: &Api, request: Request<Bytes>) -> Result<Bytes, Status> {
-    serve(api, None, Method::HoldMany, request).await
+    serve(api, None, None, Method::HoldMany, request).await
 }
 
 fn only(received: &Mutex<Vec<Received>>) -> Received {
@@ -154,10 +154,10 @@ async fn a_call_without_routing_metadata_is_decoded_and_sent_on_typed() {
     let api = frontend_at([&addr; 3], Duration::from_secs(5), 0);
     let (event, _) = events_in_two_shards(&api);
     let req = pb::GetHoldRequest {
-        hold_id: format!("{event}.h1"),
+        hold_id: format!("{event}.h1-0123456789abcdef"),
     };
     let sent = with_unknown_field(Bytes::from(req.encode_to_vec()));
-    serve(&api, None, Method::GetHold, call(sent, None))
+    serve(&api, None, None, Method::GetHold, call(sent, None))
         .await
         .expect("answered");
     let received = only(&received);
@@ -181,6 +181,7 @@ async fn metadata_for_a_call_that_must_be_seen_decoded_is_not_trusted_to_route()
     ));
     serve(
         &api,
+        None,
         None,
         Method::ListEvents,
         call(sent.clone(), Some("ev-0")),
@@ -230,6 +231,7 @@ async fn a_failed_forward_is_retried_at_another_node() {
         };
         let got = serve(
             &api,
+            None,
             None,
             Method::GetHold,
             call(Bytes::from(req.encode_to_vec()), Some(&event)),
@@ -288,6 +290,7 @@ async fn metadata_naming_no_valid_event_is_ignored() {
     };
     let got = serve(
         &api,
+        None,
         None,
         Method::GetEvent,
         call(Bytes::from(req.encode_to_vec()), Some("bad id!")),
@@ -352,14 +355,14 @@ fn a_call_with_routing_metadata_but_no_retry_key_is_refused_where_decoded() {
     // Without metadata it was decoded where it entered, which fills the key once.
     assert!(decode_call::<pb::HoldManyRequest>(keyless, false).is_ok());
     let commit = pb::CommitRequest {
-        hold_id: "ev-0.h1".into(),
+        hold_id: "ev-0.h1-0123456789abcdef".into(),
         payment_token: "tok_ok".into(),
         idempotency_key: String::new(),
     };
     let got = decode_call::<pb::CommitRequest>(Bytes::from(commit.encode_to_vec()), true);
     assert!(matches!(got, Err(Error::Invalid(_))), "{got:?}");
     let read = pb::GetHoldRequest {
-        hold_id: "ev-0.h1".into(),
+        hold_id: "ev-0.h1-0123456789abcdef".into(),
     };
     assert!(decode_call::<pb::GetHoldRequest>(Bytes::from(read.encode_to_vec()), true).is_ok());
 }
@@ -378,7 +381,7 @@ async fn a_checked_token_travels_on_and_a_bad_one_stops_the_call_where_it_enters
     let (event, _) = events_in_two_shards(&api);
     let body = Bytes::from(
         pb::GetHoldRequest {
-            hold_id: format!("{event}.h1"),
+            hold_id: format!("{event}.h1-0123456789abcdef"),
         }
         .encode_to_vec(),
     );
@@ -393,12 +396,20 @@ async fn a_checked_token_travels_on_and_a_bad_one_stops_the_call_where_it_enters
     let got = serve(
         &api,
         Some(&v),
+        None,
         Method::GetHold,
         call(body.clone(), Some(&event)),
     )
     .await;
     assert_eq!(got.err().map(|s| s.code()), Some(Code::Unauthenticated));
-    let got = serve(&api, Some(&v), Method::GetHold, with_token("not.a.token")).await;
+    let got = serve(
+        &api,
+        Some(&v),
+        None,
+        Method::GetHold,
+        with_token("not.a.token"),
+    )
+    .await;
     assert_eq!(got.err().map(|s| s.code()), Some(Code::Unauthenticated));
     let buyer = token(&private, "ann", Role::Buyer, Duration::from_secs(60)).expect("token");
     let create = {
@@ -412,10 +423,10 @@ async fn a_checked_token_travels_on_and_a_bad_one_stops_the_call_where_it_enters
         );
         r
     };
-    let got = serve(&api, Some(&v), Method::CreateEvent, create).await;
+    let got = serve(&api, Some(&v), None, Method::CreateEvent, create).await;
     assert_eq!(got.err().map(|s| s.code()), Some(Code::PermissionDenied));
     assert!(seen(&received).is_empty(), "nothing refused went on");
-    serve(&api, Some(&v), Method::GetHold, with_token(&buyer))
+    serve(&api, Some(&v), None, Method::GetHold, with_token(&buyer))
         .await
         .expect("passed on");
     let received = only(&received);

@@ -32,6 +32,8 @@ pub struct Checkout {
     pub token: String,
     /// The caller's idempotency key (filled in when it gave none).
     pub key: String,
+    /// Who pays (the audit trail).
+    pub by: Option<raft_store::Actor>,
 }
 
 /// Runs a checkout on `shard`, whose leader this replica is (see the module doc).
@@ -41,11 +43,17 @@ pub async fn run(
     payment_timeout: Duration,
     checkout: Checkout,
 ) -> Result<OrderView, Error> {
-    let Checkout { hold, token, key } = checkout;
+    let Checkout {
+        hold,
+        token,
+        key,
+        by,
+    } = checkout;
     let begun = shard
         .propose(Command::BeginCheckout {
             hold: hold.clone(),
             idempotency_key: key.clone(),
+            by,
         })
         .await??;
     match begun {

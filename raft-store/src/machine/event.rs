@@ -29,9 +29,10 @@ use serde::{Deserialize, Serialize};
 
 use super::retention::Retained;
 use crate::command::{
-    CreateEvent, HoldRequest, HoldState, HoldView, OrderView, Outcome, Refusal, Reply, SaleState,
+    Actor, CreateEvent, HoldRequest, HoldState, HoldView, OrderView, Outcome, Refusal, Reply,
+    SaleState,
 };
-use crate::ids::{validate_token, HoldId, OrderId};
+use crate::ids::{validate_token, HoldId, OrderId, HOLD_KIND, ORDER_KIND};
 use crate::layout::SeatPlan;
 use crate::limits::TEXT_BYTES_MAX;
 
@@ -60,6 +61,8 @@ pub(crate) struct Hold {
     pub created_at_ms: u64,
     pub expires_at_ms: u64,
     pub state: HoldState,
+    /// Who last released it or started paying for it (the audit trail).
+    pub by: Option<Actor>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -130,6 +133,8 @@ pub(crate) struct Counts {
 pub(crate) struct EventState {
     pub def: CreateEvent,
     pub sale: SaleState,
+    /// Who last changed the sale (the audit trail).
+    pub sale_by: Option<Actor>,
     pub created_at_ms: u64,
     pub plan: SeatPlan,
     pub seats: Vec<Seat>,
@@ -223,6 +228,7 @@ impl EventState {
         Self {
             def,
             sale: SaleState::OnSale,
+            sale_by: None,
             created_at_ms,
             plan,
             seats,
@@ -250,6 +256,33 @@ impl EventState {
         HoldId {
             event: self.def.event_id.clone(),
             seq,
+            tag: self.def.id_key.tag(HOLD_KIND, seq),
+        }
+    }
+
+    pub fn order_id(&self, seq: u64) -> OrderId {
+        OrderId {
+            event: self.def.event_id.clone(),
+            seq,
+            tag: self.def.id_key.tag(ORDER_KIND, seq),
+        }
+    }
+
+    /// Refuses, as not found, a hold id whose tag this event did not hand out.
+    pub fn check_hold_id(&self, id: &HoldId) -> Result<(), Refusal> {
+        if id.tag == self.def.id_key.tag(HOLD_KIND, id.seq) {
+            Ok(())
+        } else {
+            Err(Refusal::NotFound(format!("hold {id}")))
+        }
+    }
+
+    /// Refuses, as not found, an order id whose tag this event did not hand out.
+    pub fn check_order_id(&self, id: &OrderId) -> Result<(), Refusal> {
+        if id.tag == self.def.id_key.tag(ORDER_KIND, id.seq) {
+            Ok(())
+        } else {
+            Err(Refusal::NotFound(format!("order {id}")))
         }
     }
 
@@ -271,6 +304,7 @@ impl EventState {
             created_at_ms: hold.created_at_ms,
             expires_at_ms: hold.expires_at_ms,
             state: hold.state.clone(),
+            by: hold.by.clone(),
         }
     }
 
@@ -278,10 +312,7 @@ impl EventState {
         let order = self.orders.get(&seq)?;
         let hold = self.holds.get(&order.hold)?;
         Some(OrderView {
-            order_id: OrderId {
-                event: self.def.event_id.clone(),
-                seq,
-            },
+            order_id: self.order_id(seq),
             hold_id: self.hold_id(order.hold),
             user: hold.user.clone(),
             seats: hold
@@ -291,6 +322,7 @@ impl EventState {
                 .collect(),
             payment_ref: order.payment_ref.clone(),
             created_at_ms: order.created_at_ms,
+            by: hold.by.clone(),
         })
     }
 
@@ -559,6 +591,7 @@ impl EventState {
             created_at_ms: now_ms,
             expires_at_ms,
             state: HoldState::Active,
+            by: None,
         };
         let view = self.hold_view(seq, &hold);
         *self.seats_owned.entry(user).or_default() += n_seats;
@@ -599,7 +632,13 @@ impl EventState {
         })
     }
 
-    pub fn begin_checkout(&mut self, seq: u64, key: &str, now_ms: u64) -> Outcome {
+    pub fn begin_checkout(
+        &mut self,
+        seq: u64,
+        key: &str,
+        by: &Option<Actor>,
+        now_ms: u64,
+    ) -> Outcome {
         validate_token("idempotency key", key).map_err(Refusal::Invalid)?;
         if let Some(answer) = self.replay_checkout(seq, key) {
             return answer;
@@ -622,6 +661,11 @@ impl EventState {
                     },
                 );
                 self.set_checkout(key, seq, CheckoutResult::InProgress);
+                self.holds
+                    .get_mut(&seq)
+                    .expect("hold exists")
+                    .by
+                    .clone_from(by);
                 return Ok(Reply::CheckoutStarted {
                     hold_id: self.hold_id(seq),
                     payment_deadline_ms,
@@ -636,10 +680,7 @@ impl EventState {
             }
             HoldState::Committed { order } => Refusal::WrongState(format!(
                 "hold already committed as order {}",
-                OrderId {
-                    event: self.def.event_id.clone(),
-                    seq: *order
-                }
+                self.order_id(*order)
             )),
             HoldState::Released => Refusal::WrongState("hold was released".into()),
             HoldState::Expired => Refusal::Expired,
@@ -769,7 +810,7 @@ impl EventState {
         })
     }
 
-    pub fn release(&mut self, seq: u64, user: &str) -> Outcome {
+    pub fn release(&mut self, seq: u64, user: &str, by: &Option<Actor>) -> Outcome {
         let hold = self.existing_hold(seq)?;
         if &*hold.user != user {
             return Err(Refusal::Invalid(format!(
@@ -780,6 +821,11 @@ impl EventState {
         match hold.state {
             HoldState::Active => {
                 assert!(self.deadlines.remove(&(hold.expires_at_ms, seq)));
+                self.holds
+                    .get_mut(&seq)
+                    .expect("hold exists")
+                    .by
+                    .clone_from(by);
                 self.end_live_hold(seq, HoldState::Released);
                 Ok(Reply::Released {
                     hold_id: self.hold_id(seq),
@@ -798,7 +844,7 @@ impl EventState {
         }
     }
 
-    pub fn set_sale(&mut self, sale: SaleState) -> Outcome {
+    pub fn set_sale(&mut self, sale: SaleState, by: &Option<Actor>) -> Outcome {
         let reply = Ok(Reply::SaleSet {
             event_id: self.def.event_id.clone(),
             sale,
@@ -814,6 +860,7 @@ impl EventState {
             _ => {}
         }
         self.sale = sale;
+        self.sale_by.clone_from(by);
         self.dirty.meta = true;
         if sale == SaleState::Cancelled {
             // Give back every live hold, in deadline order (deterministic).
@@ -829,6 +876,12 @@ impl EventState {
                         Refusal::WrongState(format!("{} is cancelled", self.def.event_id));
                     self.set_checkout_result(&key, CheckoutResult::Refused(refusal));
                 }
+                // Whoever cancelled the sale gave the seats back.
+                self.holds
+                    .get_mut(&seq)
+                    .expect("hold exists")
+                    .by
+                    .clone_from(by);
                 self.end_live_hold(seq, HoldState::Released);
             }
         }

@@ -33,7 +33,7 @@ pub use persist::{is_request_key, is_retention_key};
 use std::collections::BTreeMap;
 
 use crate::command::{
-    Batch, Command, CreateEvent, EventSummary, HoldView, OrderView, Outcome, Refusal, Reply,
+    Actor, Batch, Command, CreateEvent, EventSummary, HoldView, OrderView, Outcome, Refusal, Reply,
     RowView, SeatMap, SeatMapPart, SeatStateName, SeatView, SectionCounts,
 };
 use crate::ids::{EventId, HoldId, OrderId};
@@ -137,22 +137,35 @@ impl SeatMachine {
         Ok(event)
     }
 
+    /// The event of `hold`, swept to `now_ms`, if the id's tag is the one the event
+    /// hands out: a forged or walked id is not found, like an id that names nothing.
+    fn hold_event(&mut self, hold: &HoldId, now_ms: u64) -> Result<&mut EventState, Refusal> {
+        let event = self.event_mut(&hold.event, now_ms)?;
+        event.check_hold_id(hold)?;
+        Ok(event)
+    }
+
     fn apply_command(&mut self, cmd: &Command, now_ms: u64) -> Outcome {
         match cmd {
             Command::CreateEvent(def) => self.create_event(def, now_ms),
-            Command::SetSale { event_id, sale } => {
-                self.event_mut(event_id, now_ms)?.set_sale(*sale)
+            Command::SetSale { event_id, sale, by } => {
+                Actor::check(by.as_ref())?;
+                self.event_mut(event_id, now_ms)?.set_sale(*sale, by)
             }
             Command::Hold(req) => self.event_mut(&req.event_id, now_ms)?.hold(req, now_ms),
             Command::BeginCheckout {
                 hold,
                 idempotency_key,
-            } => self.begin_checkout(hold, idempotency_key, now_ms),
+                by,
+            } => {
+                Actor::check(by.as_ref())?;
+                self.begin_checkout(hold, idempotency_key, by, now_ms)
+            }
             Command::CompleteCheckout {
                 hold,
                 idempotency_key,
                 payment_ref,
-            } => self.event_mut(&hold.event, now_ms)?.complete_checkout(
+            } => self.hold_event(hold, now_ms)?.complete_checkout(
                 hold.seq,
                 idempotency_key,
                 payment_ref,
@@ -162,14 +175,15 @@ impl SeatMachine {
                 hold,
                 idempotency_key,
                 reason,
-            } => self.event_mut(&hold.event, now_ms)?.abort_checkout(
+            } => self.hold_event(hold, now_ms)?.abort_checkout(
                 hold.seq,
                 idempotency_key,
                 reason,
                 now_ms,
             ),
-            Command::Release { hold, user } => {
-                self.event_mut(&hold.event, now_ms)?.release(hold.seq, user)
+            Command::Release { hold, user, by } => {
+                Actor::check(by.as_ref())?;
+                self.hold_event(hold, now_ms)?.release(hold.seq, user, by)
             }
             Command::Expire => {
                 let (mut holds_expired, mut checkouts_aborted) = (0, 0);
@@ -190,13 +204,19 @@ impl SeatMachine {
     /// to another hold is refused before the event looks at the command (after its
     /// sweep, which every command on an event runs first); the first checkout decided
     /// under a key, started or refused, binds it to its hold.
-    fn begin_checkout(&mut self, hold: &HoldId, key: &str, now_ms: u64) -> Outcome {
+    fn begin_checkout(
+        &mut self,
+        hold: &HoldId,
+        key: &str,
+        by: &Option<Actor>,
+        now_ms: u64,
+    ) -> Outcome {
         let reused = self.keys.get(key).is_some_and(|owner| owner != hold);
-        let event = self.event_mut(&hold.event, now_ms)?;
+        let event = self.hold_event(hold, now_ms)?;
         if reused {
             return Err(Refusal::KeyReused);
         }
-        let outcome = event.begin_checkout(hold.seq, key, now_ms);
+        let outcome = event.begin_checkout(hold.seq, key, by, now_ms);
         // The event records the key with the hold whenever it decides (malformed keys
         // and transient refusals leave no record, so they bind nothing). A key recorded
         // before the shard kept bindings is bound by its first retry.
@@ -210,7 +230,7 @@ impl SeatMachine {
 
     fn create_event(&mut self, def: &CreateEvent, now_ms: u64) -> Outcome {
         if let Some(existing) = self.events.get(&def.event_id) {
-            return if existing.def == *def {
+            return if existing.def.same_event(def) {
                 Ok(Reply::EventCreated {
                     event_id: def.event_id.clone(),
                 })
@@ -226,6 +246,7 @@ impl SeatMachine {
         }
         // The caps first: cheap, and they bound the work of everything after.
         def.check_limits()?;
+        Actor::check(def.by.as_ref())?;
         def.limits.validate().map_err(Refusal::Invalid)?;
         self.check_room(&def.event_id, def.layout.capacity() as usize)?;
         let plan = def.layout.plan().map_err(Refusal::Invalid)?;
@@ -371,6 +392,7 @@ impl SeatMachine {
 
     pub fn hold(&self, id: &HoldId) -> Result<HoldView, Refusal> {
         let event = self.event(&id.event)?;
+        event.check_hold_id(id)?;
         let hold = event
             .holds
             .get(&id.seq)
@@ -378,8 +400,26 @@ impl SeatMachine {
         Ok(event.hold_view(id.seq, hold))
     }
 
+    /// The ids of the holds of `event` numbered `after + 1` on, at most `limit` of them,
+    /// and whether more were granted after the last: the ids to read a page of holds
+    /// by (a hold that was purged is not found then, and skipped).
+    pub fn hold_ids(
+        &self,
+        event: &EventId,
+        after: u64,
+        limit: u64,
+    ) -> Result<(Vec<HoldId>, bool), Refusal> {
+        let e = self.event(event)?;
+        let first = after.saturating_add(1);
+        let end = e.next_hold_seq.min(first.saturating_add(limit));
+        let ids = (first..end).map(|seq| e.hold_id(seq)).collect();
+        Ok((ids, end < e.next_hold_seq))
+    }
+
     pub fn order(&self, id: &OrderId) -> Result<OrderView, Refusal> {
-        self.event(&id.event)?
+        let event = self.event(&id.event)?;
+        event.check_order_id(id)?;
+        event
             .order_view(id.seq)
             .ok_or_else(|| Refusal::NotFound(format!("order {id}")))
     }
@@ -437,5 +477,7 @@ fn summary(e: &EventState) -> EventSummary {
         capacity: e.seats.len() as u32,
         available: e.counts.iter().map(|c| c.available).sum(),
         limits: e.def.limits.clone(),
+        created_by: e.def.by.clone(),
+        sale_changed_by: e.sale_by.clone(),
     }
 }

@@ -83,6 +83,7 @@ struct MachineRecord {
 #[derive(Serialize, Deserialize)]
 struct Counters {
     sale: SaleState,
+    sale_by: Option<crate::Actor>,
     created_at_ms: u64,
     next_hold_seq: u64,
     next_order_seq: u64,
@@ -208,6 +209,7 @@ impl EventState {
     fn counters(&self) -> Counters {
         Counters {
             sale: self.sale,
+            sale_by: self.sale_by.clone(),
             created_at_ms: self.created_at_ms,
             next_hold_seq: self.next_hold_seq,
             next_order_seq: self.next_order_seq,
@@ -492,6 +494,7 @@ impl EventState {
             Command::BeginCheckout {
                 hold,
                 idempotency_key,
+                ..
             }
             | Command::CompleteCheckout {
                 hold,
@@ -667,6 +670,9 @@ impl SeatMachine {
         let Some(event) = self.events.get(&id.event) else {
             return Ok(Err(crate::Refusal::NotFound(format!("event {}", id.event))));
         };
+        if let Err(forged) = event.check_hold_id(id) {
+            return Ok(Err(forged));
+        }
         if let Some(hold) = event.holds.get(&id.seq) {
             return Ok(Ok(event.hold_view(id.seq, hold)));
         }
@@ -878,6 +884,7 @@ impl SeatMachine {
             s.image = Some(EventImage {
                 def,
                 sale: c.sale,
+                sale_by: c.sale_by,
                 created_at_ms: c.created_at_ms,
                 seats,
                 holds: Vec::new(),

@@ -46,12 +46,15 @@ use sync::Syncer;
 use writer::Writer;
 
 /// The data directory's format marker; bump the number on an incompatible change.
-/// Format 2 may hold the retention queue's records (`machine::retention`), which a
-/// build of format 1 would refuse as unknown records; this build opens a format 1
-/// directory (it has no queue) and marks it format 2 before writing to it.
+/// Format 2 added the retention queue's records (`machine::retention`). Format 3
+/// (issue 20) changed the encoding of log entries and records: events carry the key of
+/// their id tags, commands and holds the actor of the audit trail. Its records cannot
+/// be read from an older directory's, so formats 1 and 2 are refused with a message
+/// that says so, rather than read wrong.
 const FORMAT_FILE: &str = "FORMAT";
-const FORMAT_LINE: &str = "seatd-store 2";
-const FORMAT_LINES_UPGRADED: [&str; 1] = ["seatd-store 1"];
+const FORMAT_LINE: &str = "seatd-store 3";
+const FORMAT_LINES_UPGRADED: [&str; 0] = [];
+const FORMAT_LINES_OLDER: [&str; 2] = ["seatd-store 1", "seatd-store 2"];
 
 const CF_LOG: &str = "log";
 const CF_META: &str = "meta";
@@ -120,6 +123,15 @@ impl Store {
                 std::fs::write(&aside, format!("{FORMAT_LINE}\n"))
                     .and_then(|()| std::fs::rename(&aside, &marker))
                     .map_err(|e| open_err(format!("cannot upgrade {FORMAT_FILE}: {e}")))?;
+            }
+            Ok(text) if FORMAT_LINES_OLDER.contains(&text.trim_end()) => {
+                return Err(open_err(format!(
+                    "data format {:?} was written by an older seatd; this build reads \
+                     {FORMAT_LINE:?} (hold and order ids and log entries changed) and \
+                     cannot convert it: keep running the older build, or move the \
+                     directory aside and start from an empty one",
+                    text.trim_end()
+                )))
             }
             Ok(text) => {
                 return Err(open_err(format!(

@@ -109,12 +109,12 @@ fn read_lock(state: &RwLock<SmState>) -> RwLockReadGuard<'_, SmState> {
 }
 
 const SNAPSHOT_MAGIC: [u8; 4] = *b"SSR1";
-/// Version 2 may hold the retention queue's records (`machine::persist`); version 1,
-/// written before retention, holds none, and is still read (its queue is empty), so a
-/// snapshot stored by an older node can still be installed. A node older than version
-/// 2 refuses a version 2 snapshot instead of misreading it.
-const SNAPSHOT_VERSION: u16 = 2;
-const SNAPSHOT_VERSION_OLDEST: u16 = 1;
+/// Version 2 may hold the retention queue's records (`machine::persist`); version 3
+/// holds records with the id keys and actors of issue 20, which older builds cannot
+/// read and this build cannot read from them: each refuses the other's snapshot by
+/// its version instead of misreading it.
+const SNAPSHOT_VERSION: u16 = 3;
+const SNAPSHOT_VERSION_OLDEST: u16 = 3;
 
 /// A snapshot's data: every record of the group, framed and checksummed.
 fn encode_snapshot_records(records: &[Record]) -> Vec<u8> {

@@ -19,6 +19,19 @@ pub fn ev(id: &str) -> EventId {
     EventId::new(id).unwrap()
 }
 
+/// The id key of every event the tests create.
+pub const TEST_ID_KEY: raft_store::IdKey = raft_store::IdKey([7; 16]);
+
+/// The id of hold `seq` of event `event` created by [`create`].
+#[allow(dead_code)]
+pub fn hold_id(event: &str, seq: u64) -> HoldId {
+    HoldId {
+        event: ev(event),
+        seq,
+        tag: TEST_ID_KEY.tag(b'h', seq),
+    }
+}
+
 pub fn create(id: &str, sections: u32, rows: u32, per_row: u32, limits: Limits) -> Command {
     Command::CreateEvent(CreateEvent {
         event_id: ev(id),
@@ -26,6 +39,8 @@ pub fn create(id: &str, sections: u32, rows: u32, per_row: u32, limits: Limits) 
         starts_at_ms: T0 + 86_400_000,
         layout: generate("Hall", sections, rows, per_row),
         limits,
+        by: None,
+        id_key: TEST_ID_KEY,
     })
 }
 

@@ -18,7 +18,7 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Parser, Subcommand};
-use seatd_client::{layout_to_pb, pb, Client, Error, Options, DEFAULT_ENDPOINT};
+use seatd_client::{layout_to_pb, pb, Access, Client, Error, Options, DEFAULT_ENDPOINT};
 use serde_json::Value;
 
 #[derive(Parser)]
@@ -30,12 +30,26 @@ struct Cli {
     /// Print one JSON document instead of text.
     #[arg(long, global = true)]
     json: bool,
+    /// Print only the id of what the command made or named (a hold's, an order's, an
+    /// event's), for scripts: `hold=$(seatctl hold demo --seats A-1 -q)`.
+    #[arg(long, short, global = true, conflicts_with = "json")]
+    quiet: bool,
     /// Give up on a call (after retries) after this long, e.g. 30s.
     #[arg(long, global = true, default_value = "30s", value_parser = humantime::parse_duration)]
     timeout: Duration,
     /// A bearer token (JWT) sent with every call, for clusters that check them.
+    /// Without one, talking to `seatd dev`'s endpoint, seatctl uses the tokens `seatd
+    /// dev` left in its data dir (the operator's for `event create` and `bench`, the
+    /// buyer's for the rest).
     #[arg(long, global = true, env = "SEATD_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// The CA certificate (PEM) that signed the cluster's client-port certificates,
+    /// for https:// endpoints (the system's roots are trusted too).
+    #[arg(long, global = true, env = "SEATD_CA_FILE")]
+    ca_file: Option<PathBuf>,
+    /// Where `seatd dev` keeps its data (and its tokens).
+    #[arg(long, global = true, env = "SEATD_DEV_DIR", default_value = seatd_wire::dev::DEV_DATA_DIR_DEFAULT)]
+    dev_dir: PathBuf,
     #[command(subcommand)]
     command: Command,
 }
@@ -75,10 +89,30 @@ enum Command {
     },
     /// Show a hold.
     HoldStatus { hold: String },
+    /// List an event's holds in the order they were granted (operators).
+    Holds {
+        event: String,
+        /// Only holds numbered above this one (a page's `next_after`).
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        /// At most this many (default: the server's, 100).
+        #[arg(long, default_value_t = 0)]
+        limit: u32,
+    },
     /// Show an order.
     Order { order: String },
     /// Show the cluster: nodes, and each shard's leader, members and applied index.
     Status,
+    /// Print `export SEATD_TOKEN=...` for a token, to run as
+    /// `eval "$(seatctl login --dev)"`.
+    Login {
+        /// The token `seatd dev` issued (from its data dir, see --dev-dir).
+        #[arg(long, required = true)]
+        dev: bool,
+        /// The operator's token instead of the buyer's.
+        #[arg(long)]
+        operator: bool,
+    },
     /// A flash-sale load test that checks for oversell (prints key=value pairs).
     Bench(bench::BenchArgs),
 }
@@ -125,7 +159,9 @@ struct CreateArgs {
 #[derive(Args)]
 struct HoldArgs {
     event: String,
-    #[arg(long)]
+    /// Whom the hold is for (default: the token's subject; a buyer's token may name
+    /// only its subject).
+    #[arg(long, default_value = "")]
     user: String,
     /// Comma-separated seat ids, e.g..
     #[arg(long, value_delimiter = ',', required = true)]
@@ -256,6 +292,14 @@ async fn run(cli: &Cli, client: &Client) -> Result<(Value, String), Error> {
             let h = client.hold_status(hold).await?;
             (hold_json(&h), hold_text(&h))
         }
+        Command::Holds {
+            event,
+            after,
+            limit,
+        } => {
+            let page = client.list_holds(event, *after, *limit).await?;
+            (holds_json(&page), holds_text(&page))
+        }
         Command::Order { order } => {
             let o = client.order(order).await?;
             (order_json(&o), order_text(&o))
@@ -264,7 +308,9 @@ async fn run(cli: &Cli, client: &Client) -> Result<(Value, String), Error> {
             let s = client.status().await?;
             (status_json(&s), status_text(&s))
         }
-        Command::Bench(_) => unreachable!("bench runs on its own runtime"),
+        Command::Login { .. } | Command::Bench(_) => {
+            unreachable!("login and bench run before a client is made")
+        }
     })
 }
 
@@ -273,7 +319,7 @@ fn run_bench(
     endpoints: &[String],
     args: bench::BenchArgs,
     options: Options,
-    token: Option<&str>,
+    access: &Access,
 ) -> ExitCode {
     if !(1..=bench::THREADS_MAX).contains(&args.threads) {
         eprintln!(
@@ -300,7 +346,7 @@ fn run_bench(
         ..options
     };
     let outcome = rt.block_on(async {
-        let client = std::sync::Arc::new(Client::with_token(endpoints, options, token)?);
+        let client = std::sync::Arc::new(Client::connect(endpoints, options, access)?);
         bench::run(client, args).await
     });
     match outcome {
@@ -331,8 +377,20 @@ fn main() -> ExitCode {
         retry_budget: cli.timeout,
         ..Options::default()
     };
+    let access = match token_for(&cli).and_then(|token| {
+        Ok(Access {
+            token,
+            ca_pem: cli.ca_file.as_deref().map(read_ca).transpose()?,
+        })
+    }) {
+        Ok(a) => a,
+        Err(e) => return fail(&cli, &e),
+    };
+    if let Command::Login { operator, .. } = &cli.command {
+        return login(&cli, *operator);
+    }
     if let Command::Bench(args) = &cli.command {
-        return run_bench(&endpoints, args.clone(), options, cli.token.as_deref());
+        return run_bench(&endpoints, args.clone(), options, &access);
     }
     let outcome = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -340,26 +398,116 @@ fn main() -> ExitCode {
         .map_err(|e| Error::Unavailable(format!("cannot start the async runtime: {e}")))
         .and_then(|rt| {
             rt.block_on(async {
-                let client = Client::with_token(&endpoints, options, cli.token.as_deref())?;
+                let client = Client::connect(&endpoints, options, &access)?;
                 run(&cli, &client).await
             })
         });
     match outcome {
         Ok((json, text)) => {
-            if cli.json {
-                println!("{json}");
-            } else {
-                println!("{text}");
+            match quiet_id(&cli, &json) {
+                Some(id) => println!("{id}"),
+                None if cli.json => println!("{json}"),
+                None => println!("{text}"),
             }
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            if cli.json {
-                println!("{}", output::error_json(&e));
+        Err(e) => fail(&cli, &e),
+    }
+}
+
+/// With `--quiet`, the id to print instead of the answer: an order's for `commit` and
+/// `order`, a hold's for the hold commands, an event's for `event create`.
+fn quiet_id<'a>(cli: &Cli, json: &'a Value) -> Option<&'a str> {
+    if !cli.quiet {
+        return None;
+    }
+    let key = match cli.command {
+        Command::Commit { .. } | Command::Order { .. } => "order_id",
+        Command::Hold(_) | Command::Release { .. } | Command::HoldStatus { .. } => "hold_id",
+        Command::Event(EventCommand::Create(_)) => "event_id",
+        _ => return None,
+    };
+    json.get(key).and_then(Value::as_str)
+}
+
+/// The most bytes of a CA file read (a few certificates).
+const CA_FILE_BYTES_MAX: u64 = 64 * 1024;
+
+/// The CA file's PEM, bounded.
+fn read_ca(path: &std::path::Path) -> Result<Vec<u8>, Error> {
+    use std::io::Read;
+    let bad = |e: String| Error::Invalid(format!("--ca-file {}: {e}", path.display()));
+    let mut pem = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(CA_FILE_BYTES_MAX + 1).read_to_end(&mut pem))
+        .map_err(|e| bad(e.to_string()))?;
+    if pem.len() as u64 > CA_FILE_BYTES_MAX {
+        return Err(bad(format!("larger than {CA_FILE_BYTES_MAX} bytes")));
+    }
+    Ok(pem)
+}
+
+/// Reports `e` (as JSON with `--json`) and gives its exit code.
+fn fail(cli: &Cli, e: &Error) -> ExitCode {
+    if cli.json {
+        println!("{}", output::error_json(e));
+    } else {
+        eprintln!("seatctl: {e}");
+    }
+    ExitCode::from(e.exit_code())
+}
+
+/// The token to send: `--token` (or `SEATD_TOKEN`), else, when talking to the
+/// endpoint `seatd dev` wrote down (or to the default one), the token it issued for
+/// this command: the operator's for what only operators may do (creating events) and
+/// for `bench` (whose buyers are many users), the buyer's for the rest.
+fn token_for(cli: &Cli) -> Result<Option<String>, Error> {
+    if let Some(t) = &cli.token {
+        return Ok(Some(t.clone()));
+    }
+    let Some(saved) = seatd_wire::dev::DevTokensFile::read(&cli.dev_dir).map_err(Error::Invalid)?
+    else {
+        return Ok(None);
+    };
+    let ours =
+        |e: &String| seatd_wire::net::endpoint_url(e).as_deref() == Some(saved.endpoint.as_str());
+    let to_dev = match cli.endpoints.as_slice() {
+        [] => saved.endpoint == DEFAULT_ENDPOINT,
+        list => list.iter().all(ours),
+    };
+    if !to_dev {
+        return Ok(None);
+    }
+    let operator = matches!(
+        cli.command,
+        Command::Event(EventCommand::Create(_)) | Command::Bench(_) | Command::Holds { .. }
+    ) || matches!(cli.command, Command::Login { operator: true, .. });
+    Ok(Some(if operator {
+        saved.operator
+    } else {
+        saved.buyer
+    }))
+}
+
+/// `seatctl login --dev`: prints the line that puts the dev token in the shell.
+fn login(cli: &Cli, operator: bool) -> ExitCode {
+    match seatd_wire::dev::DevTokensFile::read(&cli.dev_dir) {
+        Ok(Some(saved)) => {
+            let token = if operator {
+                saved.operator
             } else {
-                eprintln!("seatctl: {e}");
-            }
-            ExitCode::from(e.exit_code())
+                saved.buyer
+            };
+            println!("export SEATD_TOKEN={token}");
+            ExitCode::SUCCESS
         }
+        Ok(None) => fail(
+            cli,
+            &Error::Invalid(format!(
+                "no tokens in {}: is `seatd dev` running there (see --dev-dir)?",
+                cli.dev_dir.display()
+            )),
+        ),
+        Err(e) => fail(cli, &Error::Invalid(e)),
     }
 }

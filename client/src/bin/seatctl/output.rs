@@ -73,18 +73,52 @@ pub fn hold_json(h: &pb::Hold) -> Value {
         "versions": h.seats.iter().map(|s| s.version).collect::<Vec<_>>(),
         "created_at": rfc3339(h.created_at_ms),
         "expires_at": rfc3339(h.expires_at_ms),
+        "by": actor_json(h.by.as_ref()),
     })
+}
+
+/// Who made a change (the audit trail): `{"subject", "role"}`, or null.
+fn actor_json(a: Option<&pb::Actor>) -> Value {
+    a.map_or(
+        Value::Null,
+        |a| json!({"subject": a.subject, "role": a.role}),
+    )
+}
+
+fn actor_text(a: Option<&pb::Actor>) -> String {
+    a.map_or(String::new(), |a| {
+        format!(" (by {}, {})", a.subject, a.role)
+    })
+}
+
+pub fn holds_json(page: &pb::ListHoldsResponse) -> Value {
+    json!({
+        "holds": page.holds.iter().map(hold_json).collect::<Vec<_>>(),
+        "next_after": page.next_after,
+    })
+}
+
+pub fn holds_text(page: &pb::ListHoldsResponse) -> String {
+    let mut lines: Vec<String> = page.holds.iter().map(hold_text).collect();
+    if lines.is_empty() {
+        lines.push("no holds".into());
+    }
+    if let Some(next) = page.next_after {
+        lines.push(format!("more: --after {next}"));
+    }
+    lines.join("\n")
 }
 
 pub fn hold_text(h: &pb::Hold) -> String {
     let seats: Vec<&str> = h.seats.iter().map(|s| s.seat_id.as_str()).collect();
     format!(
-        "hold {} ({}): {} for {}, expires {}",
+        "hold {} ({}): {} for {}, expires {}{}",
         h.hold_id,
         hold_state_name(h.state),
         seats.join(","),
         h.user_id,
-        rfc3339(h.expires_at_ms)
+        rfc3339(h.expires_at_ms),
+        actor_text(h.by.as_ref())
     )
 }
 
@@ -96,6 +130,7 @@ pub fn order_json(o: &pb::Order) -> Value {
         "seats": o.seat_ids,
         "payment_ref": o.payment_ref,
         "created_at": rfc3339(o.created_at_ms),
+        "by": actor_json(o.by.as_ref()),
     })
 }
 
